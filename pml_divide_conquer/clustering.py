@@ -1,0 +1,118 @@
+"""Cluster bookkeeping: faiss k-means, 2-way splits and Hungarian matching. Numpy in, numpy out.
+
+The torch/PML side (embedding the training set) lives in :mod:`pml_divide_conquer.hooks`.
+"""
+
+import warnings
+
+import numpy as np
+from scipy.optimize import linear_sum_assignment
+
+
+def _faiss():
+    import faiss
+
+    return faiss
+
+
+def faiss_gpu_available() -> bool:
+    faiss = _faiss()
+    return hasattr(faiss, "get_num_gpus") and faiss.get_num_gpus() > 0
+
+
+def kmeans(x, k, *, niter=20, seed=0, gpu=None):
+    """Assign each row of ``x`` (n x d, float) to one of ``k`` clusters with faiss k-means.
+
+    ``gpu=None`` uses a GPU when faiss-gpu sees one, False forces the CPU. Returns int64 ids in [0, k).
+    """
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    if x.ndim != 2:
+        raise ValueError(f"expected a 2-D array of embeddings, got shape {x.shape}")
+    if not np.isfinite(x).all():
+        raise ValueError("embeddings to cluster contain NaN or inf: the model has diverged; lower the learning rate")
+    n = x.shape[0]
+    if k < 1 or k > n:
+        raise ValueError(f"cannot make {k} clusters out of {n} points")
+    if k == 1:
+        return np.zeros(n, dtype=np.int64)
+    faiss = _faiss()
+    use_gpu = faiss_gpu_available() if gpu is None else bool(gpu)
+    # faiss samples at most max_points_per_centroid * k points for training; we keep its default, and silence
+    # its "please provide at least 39*k points" notice on small data.
+    km = faiss.Kmeans(x.shape[1], k, niter=niter, seed=int(seed) % (2**31), gpu=use_gpu, verbose=False)
+    km.cp.min_points_per_centroid = 1
+    km.train(x)
+    _, ids = km.index.search(x, 1)
+    return ids[:, 0].astype(np.int64)
+
+
+def cluster_is_valid(cluster_labels, min_classes=2, min_per_class=2) -> bool:
+    """True when at least ``min_classes`` classes have ``min_per_class`` or more members (reference rule)."""
+    _, counts = np.unique(cluster_labels, return_counts=True)
+    return int((counts >= min_per_class).sum()) >= min_classes
+
+
+def invalid_clusters(assignment, labels, k, min_classes=2, min_per_class=2):
+    return [
+        c
+        for c in range(k)
+        if not cluster_is_valid(labels[assignment == c], min_classes, min_per_class)
+    ]
+
+
+def kmeans_with_retries(x, k, labels, *, niter=20, seed=0, max_retries=10, gpu=None):
+    """k-means, retried with new seeds until every cluster has >= 2 classes with >= 2 members each.
+
+    If no seed succeeds, the last result is returned with a warning naming the degenerate clusters.
+    """
+    labels = np.asarray(labels)
+    bad = []
+    for attempt in range(max_retries):
+        ids = kmeans(x, k, niter=niter, seed=seed + attempt, gpu=gpu)
+        bad = invalid_clusters(ids, labels, k)
+        if not bad:
+            return ids
+    warnings.warn(
+        f"k-means with K={k} left clusters {bad} without 2 classes of 2 samples after {max_retries} tries; "
+        "their learners get few useful pairs. Use fewer learners (num_learners) for this dataset.",
+        stacklevel=2,
+    )
+    return ids
+
+
+def split_clusters(x, assignment, *, niter=20, seed=0, gpu=None):
+    """Split every cluster c in two with 2-means: its members get ids 2c and 2c+1."""
+    assignment = np.asarray(assignment, dtype=np.int64)
+    new = np.empty_like(assignment)
+    for c in np.unique(assignment):
+        members = np.flatnonzero(assignment == c)
+        if len(members) < 2:
+            new[members] = 2 * c
+            continue
+        sub = kmeans(x[members], 2, niter=niter, seed=seed + int(c), gpu=gpu)
+        new[members] = 2 * c + sub
+    return new
+
+
+def overlap_matrix(old, new, k):
+    """overlap[i, j] = number of samples in old cluster i and new cluster j."""
+    old = np.asarray(old, dtype=np.int64)
+    new = np.asarray(new, dtype=np.int64)
+    if old.shape != new.shape:
+        raise ValueError(f"assignments differ in length: {old.shape} vs {new.shape}")
+    return np.bincount(old * k + new, minlength=k * k).reshape(k, k)
+
+
+def match_clusters(old, new, k):
+    """Relabel ``new`` so that each new cluster takes the id of the old cluster it overlaps most.
+
+    Maximising total overlap is the same as minimising the summed symmetric differences |A_i xor B_j|,
+    since |A xor B| = |A| + |B| - 2|A & B| and the sizes sum to n on both sides. Returns the relabelled
+    assignment; applying it to a pure relabelling of ``old`` gives back ``old`` exactly.
+    """
+    overlap = overlap_matrix(old, new, k)
+    old_ids, new_ids = linear_sum_assignment(overlap, maximize=True)
+    # new cluster new_ids[i] is the continuation of old cluster old_ids[i]: map new -> old (not the inverse).
+    relabel = np.empty(k, dtype=np.int64)
+    relabel[new_ids] = old_ids
+    return relabel[np.asarray(new, dtype=np.int64)]

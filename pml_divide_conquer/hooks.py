@@ -1,0 +1,110 @@
+"""Torch/PML glue for the end-of-epoch step: embedding the training set, checking the trainer, moving state."""
+
+import copy
+
+import numpy as np
+import torch
+from pytorch_metric_learning import testers, trainers
+from pytorch_metric_learning.utils import common_functions as c_f
+
+# Trainers whose loss call is not ``loss(embeddings, labels, indices_tuple)`` on one batch of the sampler.
+UNSUPPORTED_TRAINERS = (
+    trainers.TwoStreamMetricLoss,
+    trainers.CascadedEmbeddings,
+    trainers.DeepAdversarialMetricLearning,
+)
+
+
+def check_trainer(trainer, wrapper):
+    """Raise a clear error if ``trainer`` cannot run ``wrapper``."""
+    if isinstance(trainer, UNSUPPORTED_TRAINERS) or not isinstance(trainer, trainers.MetricLossOnly):
+        raise TypeError(
+            f"{type(trainer).__name__} is not supported by DivideConquerWrapper: use trainers.MetricLossOnly or "
+            "trainers.TrainWithClassifier, which call the metric loss once per batch of the sampler."
+        )
+    if not any(v is wrapper or any(m is wrapper for m in v.modules()) for v in trainer.loss_funcs.values()):
+        raise ValueError("this DivideConquerWrapper is not among the trainer's loss_funcs")
+    if trainer.sampler is not wrapper.sampler:
+        raise ValueError(
+            "the trainer's sampler is not the wrapper's ClusterSampler: pass sampler=<the same ClusterSampler> to "
+            f"the trainer (it has {type(trainer.sampler).__name__})."
+        )
+    if int(trainer.batch_size) != wrapper.sampler.batch_size:
+        raise ValueError(
+            f"the trainer's batch_size={trainer.batch_size} differs from ClusterSampler's batch_size="
+            f"{wrapper.sampler.batch_size}; use the same value in both."
+        )
+    if trainer.models.get("embedder") is not wrapper.embedder:
+        raise ValueError(
+            'models["embedder"] must be the SubspaceMaskedEmbedder given to DivideConquerWrapper, so that testers '
+            "see the full embedding and the masks are trained"
+        )
+    if "subset_batch_miner" in trainer.mining_funcs:
+        raise ValueError(
+            "a subset_batch_miner drops samples from the sampler's batches, which breaks m-per-class cluster batches; "
+            "remove it (give a tuple miner to DivideConquerWrapper(miner=...) instead)"
+        )
+
+
+def embed_dataset(trainer, dataset, use_trunk_output, batch_size, num_workers):
+    """Embed ``dataset`` in eval mode, no grad, with PML's own tester machinery. Returns (embeddings, labels).
+
+    Embeddings are L2-normalised float32 numpy; labels are processed the way the trainer processes them.
+    """
+    tester = testers.BaseTester(
+        normalize_embeddings=True,
+        use_trunk_output=use_trunk_output,
+        batch_size=batch_size,
+        dataloader_num_workers=num_workers,
+        data_device=trainer.data_device,
+        dtype=trainer.dtype,
+        data_and_label_getter=trainer.data_and_label_getter,
+    )
+    was_training = {k: m.training for k, m in trainer.models.items()}
+    try:
+        emb, labels = tester.get_all_embeddings(
+            dataset,
+            trainer.models["trunk"],
+            trainer.models["embedder"],
+            collate_fn=trainer.collate_fn,
+            return_as_numpy=True,
+        )
+    finally:
+        for k, m in trainer.models.items():
+            m.train(was_training[k])
+    labels = c_f.process_label(labels, trainer.label_hierarchy_level, trainer.label_mapper)
+    labels = np.asarray(labels).reshape(len(emb), -1)[:, 0] if np.ndim(labels) > 1 else np.asarray(labels)
+    return emb.astype(np.float32), labels.astype(np.int64)
+
+
+def restart_iterator(trainer):
+    """Drop batches the trainer's DataLoader has already prefetched, so that the next batch is a fresh draw."""
+    if getattr(trainer, "dataloader", None) is not None:
+        trainer.dataloader_iter = iter(trainer.dataloader)
+
+
+def copy_module_state(modules, pairs, optimizers=()):
+    """For each (src, dst) key pair, load module src's state into module dst, and its optimizer state too."""
+    for src, dst in pairs:
+        if src == dst:
+            continue
+        modules[dst].load_state_dict(copy.deepcopy(modules[src].state_dict()))
+        for opt in optimizers:
+            for p_src, p_dst in zip(modules[src].parameters(), modules[dst].parameters()):
+                if p_src in opt.state:
+                    opt.state[p_dst] = copy.deepcopy(opt.state[p_src])
+                else:
+                    opt.state.pop(p_dst, None)
+
+
+def gather_optimizer_rows(param, rows, optimizers=()):
+    """After ``param[:len(rows)] = param[rows]``, apply the same gather to the optimizer state of ``param``."""
+    rows = torch.as_tensor(rows, dtype=torch.long)
+    for opt in optimizers:
+        state = opt.state.get(param)
+        if not state:
+            continue
+        for key, value in state.items():
+            if torch.is_tensor(value) and value.shape == param.shape:
+                with torch.no_grad():
+                    value[: len(rows)] = value[rows.to(value.device)].clone()

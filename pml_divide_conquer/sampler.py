@@ -1,0 +1,301 @@
+"""ClusterSampler: batches drawn from one cluster at a time, m samples per class.
+
+The sampler yields flat indices (PML groups them into batches of the trainer's ``batch_size``), batch after batch,
+and keeps a *ticket* for every batch it starts: which cluster it came from and which indices it holds. The
+:class:`~pml_divide_conquer.DivideConquerWrapper` takes the tickets in order, checks each one against the labels it
+actually received, and routes the batch to that cluster's learner. Torch always iterates a sampler in the main
+process, in order, whatever the number of DataLoader workers, so the order of tickets is the order of batches.
+"""
+
+import warnings
+from collections import deque
+from typing import NamedTuple
+
+import numpy as np
+import torch
+from torch.utils.data import Sampler
+
+
+class Ticket(NamedTuple):
+    generation: int  # which iter() call of the sampler drew it
+    version: int  # which cluster assignment it was drawn from
+    pass_index: int
+    position: int  # batch number within the pass
+    cluster: int
+    indices: np.ndarray
+
+
+def _to_numpy_labels(labels):
+    if isinstance(labels, torch.Tensor):
+        labels = labels.detach().cpu().numpy()
+    labels = np.asarray(labels)
+    if labels.ndim != 1:
+        raise ValueError(
+            f"ClusterSampler needs one label per sample (a 1-D array), got shape {labels.shape}. For hierarchical "
+            "labels pass the column the trainer uses (label_hierarchy_level)."
+        )
+    if labels.size == 0:
+        raise ValueError("ClusterSampler got an empty label array")
+    if not np.issubdtype(labels.dtype, np.integer):
+        raise ValueError(f"labels must be integers, got dtype {labels.dtype}")
+    return labels.astype(np.int64)
+
+
+class ClusterSampler(Sampler):
+    """Sampler whose batches each come from a single cluster, ``m`` samples per class.
+
+    Within a cluster, a class's samples are used without replacement until fewer than ``m`` remain, then the
+    class is reshuffled; classes with fewer than ``m`` samples in the cluster are sampled with replacement (one
+    warning). A pass visits the clusters round-robin, each giving as many batches as the largest cluster needs,
+    so small clusters are oversampled. Each pass is reshuffled, and is a pure function of
+    ``(seed, assignment, pass number)``, so a run resumed from :meth:`state_dict` draws the same batches.
+
+    Args:
+        labels: one integer label per sample of the training dataset, as the trainer passes them to the loss.
+        batch_size: must equal the trainer's ``batch_size``.
+        m: samples per class in a batch; ``batch_size`` must be a multiple of it.
+        seed: seed of the sampler's own random generator (PML's global numpy RNG is not touched).
+
+    Example:
+        >>> sampler = ClusterSampler(train_labels, batch_size=32, m=4, seed=0)
+        >>> trainer = trainers.MetricLossOnly(..., batch_size=32, sampler=sampler)
+    """
+
+    def __init__(self, labels, batch_size, m, seed=0):
+        self.labels = _to_numpy_labels(labels)
+        self.batch_size = int(batch_size)
+        self.m = int(m)
+        self.seed = int(seed)
+        n = len(self.labels)
+        if self.m < 1 or self.batch_size < 1:
+            raise ValueError(f"batch_size and m must be positive, got batch_size={batch_size}, m={m}")
+        if self.batch_size % self.m:
+            raise ValueError(
+                f"batch_size={self.batch_size} is not a multiple of m={self.m}: a batch holds batch_size/m classes "
+                "with m samples each. Choose a batch_size divisible by m."
+            )
+        if self.batch_size > n:
+            raise ValueError(f"batch_size={self.batch_size} is larger than the dataset ({n} samples)")
+        classes, counts = np.unique(self.labels, return_counts=True)
+        per_batch = self.batch_size // self.m
+        if per_batch > len(classes):
+            raise ValueError(
+                f"batch_size/m = {per_batch} classes per batch, but the dataset has only {len(classes)} classes. "
+                f"Lower batch_size or raise m (for example m={-(-self.batch_size // len(classes))})."
+            )
+        if self.m > counts.max():
+            raise ValueError(
+                f"m={self.m} samples per class, but the largest class has only {counts.max()} samples: no cluster "
+                "can fill a batch. Lower m."
+            )
+        self.assignment = np.zeros(n, dtype=np.int64)
+        self.num_clusters = 1
+        self.version = 0
+        self._pass = 0  # consumption position: next batch to be consumed is (pass, pos)
+        self._pos = 0
+        self._generation = 0
+        self._tickets = deque()
+        self._plan_cache = (None, None)
+        self._warned = set()
+
+    # ---------------------------------------------------------------- assignment
+    def set_assignment(self, assignment, num_clusters=None):
+        """Give each sample its cluster id (0..K-1). Starts a new pass from the new assignment."""
+        a = np.asarray(assignment.detach().cpu() if isinstance(assignment, torch.Tensor) else assignment)
+        if a.shape != self.labels.shape:
+            raise ValueError(f"assignment has shape {a.shape}, expected one id per sample {self.labels.shape}")
+        if not np.issubdtype(a.dtype, np.integer) or (a.size and a.min() < 0):
+            raise ValueError("cluster ids must be non-negative integers")
+        k = int(a.max()) + 1 if num_clusters is None else int(num_clusters)
+        if a.max() >= k:
+            raise ValueError(f"cluster id {a.max()} is out of range for num_clusters={k}")
+        self.assignment = a.astype(np.int64)
+        self.num_clusters = k
+        self.version += 1
+        self._pass, self._pos = 0, 0
+        self._plan_cache = (None, None)
+        self._check_clusters()
+
+    def cluster_sizes(self):
+        return np.bincount(self.assignment, minlength=self.num_clusters)
+
+    def classes_per_cluster(self):
+        return np.array(
+            [len(np.unique(self.labels[self.assignment == c])) for c in range(self.num_clusters)], dtype=np.int64
+        )
+
+    def _warn_once(self, key, message):
+        if key not in self._warned:
+            self._warned.add(key)
+            warnings.warn(message, stacklevel=3)
+
+    def _check_clusters(self):
+        per_batch = self.batch_size // self.m
+        sizes = self.cluster_sizes()
+        empty = np.flatnonzero(sizes == 0).tolist()
+        if empty:
+            self._warn_once(
+                f"empty-v{self.version}",
+                f"clusters {empty} are empty: their learners get no batches until the next reclustering.",
+            )
+        few = [
+            (c, q) for c, q in enumerate(self.classes_per_cluster()) if sizes[c] > 0 and q < per_batch
+        ]
+        if few:
+            self._warn_once(
+                "few_classes",
+                f"clusters {[c for c, _ in few]} have fewer than batch_size/m = {per_batch} classes (they have "
+                f"{[q for _, q in few]}); their batches repeat classes to stay full. Use fewer learners, a smaller "
+                "batch_size or a larger m to avoid it.",
+            )
+
+    # ---------------------------------------------------------------- planning
+    def batches_per_pass(self):
+        sizes = self.cluster_sizes()
+        nonempty = int((sizes > 0).sum())
+        return nonempty * max(1, int(sizes.max()) // self.batch_size)
+
+    def __len__(self):
+        # PML's BatchSampler wrapping divides this by batch_size (like MPerClassSampler, we count indices).
+        return self.batches_per_pass() * self.batch_size
+
+    def _plan(self, pass_index):
+        key = (self.version, pass_index)
+        if self._plan_cache[0] == key:
+            return self._plan_cache[1]
+        plan = self.plan_pass(pass_index)
+        self._plan_cache = (key, plan)
+        return plan
+
+    def plan_pass(self, pass_index):
+        """The list of ``(cluster, indices)`` batches of one pass, deterministic in (seed, version, pass)."""
+        rng = np.random.default_rng([self.seed, self.version, pass_index])
+        sizes = self.cluster_sizes()
+        clusters = np.flatnonzero(sizes > 0)
+        n_batches = max(1, int(sizes.max()) // self.batch_size)
+        per_cluster = [self._cluster_batches(c, n_batches, rng) for c in clusters]
+        return [(int(c), per_cluster[j][i]) for i in range(n_batches) for j, c in enumerate(clusters)]
+
+    def _cluster_batches(self, c, n_batches, rng):
+        members = np.flatnonzero(self.assignment == c)
+        classes, inverse = np.unique(self.labels[members], return_inverse=True)
+        pools = [members[inverse == i] for i in range(len(classes))]
+        counts = np.array([len(p) for p in pools])
+        small = counts < self.m
+        if small.any():
+            self._warn_once(
+                "replacement",
+                f"some classes have fewer than m={self.m} samples in their cluster (for example class "
+                f"{classes[small][0]} in cluster {c}); those are sampled with replacement.",
+            )
+        per_batch = self.batch_size // self.m
+        queues = [rng.permutation(p) for p in pools]
+        heads = np.zeros(len(pools), dtype=np.int64)
+        batches = []
+        for _ in range(n_batches):
+            left = counts - heads
+            # a class with fewer than m unused samples is reshuffled when chosen, so it counts as full
+            remaining = np.where(small | (left < self.m), counts, left).astype(np.float64)
+            replace = per_batch > len(pools)
+            chosen = rng.choice(len(pools), per_batch, replace=replace, p=remaining / remaining.sum())
+            parts = []
+            for i in chosen:
+                if small[i]:
+                    parts.append(rng.choice(pools[i], self.m, replace=True))
+                    continue
+                if heads[i] + self.m > counts[i]:  # class used up in this round: reshuffle it
+                    queues[i] = rng.permutation(pools[i])
+                    heads[i] = 0
+                parts.append(queues[i][heads[i] : heads[i] + self.m])
+                heads[i] += self.m
+            batches.append(np.concatenate(parts))
+        return batches
+
+    # ---------------------------------------------------------------- iteration and tickets
+    def __iter__(self):
+        # A new iterator (PML re-creates it when the old one is exhausted, or at train()): tickets of batches
+        # that an abandoned iterator had prefetched will never be consumed, so drop them.
+        self._generation += 1
+        self._tickets.clear()
+        pass_index, pos = self._pass, self._pos
+        plan = self._plan(pass_index)
+        if pos >= len(plan):
+            pass_index, pos = pass_index + 1, 0
+            plan = self._plan(pass_index)
+        return self._iterate(plan, pass_index, pos, self._generation, self.version)
+
+    def _iterate(self, plan, pass_index, start, generation, version):
+        for position in range(start, len(plan)):
+            if generation != self._generation or version != self.version:
+                return  # superseded by a newer iterator or a new assignment
+            cluster, indices = plan[position]
+            self._tickets.append(Ticket(generation, version, pass_index, position, cluster, indices))
+            yield from indices.tolist()
+
+    def pop_ticket(self, labels):
+        """Take the ticket of the next batch and check it against the labels the loss received."""
+        if not self._tickets:
+            raise RuntimeError(
+                "DivideConquerWrapper received a batch that its ClusterSampler did not draw. Pass the same "
+                "ClusterSampler to the trainer (sampler=...) as to the wrapper, and do not call the wrapper on "
+                "batches from another DataLoader while it is in train() mode."
+            )
+        ticket = self._tickets.popleft()
+        got = labels.detach().cpu().numpy() if isinstance(labels, torch.Tensor) else np.asarray(labels)
+        if got.ndim != 1:
+            raise ValueError(f"expected 1-D labels, got shape {got.shape}")
+        if len(got) != len(ticket.indices):
+            raise RuntimeError(
+                f"the loss received a batch of {len(got)} samples, but ClusterSampler draws batches of "
+                f"{self.batch_size}. Give the trainer batch_size={self.batch_size} (the sampler's), and do not use "
+                "a subset_batch_miner with DivideConquerWrapper."
+            )
+        expected = self.labels[ticket.indices]
+        if not np.array_equal(got, expected):
+            raise RuntimeError(
+                "the labels the loss received do not match the batch ClusterSampler drew, so the batch cannot be "
+                "routed to its learner. Build ClusterSampler from the labels exactly as the trainer hands them to "
+                "the loss (after set_min_label_to_zero / dataset_labels / label_hierarchy_level), in dataset order."
+            )
+        if ticket.version != self.version:
+            raise RuntimeError(
+                "a batch drawn before the last reclustering reached the loss. Change clusters only through "
+                "DivideConquerWrapper (its end-of-epoch hook or recluster(trainer)), which restarts the trainer's "
+                "DataLoader iterator so that no stale prefetched batch is trained on."
+            )
+        self._pass, self._pos = ticket.pass_index, ticket.position + 1
+        return ticket
+
+    # ---------------------------------------------------------------- state
+    def state_dict(self):
+        return {
+            "seed": self.seed,
+            "batch_size": self.batch_size,
+            "m": self.m,
+            "assignment": self.assignment.copy(),
+            "num_clusters": self.num_clusters,
+            "version": self.version,
+            "pass": self._pass,
+            "pos": self._pos,
+            "warned": sorted(self._warned),
+        }
+
+    def load_state_dict(self, state):
+        if len(state["assignment"]) != len(self.labels):
+            raise ValueError(
+                f"the saved sampler state has {len(state['assignment'])} samples, this dataset has "
+                f"{len(self.labels)}: it was saved for another dataset"
+            )
+        if (state["batch_size"], state["m"]) != (self.batch_size, self.m):
+            raise ValueError(
+                f"the saved sampler used batch_size={state['batch_size']}, m={state['m']}; this one uses "
+                f"batch_size={self.batch_size}, m={self.m}"
+            )
+        self.seed = int(state["seed"])
+        self.assignment = np.asarray(state["assignment"], dtype=np.int64).copy()
+        self.num_clusters = int(state["num_clusters"])
+        self.version = int(state["version"])
+        self._pass, self._pos = int(state["pass"]), int(state["pos"])
+        self._tickets.clear()
+        self._plan_cache = (None, None)
+        self._warned = set(state.get("warned", []))

@@ -1,0 +1,319 @@
+"""DivideConquerWrapper: PML's ``loss_funcs["metric_loss"]`` for Divide & Conquer training."""
+
+import copy
+import inspect
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from pytorch_metric_learning.losses import BaseMetricLossFunction
+from pytorch_metric_learning.miners import BaseMiner
+from pytorch_metric_learning.utils import common_functions as c_f
+
+from . import clustering, hooks
+from .embedder import LEARNED, SubspaceMaskedEmbedder
+from .sampler import ClusterSampler
+from .schedule import CONQUER, CONQUER_PHASE, DIVIDE_PHASE, RECLUSTER, SPLIT, DivideConquerSchedule
+
+CONQUER_KEY = "conquer"
+
+
+def learner_key(k):
+    # name-like keys: record-keeper builds SQL table names from module paths, and "0" would break them
+    return f"learner{k}"
+
+
+def _check_loss(loss):
+    if not isinstance(loss, torch.nn.Module):
+        raise TypeError(f"loss must be a PML loss (a torch.nn.Module), got {type(loss).__name__}")
+    params = inspect.signature(loss.forward).parameters
+    if "labels" not in params:
+        raise ValueError(
+            f"{type(loss).__name__} takes no labels (its forward is {type(loss).__name__}.forward"
+            f"{inspect.signature(loss.forward)}): Divide & Conquer builds batches of m samples per class within a "
+            "cluster, so it needs a loss computed from class labels. Self-supervised losses on pairs of views "
+            "(SelfSupervisedLoss, VICRegLoss) are not supported."
+        )
+
+
+class DivideConquerWrapper(BaseMetricLossFunction):
+    """Divide & Conquer around any label-based PML loss (and miner), used as ``loss_funcs["metric_loss"]``.
+
+    Keeps one learner (a copy of ``loss`` and ``miner``) per cluster. Every batch the trainer draws from the
+    :class:`ClusterSampler` is routed to the learner of the cluster it was drawn from, which computes its loss on
+    its own subspace of the embedding (given by the :class:`SubspaceMaskedEmbedder`). At the end of every
+    ``recluster_every`` epochs, :meth:`end_of_epoch_hook` embeds the training set, reclusters it (and, with
+    ``grow=True``, splits every cluster in two until ``num_learners`` is reached), matching new clusters to the
+    learners that trained on them. From ``conquer_epoch`` on, one more learner trains on the full embedding over
+    all data.
+
+    Args:
+        loss: a PML loss that takes labels (copied once per learner).
+        miner: optional PML tuple miner (copied once per learner, applied in the learner's subspace).
+        embedder: the :class:`SubspaceMaskedEmbedder`, also passed to the trainer as ``models["embedder"]``. Its
+            ``num_learners`` is K.
+        sampler: the :class:`ClusterSampler`, also passed to the trainer as ``sampler=``.
+        recluster_every: T, in epochs.
+        conquer_epoch: first epoch of the conquer phase, or None for none.
+        grow: True: start with K=1 and split clusters in two at each reclustering (journal version); False:
+            fixed K (CVPR version) - then call :meth:`prepare` before ``trainer.train()`` to cluster first.
+        orthogonality_weight: lambda of the mask orthogonality term (learned masks only).
+        cluster_on: ``"embedding"`` (default) or ``"trunk"``: the space that is clustered.
+        cluster_dataset: dataset embedded for clustering, in the same order as the training dataset, typically
+            the training images with test-time transforms. Default: the trainer's dataset.
+        cluster_batch_size, cluster_num_workers: DataLoader settings for that embedding pass (workers default to
+            the trainer's ``dataloader_num_workers``).
+        kmeans_niter: faiss k-means iterations.
+        faiss_gpu: None: use a GPU if faiss-gpu sees one; False: CPU only.
+        seed: seed of the clustering.
+
+    Example:
+        >>> embedder = SubspaceMaskedEmbedder(64, num_learners=4, embedder=torch.nn.Linear(128, 64))
+        >>> sampler = ClusterSampler(train_labels, batch_size=32, m=4)
+        >>> dc = DivideConquerWrapper(losses.TripletMarginLoss(), miners.TripletMarginMiner(),
+        ...                           embedder=embedder, sampler=sampler, recluster_every=2, conquer_epoch=9)
+        >>> trainer = trainers.MetricLossOnly(
+        ...     models={"trunk": trunk, "embedder": embedder}, optimizers=optimizers, batch_size=32,
+        ...     loss_funcs={"metric_loss": dc}, dataset=train_set, sampler=sampler,
+        ...     end_of_epoch_hook=dc.get_end_of_epoch_hook())
+        >>> trainer.train(num_epochs=10)
+    """
+
+    def __init__(
+        self,
+        loss,
+        miner=None,
+        *,
+        embedder,
+        sampler,
+        recluster_every=2,
+        conquer_epoch=None,
+        grow=True,
+        orthogonality_weight=0.01,
+        cluster_on="embedding",
+        cluster_dataset=None,
+        cluster_batch_size=256,
+        cluster_num_workers=None,
+        kmeans_niter=20,
+        faiss_gpu=None,
+        seed=0,
+    ):
+        super().__init__()
+        _check_loss(loss)
+        if miner is not None and not isinstance(miner, BaseMiner):
+            raise TypeError(f"miner must be a PML miner (pytorch_metric_learning.miners), got {type(miner).__name__}")
+        if not isinstance(embedder, SubspaceMaskedEmbedder):
+            raise TypeError(f"embedder must be a SubspaceMaskedEmbedder, got {type(embedder).__name__}")
+        if not isinstance(sampler, ClusterSampler):
+            raise TypeError(
+                f"sampler must be a ClusterSampler, got {type(sampler).__name__}: batches must come from one "
+                "cluster each, and the wrapper must know which"
+            )
+        if cluster_on not in ("embedding", "trunk"):
+            raise ValueError(f'cluster_on must be "embedding" or "trunk", got {cluster_on!r}')
+        self.schedule = DivideConquerSchedule(
+            num_learners=embedder.num_learners, recluster_every=recluster_every, conquer_epoch=conquer_epoch, grow=grow
+        )
+        num_classes = len(np.unique(sampler.labels))
+        if embedder.num_learners > num_classes:
+            raise ValueError(
+                f"num_learners={embedder.num_learners} is larger than the number of training classes "
+                f"({num_classes}): every cluster needs several classes. Use at most {num_classes // 2 or 1} learners."
+            )
+        # Held outside the module tree: the embedder is trained and saved as models["embedder"], and registering
+        # it here would put its parameters in the metric loss optimizer too.
+        self.__dict__["embedder"] = embedder
+        self.__dict__["sampler"] = sampler
+        self.orthogonality_weight = float(orthogonality_weight)
+        self.cluster_on = cluster_on
+        self.cluster_dataset = cluster_dataset
+        self.cluster_batch_size = int(cluster_batch_size)
+        self.cluster_num_workers = cluster_num_workers
+        self.kmeans_niter = int(kmeans_niter)
+        self.faiss_gpu = faiss_gpu
+        self.seed = int(seed)
+
+        keys = [learner_key(k) for k in range(embedder.num_learners)] + [CONQUER_KEY]
+        self.learners = torch.nn.ModuleDict({k: copy.deepcopy(loss) for k in keys})
+        self.miners = torch.nn.ModuleDict({k: copy.deepcopy(miner) for k in keys}) if miner is not None else None
+
+        self.phase = DIVIDE_PHASE
+        self.num_active = 1
+        self.last_epoch = -1  # last epoch whose end-of-epoch step has been taken (0: the step before training)
+        self.current_learner = -1
+        self.orthogonality = 0.0
+        self.learner_losses = torch.zeros(embedder.num_learners + 1)
+        self.add_to_recordable_attributes(
+            list_of_names=["num_active", "current_learner", "orthogonality", "is_conquer"], is_stat=False
+        )
+
+    @property
+    def is_conquer(self):
+        return int(self.phase == CONQUER_PHASE)
+
+    # ------------------------------------------------------------------ loss
+    def forward(self, embeddings, labels=None, indices_tuple=None, ref_emb=None, ref_labels=None):
+        if labels is None:
+            raise ValueError(
+                "DivideConquerWrapper needs the batch labels: call it as loss(embeddings, labels[, indices_tuple])"
+            )
+        if ref_emb is not None or ref_labels is not None:
+            raise ValueError("DivideConquerWrapper does not take ref_emb/ref_labels: each learner uses its own batch")
+        c_f.check_shapes(embeddings, labels)
+        if not torch.isfinite(embeddings).all():
+            raise FloatingPointError(
+                "non-finite values (NaN or inf) in the embeddings reaching DivideConquerWrapper: the model has "
+                "diverged or the input contains NaN. Lower the learning rate or check the data."
+            )
+        if indices_tuple is not None and self.miners is not None:
+            raise ValueError(
+                "got an indices_tuple from the trainer's mining_funcs and a miner in DivideConquerWrapper: give the "
+                "miner only to the wrapper, which mines in each learner's subspace"
+            )
+        if not self.training:  # outside training (e.g. a validation loss): the conquer learner, full space
+            return self._learner_loss(CONQUER_KEY, F.normalize(embeddings, dim=1), labels, indices_tuple)
+        if self.last_epoch < 0 and self.schedule.step_after_epoch(0).action != "none":
+            raise RuntimeError(
+                f"with grow=False the data must be clustered into K={self.num_learners} before training: call "
+                "wrapper.prepare(trainer) before trainer.train()"
+            )
+        ticket = self.sampler.pop_ticket(labels)
+        if self.phase == CONQUER_PHASE:
+            key, index = CONQUER_KEY, self.num_learners
+            x = F.normalize(embeddings, dim=1)
+        else:
+            if ticket.cluster >= self.num_active:
+                raise RuntimeError(
+                    f"batch from cluster {ticket.cluster} but only {self.num_active} learners are active: the "
+                    "sampler's assignment was changed outside DivideConquerWrapper"
+                )
+            key, index = learner_key(ticket.cluster), ticket.cluster
+            x = self.embedder.subspace(embeddings, ticket.cluster, self.num_active)
+        self.current_learner = index
+        loss = self._learner_loss(key, x, labels, indices_tuple)
+        self.learner_losses[index] = float(loss.detach())
+        if self.embedder.mode == LEARNED and self.phase == DIVIDE_PHASE and self.num_active > 1:
+            ortho = self.embedder.orthogonality_loss(self.num_active)
+            self.orthogonality = float(ortho.detach())
+            if self.orthogonality_weight:
+                loss = loss + self.orthogonality_weight * ortho.to(loss.device)
+        return loss
+
+    def _learner_loss(self, key, x, labels, indices_tuple):
+        if self.miners is not None:
+            indices_tuple = self.miners[key](x, labels)
+        loss = self.learners[key](x, labels, indices_tuple)
+        if not torch.is_tensor(loss):
+            loss = x.sum() * 0.0 + loss
+        return loss
+
+    @property
+    def num_learners(self):
+        return self.embedder.num_learners
+
+    # ------------------------------------------------------------------ epochs
+    def prepare(self, trainer):
+        """Check that ``trainer`` can run this wrapper, and take the step before epoch 1 (clustering, if K>1)."""
+        hooks.check_trainer(trainer, self)
+        self.step(trainer, 0)
+
+    def end_of_epoch_hook(self, trainer):
+        """PML end-of-epoch hook: recluster/split/conquer as the schedule says. Returns True (keep training)."""
+        hooks.check_trainer(trainer, self)
+        self.step(trainer, trainer.epoch)
+        return True
+
+    def get_end_of_epoch_hook(self, then=None):
+        """An end-of-epoch hook that takes the D&C step, then calls ``then`` (e.g. HookContainer's hook).
+
+        >>> hook = dc.get_end_of_epoch_hook(then=hooks.end_of_epoch_hook(tester, dataset_dict, model_folder))
+        """
+
+        def hook(trainer):
+            self.end_of_epoch_hook(trainer)
+            return True if then is None else then(trainer)
+
+        return hook
+
+    def step(self, trainer, epoch):
+        """Take the schedule's step after ``epoch`` (0: before training). A step already taken is skipped."""
+        if epoch <= self.last_epoch:
+            return
+        step = self.schedule.step_after_epoch(epoch)
+        if step.action == CONQUER:
+            self.phase = CONQUER_PHASE
+            self.sampler.set_assignment(np.zeros(len(self.sampler.labels), dtype=np.int64), 1)
+            hooks.restart_iterator(trainer)
+        elif step.action in (RECLUSTER, SPLIT):
+            self._divide(trainer, step, epoch)
+        self.last_epoch = epoch
+
+    def recluster(self, trainer, num_learners=None):
+        """Recluster now into ``num_learners`` (default: the current K) clusters matched to the learners."""
+        from .schedule import Step
+
+        self._divide(trainer, Step(RECLUSTER, num_learners or self.num_active), max(self.last_epoch, 0))
+
+    def _divide(self, trainer, step, epoch):
+        emb = self.embed_training_set(trainer)
+        seed = self.seed + 1000 * epoch
+        optimizers = list(getattr(trainer, "optimizers", {}).values())
+        old = self.sampler.assignment
+        if step.action == SPLIT:
+            if step.num_learners != 2 * self.num_active:
+                raise RuntimeError(f"cannot split {self.num_active} clusters into {step.num_learners}")
+            new = clustering.split_clusters(emb, old, niter=self.kmeans_niter, seed=seed, gpu=self.faiss_gpu)
+            pairs = [(learner_key(c), learner_key(c2)) for c in reversed(range(self.num_active)) for c2 in (2 * c + 1, 2 * c)]
+            hooks.copy_module_state(self.learners, pairs, optimizers)
+            if self.miners is not None:
+                hooks.copy_module_state(self.miners, pairs, optimizers)
+            if self.embedder.masks is not None:
+                rows = np.arange(2 * self.num_active) // 2
+                self.embedder.split_masks(self.num_active)
+                hooks.gather_optimizer_rows(self.embedder.masks, rows, optimizers)
+        else:
+            new = clustering.kmeans_with_retries(
+                emb, step.num_learners, self.sampler.labels, niter=self.kmeans_niter, seed=seed, gpu=self.faiss_gpu
+            )
+            if self.sampler.num_clusters == step.num_learners and self.last_epoch >= 0:
+                new = clustering.match_clusters(old, new, step.num_learners)
+        self.num_active = step.num_learners
+        self.sampler.set_assignment(new, step.num_learners)
+        hooks.restart_iterator(trainer)
+
+    def embed_training_set(self, trainer):
+        """L2-normalised embeddings (or trunk features) of the training set, checked against the sampler's labels."""
+        dataset = trainer.dataset if self.cluster_dataset is None else self.cluster_dataset
+        workers = trainer.dataloader_num_workers if self.cluster_num_workers is None else self.cluster_num_workers
+        emb, labels = hooks.embed_dataset(
+            trainer, dataset, self.cluster_on == "trunk", self.cluster_batch_size, workers
+        )
+        if len(labels) != len(self.sampler.labels) or not np.array_equal(labels, self.sampler.labels):
+            raise ValueError(
+                "the dataset embedded for clustering does not have the sampler's labels in the same order "
+                f"({len(labels)} vs {len(self.sampler.labels)} samples): cluster_dataset must hold the training "
+                "samples in the training dataset's order"
+            )
+        return emb
+
+    # ------------------------------------------------------------------ state
+    def get_extra_state(self):
+        masks = self.embedder.masks
+        return {
+            "phase": self.phase,
+            "num_active": self.num_active,
+            "last_epoch": self.last_epoch,
+            "sampler": self.sampler.state_dict(),
+            "masks": None if masks is None else masks.detach().cpu().clone(),
+        }
+
+    def set_extra_state(self, state):
+        self.phase = state["phase"]
+        self.num_active = int(state["num_active"])
+        self.last_epoch = int(state["last_epoch"])
+        self.sampler.load_state_dict(state["sampler"])
+        if state["masks"] is not None:
+            if self.embedder.masks is None or self.embedder.masks.shape != state["masks"].shape:
+                raise ValueError("the saved state has learned masks that do not fit this SubspaceMaskedEmbedder")
+            with torch.no_grad():
+                self.embedder.masks.copy_(state["masks"])
