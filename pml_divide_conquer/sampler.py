@@ -139,7 +139,7 @@ class ClusterSampler(Sampler):
                 f"clusters {empty} are empty: their learners get no batches until the next reclustering.",
             )
         few = [
-            (c, q) for c, q in enumerate(self.classes_per_cluster()) if sizes[c] > 0 and q < per_batch
+            (c, q) for c, q in enumerate(self.classes_per_cluster().tolist()) if sizes[c] > 0 and q < per_batch
         ]
         if few:
             self._warn_once(
@@ -186,7 +186,7 @@ class ClusterSampler(Sampler):
             self._warn_once(
                 "replacement",
                 f"some classes have fewer than m={self.m} samples in their cluster (for example class "
-                f"{classes[small][0]} in cluster {c}); those are sampled with replacement.",
+                f"{classes[small][0].item()} in cluster {c}); those are sampled with replacement.",
             )
         per_batch = self.batch_size // self.m
         queues = [rng.permutation(p) for p in pools]

@@ -23,16 +23,25 @@ def learner_key(k):
     return f"learner{k}"
 
 
+def _declares_labels_not_supported(loss):
+    # PML marks label-free losses (VICRegLoss, ManifoldLoss) by calling c_f.labels_not_supported in compute_loss
+    method = getattr(type(loss), "compute_loss", None)
+    try:
+        return method is not None and "labels_not_supported" in inspect.getsource(method)
+    except (OSError, TypeError):
+        return False
+
+
 def _check_loss(loss):
     if not isinstance(loss, torch.nn.Module):
         raise TypeError(f"loss must be a PML loss (a torch.nn.Module), got {type(loss).__name__}")
     params = inspect.signature(loss.forward).parameters
-    if "labels" not in params:
+    if "labels" not in params or _declares_labels_not_supported(loss):
         raise ValueError(
-            f"{type(loss).__name__} takes no labels (its forward is {type(loss).__name__}.forward"
-            f"{inspect.signature(loss.forward)}): Divide & Conquer builds batches of m samples per class within a "
+            f"{type(loss).__name__} does not use class labels: Divide & Conquer builds batches of m samples per "
+            "class within a "
             "cluster, so it needs a loss computed from class labels. Self-supervised losses on pairs of views "
-            "(SelfSupervisedLoss, VICRegLoss) are not supported."
+            "(SelfSupervisedLoss, VICRegLoss, ManifoldLoss) are not supported."
         )
 
 

@@ -1,0 +1,78 @@
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from pml_divide_conquer import clustering
+
+
+def blobs(k, per=30, d=8, seed=0):
+    rng = np.random.default_rng(seed)
+    centers = rng.normal(size=(k, d)) * 10
+    x = np.concatenate([c + rng.normal(size=(per, d)) for c in centers]).astype(np.float32)
+    return x, np.repeat(np.arange(k), per)
+
+
+def same_partition(a, b):
+    return all(len(np.unique(b[a == c])) == 1 for c in np.unique(a))
+
+
+def test_kmeans_recovers_separated_blobs():
+    x, truth = blobs(4)
+    ids = clustering.kmeans(x, 4, seed=1, gpu=False)
+    assert ids.dtype == np.int64 and set(ids) == {0, 1, 2, 3}
+    assert same_partition(truth, ids) and same_partition(ids, truth)
+
+
+def test_kmeans_rejects_bad_input():
+    with pytest.raises(ValueError, match="NaN"):
+        clustering.kmeans(np.full((10, 2), np.nan, dtype=np.float32), 2)
+    with pytest.raises(ValueError, match="cannot make 20 clusters"):
+        clustering.kmeans(np.zeros((10, 2), dtype=np.float32), 20)
+
+
+def test_split_gives_children_2c_and_2c_plus_1():
+    x, truth = blobs(4)
+    parent = truth // 2  # clusters {0,1} and {2,3}
+    child = clustering.split_clusters(x, parent, seed=0, gpu=False)
+    assert np.array_equal(child // 2, parent)
+    assert same_partition(truth, child) and same_partition(child, truth)
+
+
+def test_kmeans_with_retries_warns_when_clusters_stay_degenerate():
+    x, _ = blobs(3, per=20)
+    labels = np.repeat(np.arange(3), 20)  # each blob is one class: any 3-clustering has 1 class per cluster
+    with pytest.warns(UserWarning, match="without 2 classes"):
+        clustering.kmeans_with_retries(x, 3, labels, max_retries=2, gpu=False)
+
+
+def test_matching_undoes_a_three_cycle():
+    old = np.repeat([0, 1, 2], 5)
+    cycle = np.array([1, 2, 0])  # 0->1->2->0, not its own inverse
+    new = cycle[old]
+    assert np.array_equal(clustering.match_clusters(old, new, 3), old)
+
+
+@settings(max_examples=200, deadline=None)
+@given(perm=st.permutations(list(range(8))), sizes=st.lists(st.integers(1, 20), min_size=8, max_size=8))
+def test_matching_undoes_any_relabelling_of_8_clusters(perm, sizes):
+    old = np.repeat(np.arange(8), sizes)
+    new = np.asarray(perm)[old]
+    assert np.array_equal(clustering.match_clusters(old, new, 8), old)
+
+
+@settings(max_examples=100, deadline=None)
+@given(data=st.data())
+def test_matching_maximises_overlap(data):
+    k = data.draw(st.integers(2, 6))
+    n = data.draw(st.integers(k, 60))
+    old = np.array(data.draw(st.lists(st.integers(0, k - 1), min_size=n, max_size=n)))
+    new = np.array(data.draw(st.lists(st.integers(0, k - 1), min_size=n, max_size=n)))
+    matched = clustering.match_clusters(old, new, k)
+    # a relabelling of new: same partition
+    assert same_partition(new, matched) and same_partition(matched, new)
+    # no other relabelling keeps more samples in their old cluster
+    import itertools
+
+    best = max((np.asarray(p)[new] == old).sum() for p in itertools.permutations(range(k)))
+    assert (matched == old).sum() == best

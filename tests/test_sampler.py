@@ -1,0 +1,183 @@
+import warnings
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from pml_divide_conquer import ClusterSampler
+
+
+def take_pass(sampler):
+    """Iterate one pass, consuming every ticket as the wrapper would; returns [(cluster, indices)]."""
+    it = iter(sampler)
+    flat = list(it)
+    batches = [np.array(flat[i : i + sampler.batch_size]) for i in range(0, len(flat), sampler.batch_size)]
+    out = []
+    for b in batches:
+        t = sampler.pop_ticket(torch.as_tensor(sampler.labels[b]))
+        assert np.array_equal(t.indices, b)
+        out.append((t.cluster, b))
+    return out
+
+
+@st.composite
+def clustered_data(draw):
+    m = draw(st.sampled_from([1, 2, 4]))
+    per_batch = draw(st.integers(1, 4))
+    num_classes = draw(st.integers(per_batch, 12))
+    sizes = draw(st.lists(st.integers(1, 15), min_size=num_classes, max_size=num_classes))
+    labels = np.repeat(np.arange(num_classes), sizes)
+    if max(sizes) < m:
+        sizes[0] = m
+        labels = np.repeat(np.arange(num_classes), sizes)
+    k = draw(st.integers(1, 4))
+    assignment = np.array(draw(st.lists(st.integers(0, k - 1), min_size=len(labels), max_size=len(labels))))
+    seed = draw(st.integers(0, 2**16))
+    return labels, m, per_batch * m, assignment, k, seed
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(clustered_data())
+def test_every_batch_is_one_cluster_m_per_class_and_clusters_get_equal_batches(case):
+    labels, m, batch_size, assignment, k, seed = case
+    if batch_size > len(labels):
+        return
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        s = ClusterSampler(labels, batch_size, m, seed=seed)
+        s.set_assignment(assignment, k)
+        batches = take_pass(s)
+    assert len(batches) * batch_size == len(s)
+    nonempty = set(np.unique(assignment).tolist())
+    counts = {c: 0 for c in nonempty}
+    for c, b in batches:
+        assert len(b) == batch_size
+        assert (assignment[b] == c).all()  # a single cluster, the one on the ticket
+        _, per_class = np.unique(labels[b], return_counts=True)
+        assert (per_class % m == 0).all()  # m per class (a class may appear twice only if the cluster is short)
+        counts[c] += 1
+    assert len(set(counts.values())) == 1  # round-robin, small clusters oversampled
+
+
+def test_without_replacement_while_a_class_has_samples_left():
+    labels = np.repeat(np.arange(4), 12)  # 12 per class, m=4: each image once per 3 uses of its class
+    s = ClusterSampler(labels, batch_size=8, m=4, seed=3)
+    batches = take_pass(s)
+    used = {c: [] for c in range(4)}
+    for _, b in batches:
+        for c in range(4):
+            used[c].extend(b[labels[b] == c].tolist())
+    for c, seq in used.items():
+        for start in range(0, len(seq) - 11, 12):  # every full round of a class has no repeat
+            assert len(set(seq[start : start + 12])) == 12
+
+
+def test_small_classes_are_sampled_with_replacement_with_one_warning():
+    labels = np.array([0] * 10 + [1] * 10 + [2] * 2)
+    s = ClusterSampler(labels, batch_size=8, m=4, seed=0)
+    with pytest.warns(UserWarning, match="sampled with replacement") as record:
+        take_pass(s)
+        take_pass(s)
+    assert sum("replacement" in str(w.message) for w in record) == 1
+
+
+def test_deterministic_for_a_seed_and_reshuffled_every_pass():
+    labels = np.repeat(np.arange(10), 20)
+    a = ClusterSampler(labels, 12, 4, seed=7)
+    b = ClusterSampler(labels, 12, 4, seed=7)
+    assignment = labels % 3
+    a.set_assignment(assignment)
+    b.set_assignment(assignment)
+    pa1, pb1 = take_pass(a), take_pass(b)
+    assert all(np.array_equal(x[1], y[1]) for x, y in zip(pa1, pb1))
+    pa2 = take_pass(a)
+    assert not all(np.array_equal(x[1], y[1]) for x, y in zip(pa1, pa2))
+    c = ClusterSampler(labels, 12, 4, seed=8)
+    c.set_assignment(assignment)
+    assert not all(np.array_equal(x[1], y[1]) for x, y in zip(pa1, take_pass(c)))
+
+
+def test_state_dict_resumes_the_same_stream_mid_pass():
+    labels = np.repeat(np.arange(10), 20)
+    a = ClusterSampler(labels, 20, 4, seed=1)
+    a.set_assignment(labels % 2)
+    it = iter(a)
+    flat = [next(it) for _ in range(3 * 20)]
+    for i in range(3):
+        a.pop_ticket(torch.as_tensor(labels[flat[20 * i : 20 * (i + 1)]]))
+    state = a.state_dict()
+    rest_a = list(it) + list(iter(a))
+    b = ClusterSampler(labels, 20, 4, seed=99)
+    b.load_state_dict(state)
+    rest_b = list(iter(b))
+    assert rest_b == rest_a[: len(rest_b)]
+
+
+def test_new_iterator_drops_tickets_of_abandoned_prefetch():
+    labels = np.repeat(np.arange(4), 10)
+    s = ClusterSampler(labels, 8, 4)
+    it = iter(s)
+    _ = [next(it) for _ in range(16)]  # two batches "prefetched", never consumed
+    it2 = iter(s)
+    first = [next(it2) for _ in range(8)]
+    t = s.pop_ticket(torch.as_tensor(labels[first]))
+    assert np.array_equal(t.indices, first)
+
+
+def test_pop_ticket_refuses_what_it_did_not_draw():
+    labels = np.repeat(np.arange(4), 10)
+    s = ClusterSampler(labels, 8, 4)
+    with pytest.raises(RuntimeError, match="did not draw"):
+        s.pop_ticket(torch.zeros(8, dtype=torch.long))
+    it = iter(s)
+    idx = [next(it) for _ in range(8)]
+    with pytest.raises(RuntimeError, match="batch of 4 samples"):
+        s.pop_ticket(torch.as_tensor(labels[idx[:4]]))
+    idx = [next(it) for _ in range(8)]
+    with pytest.raises(RuntimeError, match="do not match"):
+        s.pop_ticket(torch.as_tensor(labels[idx] + 1))
+
+
+def test_stale_batch_after_reassignment_is_refused():
+    labels = np.repeat(np.arange(4), 10)
+    s = ClusterSampler(labels, 8, 4)
+    it = iter(s)
+    idx = [next(it) for _ in range(8)]
+    s.set_assignment(labels % 2)
+    with pytest.raises(RuntimeError, match="before the last reclustering"):
+        s.pop_ticket(torch.as_tensor(labels[idx]))
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (dict(batch_size=10, m=4), "not a multiple of m"),
+        (dict(batch_size=40, m=4), "only 4 classes"),
+        (dict(batch_size=20, m=20), "largest class has only 10"),
+        (dict(batch_size=80, m=4), "larger than the dataset"),
+    ],
+)
+def test_bad_batch_settings_raise(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        ClusterSampler(np.repeat(np.arange(4), 10), **kwargs)
+
+
+def test_bad_labels_and_assignments_raise():
+    with pytest.raises(ValueError, match="1-D"):
+        ClusterSampler(np.zeros((4, 2), dtype=int), 2, 1)
+    s = ClusterSampler(np.repeat(np.arange(4), 10), 8, 4)
+    with pytest.raises(ValueError, match="one id per sample"):
+        s.set_assignment(np.zeros(3, dtype=int))
+    with pytest.raises(ValueError, match="out of range"):
+        s.set_assignment(np.full(40, 5), num_clusters=2)
+
+
+def test_cluster_with_too_few_classes_warns_and_still_fills_batches():
+    labels = np.repeat(np.arange(6), 10)
+    s = ClusterSampler(labels, 12, 4)
+    with pytest.warns(UserWarning, match="fewer than batch_size/m"):
+        s.set_assignment((labels == 0).astype(int))  # cluster 1 holds a single class
+    batches = take_pass(s)
+    assert all(len(b) == 12 for _, b in batches)
