@@ -13,3 +13,14 @@ fi
   2> >(grep -v "is ignored: it is neither a file nor a directory" >&2)
 .venv/bin/python -c "import torch, faiss, pytorch_metric_learning as pml, pml_divide_conquer as dc; \
 print(f'ready: torch {torch.__version__}, faiss {faiss.__version__}, PML {pml.__version__}, pml-divide-conquer {dc.__version__}')"
+# Offline data for the benchmarks and their tests (Debian packages): Fashion-MNIST, and fonts for the glyph set.
+DATA_PACKAGES="dataset-fashion-mnist fonts-dejavu-core fonts-dejavu-extra fonts-liberation fonts-freefont-ttf \
+fonts-urw-base35 fonts-texgyre fonts-croscore fonts-go fonts-linuxlibertine fonts-open-sans"
+missing=$(for p in $DATA_PACKAGES; do dpkg -s "$p" >/dev/null 2>&1 || echo "$p"; done)
+if [ -n "$missing" ]; then
+  if command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $missing >/dev/null
+  else
+    echo "warning: benchmark data missing; install with: sudo apt-get install -y" $missing >&2
+  fi
+fi
