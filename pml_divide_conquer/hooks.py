@@ -1,7 +1,5 @@
 """Torch/PML glue for the end-of-epoch step: embedding the training set, checking the trainer, moving state."""
 
-import copy
-
 import numpy as np
 import torch
 from pytorch_metric_learning import testers, trainers
@@ -81,20 +79,6 @@ def restart_iterator(trainer):
     """Drop batches the trainer's DataLoader has already prefetched, so that the next batch is a fresh draw."""
     if getattr(trainer, "dataloader", None) is not None:
         trainer.dataloader_iter = iter(trainer.dataloader)
-
-
-def copy_module_state(modules, pairs, optimizers=()):
-    """For each (src, dst) key pair, load module src's state into module dst, and its optimizer state too."""
-    for src, dst in pairs:
-        if src == dst:
-            continue
-        modules[dst].load_state_dict(copy.deepcopy(modules[src].state_dict()))
-        for opt in optimizers:
-            for p_src, p_dst in zip(modules[src].parameters(), modules[dst].parameters()):
-                if p_src in opt.state:
-                    opt.state[p_dst] = copy.deepcopy(opt.state[p_src])
-                else:
-                    opt.state.pop(p_dst, None)
 
 
 def gather_optimizer_rows(param, rows, optimizers=()):

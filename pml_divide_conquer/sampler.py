@@ -272,7 +272,7 @@ class ClusterSampler(Sampler):
             "seed": self.seed,
             "batch_size": self.batch_size,
             "m": self.m,
-            "assignment": self.assignment.copy(),
+            "assignment": torch.from_numpy(self.assignment.copy()),  # a tensor: loadable with weights_only
             "num_clusters": self.num_clusters,
             "version": self.version,
             "pass": self._pass,
@@ -292,7 +292,8 @@ class ClusterSampler(Sampler):
                 f"batch_size={self.batch_size}, m={self.m}"
             )
         self.seed = int(state["seed"])
-        self.assignment = np.asarray(state["assignment"], dtype=np.int64).copy()
+        a = state["assignment"]
+        self.assignment = (a.numpy() if torch.is_tensor(a) else np.asarray(a)).astype(np.int64).copy()
         self.num_clusters = int(state["num_clusters"])
         self.version = int(state["version"])
         self._pass, self._pos = int(state["pass"]), int(state["pos"])

@@ -7,10 +7,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from pytorch_metric_learning.losses import BaseMetricLossFunction
-from pytorch_metric_learning.miners import BaseMiner
+from pytorch_metric_learning.miners import BaseMiner, EmbeddingsAlreadyPackagedAsTriplets
 from pytorch_metric_learning.utils import common_functions as c_f
 
-from . import clustering, hooks
+from . import clustering, heads, hooks
 from .embedder import LEARNED, SubspaceMaskedEmbedder
 from .sampler import ClusterSampler
 from .schedule import CONQUER, CONQUER_PHASE, DIVIDE_PHASE, RECLUSTER, SPLIT, DivideConquerSchedule
@@ -111,6 +111,11 @@ class DivideConquerWrapper(BaseMetricLossFunction):
         _check_loss(loss)
         if miner is not None and not isinstance(miner, BaseMiner):
             raise TypeError(f"miner must be a PML miner (pytorch_metric_learning.miners), got {type(miner).__name__}")
+        if isinstance(miner, EmbeddingsAlreadyPackagedAsTriplets):
+            raise ValueError(
+                "EmbeddingsAlreadyPackagedAsTriplets needs batches laid out as (anchor, positive, negative) triplets, "
+                "but ClusterSampler draws m samples per class: use another miner, e.g. TripletMarginMiner"
+            )
         if not isinstance(embedder, SubspaceMaskedEmbedder):
             raise TypeError(f"embedder must be a SubspaceMaskedEmbedder, got {type(embedder).__name__}")
         if not isinstance(sampler, ClusterSampler):
@@ -142,9 +147,16 @@ class DivideConquerWrapper(BaseMetricLossFunction):
         self.faiss_gpu = faiss_gpu
         self.seed = int(seed)
 
+        heads.check_fits(loss, embedder.embedding_size, num_classes)
+        # labels reach the learners mapped to 0..C-1, the range classification heads are built for
+        self.register_buffer("class_ids", torch.as_tensor(np.unique(sampler.labels)), persistent=False)
+
         keys = [learner_key(k) for k in range(embedder.num_learners)] + [CONQUER_KEY]
         self.learners = torch.nn.ModuleDict({k: copy.deepcopy(loss) for k in keys})
         self.miners = torch.nn.ModuleDict({k: copy.deepcopy(miner) for k in keys}) if miner is not None else None
+        first_size = embedder.subspace_size(self.schedule.learners_in_epoch(1))
+        for k in range(embedder.num_learners):
+            heads.resize(self.learners[learner_key(k)], first_size)
 
         self.phase = DIVIDE_PHASE
         self.num_active = 1
@@ -208,7 +220,20 @@ class DivideConquerWrapper(BaseMetricLossFunction):
                 loss = loss + self.orthogonality_weight * ortho.to(loss.device)
         return loss
 
+    def map_labels(self, labels):
+        """Training labels -> 0..C-1 (C training classes). Unknown labels (eval on other classes) stay as they are."""
+        labels = labels.to(self.class_ids.device)
+        pos = torch.searchsorted(self.class_ids, labels).clamp(max=len(self.class_ids) - 1)
+        return pos if bool((self.class_ids[pos] == labels).all()) else None
+
     def _learner_loss(self, key, x, labels, indices_tuple):
+        mapped = self.map_labels(labels)
+        if mapped is None and heads.has_heads(self.learners[key]):
+            raise ValueError(
+                "labels outside the training classes reached a classification loss (it has one weight per training "
+                "class): compute it only on training classes"
+            )
+        labels = labels if mapped is None else mapped
         if self.miners is not None:
             indices_tuple = self.miners[key](x, labels)
         loss = self.learners[key](x, labels, indices_tuple)
@@ -272,10 +297,7 @@ class DivideConquerWrapper(BaseMetricLossFunction):
             if step.num_learners != 2 * self.num_active:
                 raise RuntimeError(f"cannot split {self.num_active} clusters into {step.num_learners}")
             new = clustering.split_clusters(emb, old, niter=self.kmeans_niter, seed=seed, gpu=self.faiss_gpu)
-            pairs = [(learner_key(c), learner_key(c2)) for c in reversed(range(self.num_active)) for c2 in (2 * c + 1, 2 * c)]
-            hooks.copy_module_state(self.learners, pairs, optimizers)
-            if self.miners is not None:
-                hooks.copy_module_state(self.miners, pairs, optimizers)
+            self._split_learners(optimizers)
             if self.embedder.masks is not None:
                 rows = np.arange(2 * self.num_active) // 2
                 self.embedder.split_masks(self.num_active)
@@ -289,6 +311,19 @@ class DivideConquerWrapper(BaseMetricLossFunction):
         self.num_active = step.num_learners
         self.sampler.set_assignment(new, step.num_learners)
         hooks.restart_iterator(trainer)
+
+    def _split_learners(self, optimizers):
+        """Learners 2c and 2c+1 start from learner c (its heads restricted to their own dims in fixed mode)."""
+        size = self.embedder.subspace_size(self.num_active)
+        halves = [None, None]
+        if self.embedder.mode != LEARNED:
+            halves = [torch.arange(0, size // 2), torch.arange(size // 2, size)]
+        # from the last parent down, so that no parent is overwritten before its children are made
+        for c in reversed(range(self.num_active)):
+            for child, dims in ((2 * c + 1, halves[1]), (2 * c, halves[0])):
+                heads.inherit(self.learners[learner_key(c)], self.learners[learner_key(child)], dims, optimizers)
+                if self.miners is not None and child != c:
+                    heads.inherit(self.miners[learner_key(c)], self.miners[learner_key(child)])
 
     def embed_training_set(self, trainer):
         """L2-normalised embeddings (or trunk features) of the training set, checked against the sampler's labels."""
@@ -314,6 +349,7 @@ class DivideConquerWrapper(BaseMetricLossFunction):
             "last_epoch": self.last_epoch,
             "sampler": self.sampler.state_dict(),
             "masks": None if masks is None else masks.detach().cpu().clone(),
+            "head_sizes": {k: heads.head_size(m) for k, m in self.learners.items()},
         }
 
     def set_extra_state(self, state):
@@ -321,6 +357,11 @@ class DivideConquerWrapper(BaseMetricLossFunction):
         self.num_active = int(state["num_active"])
         self.last_epoch = int(state["last_epoch"])
         self.sampler.load_state_dict(state["sampler"])
+        # runs before the learners load their own state (torch loads a parent first): give their heads the
+        # saved sizes so that the saved tensors fit
+        for k, size in state["head_sizes"].items():
+            if size is not None:
+                heads.resize(self.learners[k], size)
         if state["masks"] is not None:
             if self.embedder.masks is None or self.embedder.masks.shape != state["masks"].shape:
                 raise ValueError("the saved state has learned masks that do not fit this SubspaceMaskedEmbedder")

@@ -61,6 +61,9 @@ def build(
     trainer_cls=trainers.MetricLossOnly,
     trainer_batch_size=None,
     trainer_sampler=None,
+    extra_models=None,
+    extra_loss_funcs=None,
+    extra_optimizers=None,
     **trainer_kwargs,
 ):
     """A tiny but real PML set-up around DivideConquerWrapper. Returns a dict of its parts."""
@@ -84,15 +87,16 @@ def build(
     }
     if any(p.requires_grad for p in wrapper.parameters()):
         optimizers["metric_loss_optimizer"] = torch.optim.Adam(wrapper.parameters(), lr=1e-3)
+    optimizers.update(extra_optimizers or {})
     trainer_kwargs.setdefault("end_of_epoch_hook", wrapper.get_end_of_epoch_hook())
     trainer_kwargs.setdefault("data_and_label_getter", drop_index)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         trainer = trainer_cls(
-            models={"trunk": trunk, "embedder": embedder},
+            models={"trunk": trunk, "embedder": embedder, **(extra_models or {})},
             optimizers=optimizers,
             batch_size=trainer_batch_size or batch_size,
-            loss_funcs={"metric_loss": wrapper},
+            loss_funcs={"metric_loss": wrapper, **(extra_loss_funcs or {})},
             dataset=dataset,
             sampler=trainer_sampler or sampler,
             dataloader_num_workers=workers,

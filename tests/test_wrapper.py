@@ -95,13 +95,6 @@ def test_fixed_K_without_prepare_is_refused(digits):
         parts["trainer"].train(num_epochs=1)
 
 
-def test_unsupported_trainer_is_refused(digits):
-    parts = build(digits)
-    parts["trainer"].__class__ = trainers.CascadedEmbeddings
-    with pytest.raises(TypeError, match="not supported"):
-        parts["wrapper"].prepare(parts["trainer"])
-
-
 def test_miner_given_twice_is_refused():
     w = wrapper_for(LABELS, loss=losses.ContrastiveLoss())
     w.miners = torch.nn.ModuleDict({k: miners.PairMarginMiner() for k in w.learners})

@@ -1,0 +1,136 @@
+"""Per-learner heads of classification-style losses (ArcFace, CosFace, ProxyAnchor, SoftTriple, ...).
+
+PML's classification losses hold a parameter sized by ``embedding_size``: ``W`` (embedding_size x classes),
+``fc`` (SoftTriple, same layout) or ``proxies`` (classes x embedding_size). Each learner sees a subspace of its own
+size, so each learner's copy of the loss gets its head resized to that size; when a cluster is split, its children
+start from the parent's head restricted to their own dimensions. CrossBatchMemory's memory is sized the same way.
+"""
+
+import copy
+
+import torch
+from pytorch_metric_learning.losses import CrossBatchMemory, P2SGradLoss
+from pytorch_metric_learning.utils import common_functions as c_f
+
+# parameter name -> which of its two dimensions is the embedding dimension
+HEAD_PARAMS = {"W": 0, "fc": 0, "proxies": 1}
+# "weight" is too common a name to treat as a head everywhere: only in these losses
+CLASS_HEAD_PARAMS = {P2SGradLoss: {"weight": 0}}
+
+
+def _head_names(module):
+    names = dict(HEAD_PARAMS)
+    for cls, extra in CLASS_HEAD_PARAMS.items():
+        if isinstance(module, cls):
+            names.update(extra)
+    return names
+
+
+def head_params(module):
+    """(qualified name, submodule, param name, parameter, embedding dim) of every head in ``module``."""
+    for sub_name, sub in module.named_modules():
+        for name, dim in _head_names(sub).items():
+            p = sub._parameters.get(name)
+            if isinstance(p, torch.nn.Parameter) and p.dim() == 2:
+                yield (f"{sub_name}.{name}" if sub_name else name), sub, name, p, dim
+
+
+def memories(module):
+    return [m for m in module.modules() if isinstance(m, CrossBatchMemory)]
+
+
+def has_heads(module):
+    return any(True for _ in head_params(module))
+
+
+def check_fits(loss, embedding_size, num_train_classes):
+    """Raise a clear error if ``loss`` was not built for the full embedding or has too few classes."""
+    for qual, sub, name, p, dim in head_params(loss):
+        if p.shape[dim] != embedding_size:
+            raise ValueError(
+                f"{type(sub).__name__}.{name} has shape {tuple(p.shape)}: it was built with embedding_size="
+                f"{p.shape[dim]}, but the SubspaceMaskedEmbedder gives {embedding_size} dims. Build the loss with "
+                f"embedding_size={embedding_size}; DivideConquerWrapper sizes each learner's copy to its subspace."
+            )
+        classes = getattr(sub, "num_classes", 0)
+        if not isinstance(classes, int) or classes <= 0:
+            classes = p.shape[1 - dim]
+        if classes < num_train_classes:
+            raise ValueError(
+                f"{type(sub).__name__} was built with num_classes={classes}, but the training set has "
+                f"{num_train_classes} classes. Build it with num_classes={num_train_classes} (labels are mapped to "
+                f"0..{num_train_classes - 1} for the learners)."
+            )
+    for mem in memories(loss):
+        if mem.embedding_size != embedding_size:
+            raise ValueError(
+                f"CrossBatchMemory was built with embedding_size={mem.embedding_size}, but the "
+                f"SubspaceMaskedEmbedder gives {embedding_size} dims: build it with embedding_size={embedding_size}"
+            )
+
+
+def resize(module, size):
+    """Give every head of ``module`` ``size`` embedding dims, freshly initialised (no-op where it fits)."""
+    for qual, sub, name, p, dim in head_params(module):
+        if p.shape[dim] == size:
+            continue
+        shape = list(p.shape)
+        shape[dim] = size
+        new = torch.empty(shape, dtype=p.dtype, device=p.device)
+        init = getattr(sub, "weight_init_func", None) or c_f.TorchInitWrapper(torch.nn.init.normal_)
+        init(new)
+        p.data = new
+    for mem in memories(module):
+        if mem.embedding_size != size:
+            mem.embedding_size = size
+            mem.reset_queue()
+
+
+def inherit(src, dst, dims=None, optimizers=()):
+    """Make module ``dst`` a copy of ``src`` whose heads keep only embedding dims ``dims`` (None: all).
+
+    The optimizer state of each parameter follows it, restricted the same way, so Adam moments carry over.
+    ``src`` and ``dst`` may be the same module (a parent that becomes its own first child).
+    """
+    heads = {qual: dim for qual, _, _, _, dim in head_params(src)}
+    if dims is not None:
+        dims = torch.as_tensor(dims, dtype=torch.long)
+    # snapshot everything of src before dst (possibly src itself) is touched
+    state = copy.deepcopy(src.state_dict())
+    opt_states = [{name: opt.state.get(p) for name, p in src.named_parameters()} for opt in optimizers]
+    size = head_size(src)
+    if dims is not None:
+        for qual, dim in heads.items():
+            state[qual] = state[qual].index_select(dim, dims.to(state[qual].device))
+        size = dims.numel()
+    if size is not None:
+        resize(dst, size)
+    for mem in memories(dst):
+        mem.reset_queue()  # embeddings in memory were in the parent's subspace: start empty
+    fresh = dst.state_dict()
+    for path, mem in dst.named_modules():
+        if isinstance(mem, CrossBatchMemory):
+            for key in fresh:
+                if key.startswith(f"{path}.embedding_memory" if path else "embedding_memory") or key.startswith(
+                    f"{path}.label_memory" if path else "label_memory"
+                ):
+                    state[key] = fresh[key]
+    dst.load_state_dict(state)
+    for opt, saved in zip(optimizers, opt_states):
+        for name, p_dst in dst.named_parameters():
+            old = saved[name]
+            if not old:
+                opt.state.pop(p_dst, None)
+                continue
+            new = {}
+            for k, v in old.items():
+                if torch.is_tensor(v) and name in heads and dims is not None and v.dim() == 2:
+                    v = v.index_select(heads[name], dims.to(v.device))
+                new[k] = v.clone() if torch.is_tensor(v) else copy.deepcopy(v)
+            opt.state[p_dst] = new
+
+
+def head_size(module):
+    """The embedding size ``module``'s heads (or memory) expect, or None if it has none."""
+    sizes = {p.shape[dim] for _, _, _, p, dim in head_params(module)} | {m.embedding_size for m in memories(module)}
+    return sizes.pop() if sizes else None
