@@ -163,10 +163,21 @@ class DivideConquerWrapper(BaseMetricLossFunction):
         self.last_epoch = -1  # last epoch whose end-of-epoch step has been taken (0: the step before training)
         self.current_learner = -1
         self.orthogonality = 0.0
-        self.learner_losses = torch.zeros(embedder.num_learners + 1)
+        # scalars that PML's record-keeper logs through HookContainer (one series each, per learner/cluster)
+        per_learner = [
+            f"{what}{k}_{stat}"
+            for k in range(embedder.num_learners)
+            for what, stat in (("learner", "loss"), ("cluster", "size"), ("cluster", "classes"), ("learner", "mask_usage"))
+        ]
+        for name in per_learner:
+            setattr(self, name, 0.0)
+        self.conquer_loss = 0.0
         self.add_to_recordable_attributes(
-            list_of_names=["num_active", "current_learner", "orthogonality", "is_conquer"], is_stat=False
+            list_of_names=["num_active", "current_learner", "orthogonality", "is_conquer", "conquer_loss"]
+            + per_learner,
+            is_stat=False,
         )
+        self._update_cluster_stats()
 
     @property
     def is_conquer(self):
@@ -212,7 +223,7 @@ class DivideConquerWrapper(BaseMetricLossFunction):
             x = self.embedder.subspace(embeddings, ticket.cluster, self.num_active)
         self.current_learner = index
         loss = self._learner_loss(key, x, labels, indices_tuple)
-        self.learner_losses[index] = float(loss.detach())
+        setattr(self, "conquer_loss" if key == CONQUER_KEY else f"{key}_loss", float(loss.detach()))
         if self.embedder.mode == LEARNED and self.phase == DIVIDE_PHASE and self.num_active > 1:
             ortho = self.embedder.orthogonality_loss(self.num_active)
             self.orthogonality = float(ortho.detach())
@@ -281,6 +292,17 @@ class DivideConquerWrapper(BaseMetricLossFunction):
         elif step.action in (RECLUSTER, SPLIT):
             self._divide(trainer, step, epoch)
         self.last_epoch = epoch
+        self._update_cluster_stats()
+
+    def _update_cluster_stats(self):
+        sizes = self.sampler.cluster_sizes()
+        classes = self.sampler.classes_per_cluster()
+        usage = self.embedder.mask_usage(self.num_active)
+        for k in range(self.num_learners):
+            active = k < self.num_active and k < len(sizes)
+            setattr(self, f"cluster{k}_size", int(sizes[k]) if active else 0)
+            setattr(self, f"cluster{k}_classes", int(classes[k]) if active else 0)
+            setattr(self, f"learner{k}_mask_usage", float(usage[k]) if k < self.num_active else 0.0)
 
     def recluster(self, trainer, num_learners=None):
         """Recluster now into ``num_learners`` (default: the current K) clusters matched to the learners."""
@@ -311,6 +333,7 @@ class DivideConquerWrapper(BaseMetricLossFunction):
         self.num_active = step.num_learners
         self.sampler.set_assignment(new, step.num_learners)
         hooks.restart_iterator(trainer)
+        self._update_cluster_stats()
 
     def _split_learners(self, optimizers):
         """Learners 2c and 2c+1 start from learner c (its heads restricted to their own dims in fixed mode)."""
@@ -367,3 +390,4 @@ class DivideConquerWrapper(BaseMetricLossFunction):
                 raise ValueError("the saved state has learned masks that do not fit this SubspaceMaskedEmbedder")
             with torch.no_grad():
                 self.embedder.masks.copy_(state["masks"])
+        self._update_cluster_stats()

@@ -1,0 +1,118 @@
+"""PML's own logging and checkpointing (record-keeper + HookContainer) around a D&C run."""
+
+import glob
+import os
+import warnings
+
+import numpy as np
+import pytest
+import torch
+from pytorch_metric_learning import testers
+from pytorch_metric_learning.utils import logging_presets
+from pytorch_metric_learning.utils.accuracy_calculator import AccuracyCalculator
+
+from conftest import IndexedDataset, build, drop_index
+from pml_divide_conquer.evaluation import cluster_purity, evaluate_subspaces
+
+
+@pytest.fixture(scope="module")
+def small(digits):
+    keep = np.arange(0, len(digits), 3)
+    return IndexedDataset(digits.data[keep].numpy(), digits.labels[keep])
+
+
+def run_with_hooks(dataset, folder, epochs, start_fresh=True, losses_out=None):
+    record_keeper, _, _ = logging_presets.get_record_keeper(
+        os.path.join(folder, "logs"), os.path.join(folder, "tensorboard"), is_new_experiment=start_fresh
+    )
+    assert record_keeper is not None, "tensorboard is needed for PML's record keeper (dev extra)"
+    hooks = logging_presets.get_hook_container(record_keeper, primary_metric="precision_at_1")
+    tester = testers.GlobalEmbeddingSpaceTester(
+        end_of_testing_hook=hooks.end_of_testing_hook,
+        dataloader_num_workers=0,
+        data_device=torch.device("cpu"),
+        data_and_label_getter=drop_index,
+        accuracy_calculator=AccuracyCalculator(include=("precision_at_1",), k=1),
+    )
+    model_folder = os.path.join(folder, "models")
+
+    def after_iteration(trainer):
+        hooks.end_of_iteration_hook(trainer)
+        if losses_out is not None:
+            losses_out.append((trainer.epoch, float(trainer.losses["total_loss"])))
+
+    parts = build(
+        dataset,
+        num_learners=4,
+        mode="learned",
+        recluster_every=1,
+        iterations_per_epoch=10,
+        end_of_iteration_hook=after_iteration,
+    )
+    parts["trainer"].end_of_epoch_hook = parts["wrapper"].get_end_of_epoch_hook(
+        then=hooks.end_of_epoch_hook(tester, {"val": dataset}, model_folder, test_interval=1, patience=None)
+    )
+    start_epoch = 1 if start_fresh else hooks.load_latest_saved_models(parts["trainer"], model_folder, torch.device("cpu"))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        parts["trainer"].train(start_epoch=start_epoch, num_epochs=epochs)
+    return parts, hooks, record_keeper, start_epoch
+
+
+def test_record_keeper_logs_learners_clusters_phase_and_masks(small, tmp_path):
+    parts, hooks, record_keeper, _ = run_with_hooks(small, str(tmp_path), epochs=3)
+    record_keeper.save_records()
+    csvs = {os.path.basename(p): p for p in glob.glob(str(tmp_path / "logs" / "*.csv"))}
+    name = "metric_loss_DivideConquerWrapper.csv"
+    import csv
+
+    with open(csvs[name]) as f:
+        rows = list(csv.DictReader(f))
+    assert rows, "nothing was logged for the wrapper"
+    for col in ("num_active", "is_conquer", "learner0_loss", "cluster0_size", "cluster0_classes", "learner0_mask_usage"):
+        assert col in rows[0], col
+    last = rows[-1]
+    assert int(float(last["num_active"])) == 4
+    sizes = [int(float(last[f"cluster{k}_size"])) for k in range(4)]
+    assert sum(sizes) == len(small) and all(s > 0 for s in sizes)
+    assert all(float(last[f"learner{k}_mask_usage"]) > 0 for k in range(4))
+    # learners' own copies are logged under name-like keys too (no SQL table name starting with a digit)
+    assert any("learner0" in n for n in csvs)
+    assert glob.glob(str(tmp_path / "tensorboard" / "**" / "events.*"), recursive=True)
+
+
+def test_hook_container_checkpoints_resume_the_run_exactly(small, tmp_path):
+    full = []
+    a, *_ = run_with_hooks(small, str(tmp_path / "a"), epochs=4, losses_out=full)
+    first = []
+    run_with_hooks(small, str(tmp_path / "b"), epochs=2, losses_out=first)  # "killed" after epoch 2
+    resumed = []
+    c, _, _, start_epoch = run_with_hooks(small, str(tmp_path / "b"), epochs=4, start_fresh=False, losses_out=resumed)
+    assert start_epoch == 3
+    assert c["wrapper"].last_epoch == 4 and c["wrapper"].num_active == 4
+    np.testing.assert_allclose([l for _, l in resumed], [l for e, l in full if e > 2], rtol=1e-5, atol=1e-7)
+    assert np.array_equal(c["sampler"].assignment, a["sampler"].assignment)
+
+
+def test_per_subspace_evaluation_and_cluster_purity(small):
+    parts, seen = build(small, num_learners=2, mode="fixed", recluster_every=1, iterations_per_epoch=20), None
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        parts["trainer"].train(num_epochs=2)
+    w = parts["wrapper"]
+    results = evaluate_subspaces(
+        parts["trunk"], parts["embedder"], small, w.num_active, data_and_label_getter=drop_index
+    )
+    assert set(results) == {"full", "learner0", "learner1"}
+    for r in results.values():
+        assert 0.0 < r["precision_at_1"] <= 1.0 and 0.0 <= r["NMI"] <= 1.0
+    assert results["learner0"] != results["learner1"]
+    per_cluster, overall = cluster_purity(parts["sampler"].assignment, small.labels, 2)
+    assert per_cluster.shape == (2,) and 0.1 <= overall <= 1.0
+    assert np.all((per_cluster > 0) & (per_cluster <= 1))
+
+
+def test_cluster_purity_by_hand():
+    per, overall = cluster_purity([0, 0, 0, 2, 2], [1, 1, 2, 3, 3], num_clusters=3)
+    assert np.allclose(per[[0, 2]], [2 / 3, 1.0]) and np.isnan(per[1])
+    assert overall == pytest.approx(4 / 5)
