@@ -3,6 +3,8 @@
 import torch
 import torch.nn.functional as F
 
+from .distributed import is_distributed
+
 FIXED = "fixed"
 LEARNED = "learned"
 
@@ -62,6 +64,10 @@ class SubspaceMaskedEmbedder(torch.nn.Module):
                 f"the embedder produced shape {tuple(e.shape)}, but SubspaceMaskedEmbedder was built with "
                 f"embedding_size={self.embedding_size}"
             )
+        if self.masks is not None and self.training and is_distributed():
+            # The masks are used by the loss, outside this forward. Under DistributedDataParallel, touch them
+            # here (adding exactly zero) so DDP sees them in the graph and averages their gradient across ranks.
+            e = e + 0.0 * self.masks.sum()
         return e
 
     def subspace_size(self, num_active):

@@ -5,6 +5,8 @@ import torch
 from pytorch_metric_learning import testers, trainers
 from pytorch_metric_learning.utils import common_functions as c_f
 
+from . import distributed
+
 # Trainers whose loss call is not ``loss(embeddings, labels, indices_tuple)`` on one batch of the sampler.
 UNSUPPORTED_TRAINERS = (
     trainers.TwoStreamMetricLoss,
@@ -32,7 +34,7 @@ def check_trainer(trainer, wrapper):
             f"the trainer's batch_size={trainer.batch_size} differs from ClusterSampler's batch_size="
             f"{wrapper.sampler.batch_size}; use the same value in both."
         )
-    if trainer.models.get("embedder") is not wrapper.embedder:
+    if unwrap(trainer.models.get("embedder")) is not wrapper.embedder:
         raise ValueError(
             'models["embedder"] must be the SubspaceMaskedEmbedder given to DivideConquerWrapper, so that testers '
             "see the full embedding and the masks are trained"
@@ -44,11 +46,21 @@ def check_trainer(trainer, wrapper):
         )
 
 
+def unwrap(model):
+    """The module inside DistributedDataParallel / DataParallel, or the model itself."""
+    return model.module if isinstance(model, (torch.nn.parallel.DistributedDataParallel, torch.nn.DataParallel)) else model
+
+
 def embed_dataset(trainer, dataset, use_trunk_output, batch_size, num_workers):
     """Embed ``dataset`` in eval mode, no grad, with PML's own tester machinery. Returns (embeddings, labels).
 
-    Embeddings are L2-normalised float32 numpy; labels are processed the way the trainer processes them.
+    Embeddings are L2-normalised float32 numpy; labels are processed the way the trainer processes them. Under
+    torch.distributed each rank embeds every W-th sample and the shards are gathered, so every rank gets all.
     """
+    n = len(dataset)
+    world, rank = distributed.world_size_and_rank()
+    if distributed.is_distributed():
+        dataset = torch.utils.data.Subset(dataset, distributed.shard_indices(n, world, rank).tolist())
     tester = testers.BaseTester(
         normalize_embeddings=True,
         use_trunk_output=use_trunk_output,
@@ -60,10 +72,12 @@ def embed_dataset(trainer, dataset, use_trunk_output, batch_size, num_workers):
     )
     was_training = {k: m.training for k, m in trainer.models.items()}
     try:
+        # the plain modules, not their DDP wrappers: ranks embed shards of different lengths, and DDP's forward
+        # would start collectives (buffer broadcasts) that the ranks do not all reach
         emb, labels = tester.get_all_embeddings(
             dataset,
-            trainer.models["trunk"],
-            trainer.models["embedder"],
+            unwrap(trainer.models["trunk"]),
+            unwrap(trainer.models["embedder"]),
             collate_fn=trainer.collate_fn,
             return_as_numpy=True,
         )
@@ -72,7 +86,9 @@ def embed_dataset(trainer, dataset, use_trunk_output, batch_size, num_workers):
             m.train(was_training[k])
     labels = c_f.process_label(labels, trainer.label_hierarchy_level, trainer.label_mapper)
     labels = np.asarray(labels).reshape(len(emb), -1)[:, 0] if np.ndim(labels) > 1 else np.asarray(labels)
-    return emb.astype(np.float32), labels.astype(np.int64)
+    emb = distributed.gather_shards(emb.astype(np.float32), n)
+    labels = distributed.gather_shards(labels.astype(np.int64), n)
+    return emb, labels
 
 
 def restart_iterator(trainer):

@@ -15,6 +15,8 @@ import numpy as np
 import torch
 from torch.utils.data import Sampler
 
+from .distributed import world_size_and_rank
+
 
 class Ticket(NamedTuple):
     generation: int  # which iter() call of the sampler drew it
@@ -55,17 +57,25 @@ class ClusterSampler(Sampler):
         batch_size: must equal the trainer's ``batch_size``.
         m: samples per class in a batch; ``batch_size`` must be a multiple of it.
         seed: seed of the sampler's own random generator (PML's global numpy RNG is not touched).
+        num_replicas, rank: for DDP (default: from torch.distributed when it is initialised). At every step all
+            ranks draw from the same cluster, each ``batch_size`` disjoint samples, so that the batch gathered
+            across ranks is one cluster batch of ``batch_size * num_replicas``. Use the same seed on every rank.
 
     Example:
         >>> sampler = ClusterSampler(train_labels, batch_size=32, m=4, seed=0)
         >>> trainer = trainers.MetricLossOnly(..., batch_size=32, sampler=sampler)
     """
 
-    def __init__(self, labels, batch_size, m, seed=0):
+    def __init__(self, labels, batch_size, m, seed=0, num_replicas=None, rank=None):
         self.labels = _to_numpy_labels(labels)
         self.batch_size = int(batch_size)
         self.m = int(m)
         self.seed = int(seed)
+        world, own_rank = world_size_and_rank()
+        self.num_replicas = world if num_replicas is None else int(num_replicas)
+        self.rank = own_rank if rank is None else int(rank)
+        if not 0 <= self.rank < self.num_replicas:
+            raise ValueError(f"rank={self.rank} is out of range for num_replicas={self.num_replicas}")
         n = len(self.labels)
         if self.m < 1 or self.batch_size < 1:
             raise ValueError(f"batch_size and m must be positive, got batch_size={batch_size}, m={m}")
@@ -74,14 +84,15 @@ class ClusterSampler(Sampler):
                 f"batch_size={self.batch_size} is not a multiple of m={self.m}: a batch holds batch_size/m classes "
                 "with m samples each. Choose a batch_size divisible by m."
             )
-        if self.batch_size > n:
-            raise ValueError(f"batch_size={self.batch_size} is larger than the dataset ({n} samples)")
+        ranks = f" x {self.num_replicas} ranks" if self.num_replicas > 1 else ""
+        if self.global_batch_size > n:
+            raise ValueError(f"batch_size={self.batch_size}{ranks} is larger than the dataset ({n} samples)")
         classes, counts = np.unique(self.labels, return_counts=True)
-        per_batch = self.batch_size // self.m
+        per_batch = self.global_batch_size // self.m
         if per_batch > len(classes):
             raise ValueError(
-                f"batch_size/m = {per_batch} classes per batch, but the dataset has only {len(classes)} classes. "
-                f"Lower batch_size or raise m (for example m={-(-self.batch_size // len(classes))})."
+                f"batch_size/m = {per_batch} classes per batch{ranks}, but the dataset has only {len(classes)} "
+                f"classes. Lower batch_size or raise m (for example m={-(-self.global_batch_size // len(classes))})."
             )
         if self.m > counts.max():
             raise ValueError(
@@ -90,6 +101,7 @@ class ClusterSampler(Sampler):
             )
         self.assignment = np.zeros(n, dtype=np.int64)
         self.num_clusters = 1
+        self.epoch = 0
         self.version = 0
         self._pass = 0  # consumption position: next batch to be consumed is (pass, pos)
         self._pos = 0
@@ -116,6 +128,21 @@ class ClusterSampler(Sampler):
         self._plan_cache = (None, None)
         self._check_clusters()
 
+    @property
+    def global_batch_size(self):
+        """Samples per step over all ranks: one cluster batch."""
+        return self.batch_size * self.num_replicas
+
+    def set_epoch(self, epoch):
+        """Like DistributedSampler.set_epoch: the passes drawn from now on depend on ``epoch``.
+
+        Call it with the same value on every rank (PML's trainers do not need it: the sampler reshuffles every
+        pass by itself). It starts a new pass.
+        """
+        self.epoch = int(epoch)
+        self._pass, self._pos = 0, 0
+        self._plan_cache = (None, None)
+
     def cluster_sizes(self):
         return np.bincount(self.assignment, minlength=self.num_clusters)
 
@@ -130,7 +157,7 @@ class ClusterSampler(Sampler):
             warnings.warn(message, stacklevel=3)
 
     def _check_clusters(self):
-        per_batch = self.batch_size // self.m
+        per_batch = self.global_batch_size // self.m
         sizes = self.cluster_sizes()
         empty = np.flatnonzero(sizes == 0).tolist()
         if empty:
@@ -153,7 +180,7 @@ class ClusterSampler(Sampler):
     def batches_per_pass(self):
         sizes = self.cluster_sizes()
         nonempty = int((sizes > 0).sum())
-        return nonempty * max(1, int(sizes.max()) // self.batch_size)
+        return nonempty * max(1, int(sizes.max()) // self.global_batch_size)
 
     def __len__(self):
         # PML's BatchSampler wrapping divides this by batch_size (like MPerClassSampler, we count indices).
@@ -168,11 +195,14 @@ class ClusterSampler(Sampler):
         return plan
 
     def plan_pass(self, pass_index):
-        """The list of ``(cluster, indices)`` batches of one pass, deterministic in (seed, version, pass)."""
-        rng = np.random.default_rng([self.seed, self.version, pass_index])
+        """The ``(cluster, indices)`` batches of one pass over all ranks (each ``global_batch_size`` long).
+
+        Deterministic in (seed, epoch, assignment version, pass), so every rank plans the same pass.
+        """
+        rng = np.random.default_rng([self.seed, self.epoch, self.version, pass_index])
         sizes = self.cluster_sizes()
         clusters = np.flatnonzero(sizes > 0)
-        n_batches = max(1, int(sizes.max()) // self.batch_size)
+        n_batches = max(1, int(sizes.max()) // self.global_batch_size)
         per_cluster = [self._cluster_batches(c, n_batches, rng) for c in clusters]
         return [(int(c), per_cluster[j][i]) for i in range(n_batches) for j, c in enumerate(clusters)]
 
@@ -188,7 +218,7 @@ class ClusterSampler(Sampler):
                 f"some classes have fewer than m={self.m} samples in their cluster (for example class "
                 f"{classes[small][0].item()} in cluster {c}); those are sampled with replacement.",
             )
-        per_batch = self.batch_size // self.m
+        per_batch = self.global_batch_size // self.m
         queues = [rng.permutation(p) for p in pools]
         heads = np.zeros(len(pools), dtype=np.int64)
         batches = []
@@ -229,6 +259,8 @@ class ClusterSampler(Sampler):
             if generation != self._generation or version != self.version:
                 return  # superseded by a newer iterator or a new assignment
             cluster, indices = plan[position]
+            # this rank's share; each class's m samples are contiguous, so every share is m-per-class too
+            indices = indices[self.rank * self.batch_size : (self.rank + 1) * self.batch_size]
             self._tickets.append(Ticket(generation, version, pass_index, position, cluster, indices))
             yield from indices.tolist()
 
@@ -274,6 +306,7 @@ class ClusterSampler(Sampler):
             "m": self.m,
             "assignment": torch.from_numpy(self.assignment.copy()),  # a tensor: loadable with weights_only
             "num_clusters": self.num_clusters,
+            "epoch": self.epoch,
             "version": self.version,
             "pass": self._pass,
             "pos": self._pos,
@@ -295,6 +328,7 @@ class ClusterSampler(Sampler):
         a = state["assignment"]
         self.assignment = (a.numpy() if torch.is_tensor(a) else np.asarray(a)).astype(np.int64).copy()
         self.num_clusters = int(state["num_clusters"])
+        self.epoch = int(state.get("epoch", 0))
         self.version = int(state["version"])
         self._pass, self._pos = int(state["pass"]), int(state["pos"])
         self._tickets.clear()

@@ -10,7 +10,7 @@ from pytorch_metric_learning.losses import BaseMetricLossFunction
 from pytorch_metric_learning.miners import BaseMiner, EmbeddingsAlreadyPackagedAsTriplets
 from pytorch_metric_learning.utils import common_functions as c_f
 
-from . import clustering, heads, hooks
+from . import clustering, distributed, heads, hooks
 from .embedder import LEARNED, SubspaceMaskedEmbedder
 from .sampler import ClusterSampler
 from .schedule import CONQUER, CONQUER_PHASE, DIVIDE_PHASE, RECLUSTER, SPLIT, DivideConquerSchedule
@@ -209,7 +209,11 @@ class DivideConquerWrapper(BaseMetricLossFunction):
                 f"with grow=False the data must be clustered into K={self.num_learners} before training: call "
                 "wrapper.prepare(trainer) before trainer.train()"
             )
-        ticket = self.sampler.pop_ticket(labels)
+        ticket = self.sampler.pop_ticket(self._local_labels(labels))
+        # all ranks must train the same learner at every step (their batches form one cluster batch)
+        distributed.check_same_on_all_ranks(
+            [ticket.version, ticket.pass_index, ticket.position, ticket.cluster], "the learner chosen for this step"
+        )
         if self.phase == CONQUER_PHASE:
             key, index = CONQUER_KEY, self.num_learners
             x = F.normalize(embeddings, dim=1)
@@ -230,6 +234,14 @@ class DivideConquerWrapper(BaseMetricLossFunction):
             if self.orthogonality_weight:
                 loss = loss + self.orthogonality_weight * ortho.to(loss.device)
         return loss
+
+    def _local_labels(self, labels):
+        # Inside PML's DistributedLossWrapper the loss gets the batch gathered from all ranks, this rank's first
+        world, _ = distributed.world_size_and_rank()
+        b = self.sampler.batch_size
+        if world > 1 and len(labels) == world * b:
+            return labels[:b]
+        return labels
 
     def map_labels(self, labels):
         """Training labels -> 0..C-1 (C training classes). Unknown labels (eval on other classes) stay as they are."""
@@ -311,29 +323,39 @@ class DivideConquerWrapper(BaseMetricLossFunction):
         self._divide(trainer, Step(RECLUSTER, num_learners or self.num_active), max(self.last_epoch, 0))
 
     def _divide(self, trainer, step, epoch):
+        if step.action == SPLIT and step.num_learners != 2 * self.num_active:
+            raise RuntimeError(f"cannot split {self.num_active} clusters into {step.num_learners}")
         emb = self.embed_training_set(trainer)
-        seed = self.seed + 1000 * epoch
-        optimizers = list(getattr(trainer, "optimizers", {}).values())
-        old = self.sampler.assignment
+        # one rank clusters, all ranks get its result (k-means need not agree bit for bit across processes)
+        if distributed.world_size_and_rank()[1] == 0:
+            new = self._cluster(emb, step, epoch)
+        else:
+            new = np.zeros(len(emb), dtype=np.int64)
+        new = distributed.broadcast_array(new)
         if step.action == SPLIT:
-            if step.num_learners != 2 * self.num_active:
-                raise RuntimeError(f"cannot split {self.num_active} clusters into {step.num_learners}")
-            new = clustering.split_clusters(emb, old, niter=self.kmeans_niter, seed=seed, gpu=self.faiss_gpu)
+            optimizers = list(getattr(trainer, "optimizers", {}).values())
             self._split_learners(optimizers)
             if self.embedder.masks is not None:
                 rows = np.arange(2 * self.num_active) // 2
                 self.embedder.split_masks(self.num_active)
                 hooks.gather_optimizer_rows(self.embedder.masks, rows, optimizers)
-        else:
-            new = clustering.kmeans_with_retries(
-                emb, step.num_learners, self.sampler.labels, niter=self.kmeans_niter, seed=seed, gpu=self.faiss_gpu
-            )
-            if self.sampler.num_clusters == step.num_learners and self.last_epoch >= 0:
-                new = clustering.match_clusters(old, new, step.num_learners)
         self.num_active = step.num_learners
         self.sampler.set_assignment(new, step.num_learners)
         hooks.restart_iterator(trainer)
         self._update_cluster_stats()
+
+    def _cluster(self, emb, step, epoch):
+        """The new assignment (numpy in, numpy out): split every cluster in two, or recluster and match."""
+        seed = self.seed + 1000 * epoch
+        old = self.sampler.assignment
+        if step.action == SPLIT:
+            return clustering.split_clusters(emb, old, niter=self.kmeans_niter, seed=seed, gpu=self.faiss_gpu)
+        new = clustering.kmeans_with_retries(
+            emb, step.num_learners, self.sampler.labels, niter=self.kmeans_niter, seed=seed, gpu=self.faiss_gpu
+        )
+        if self.sampler.num_clusters == step.num_learners and self.last_epoch >= 0:
+            new = clustering.match_clusters(old, new, step.num_learners)
+        return new
 
     def _split_learners(self, optimizers):
         """Learners 2c and 2c+1 start from learner c (its heads restricted to their own dims in fixed mode)."""

@@ -1,0 +1,75 @@
+"""torch.distributed glue: which rank we are, gathering shards, broadcasting assignments, agreeing on learners.
+
+Every function is a no-op (or the identity) when torch.distributed is not initialised, so single-process code
+paths stay the same.
+"""
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+
+def is_distributed():
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def world_size_and_rank():
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_world_size(), dist.get_rank()
+    return 1, 0
+
+
+def _device():
+    # nccl moves CUDA tensors only; gloo moves CPU tensors
+    if dist.get_backend() == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
+def shard_indices(n, world_size, rank):
+    """Rank ``rank``'s share of ``range(n)``: every ``world_size``-th index (disjoint, covering, no padding)."""
+    return np.arange(rank, n, world_size)
+
+
+def gather_shards(local, n):
+    """Reassemble rows embedded by each rank (rank r holds rows ``shard_indices(n, W, r)``) on every rank."""
+    if not is_distributed():
+        return local
+    world, _ = world_size_and_rank()
+    device = _device()
+    local_t = torch.as_tensor(local).to(device)
+    max_rows = len(shard_indices(n, world, 0))
+    padded = torch.zeros((max_rows,) + tuple(local_t.shape[1:]), dtype=local_t.dtype, device=device)
+    padded[: len(local_t)] = local_t
+    parts = [torch.empty_like(padded) for _ in range(world)]
+    dist.all_gather(parts, padded)
+    out = np.empty((n,) + tuple(local_t.shape[1:]), dtype=np.asarray(local).dtype)
+    for r, part in enumerate(parts):
+        idx = shard_indices(n, world, r)
+        out[idx] = part[: len(idx)].cpu().numpy()
+    return out
+
+
+def broadcast_array(array, src=0):
+    """Rank ``src``'s int64 array, on every rank (the others pass an array of the same shape)."""
+    if not is_distributed():
+        return array
+    t = torch.as_tensor(np.ascontiguousarray(array, dtype=np.int64)).to(_device())
+    dist.broadcast(t, src=src)
+    return t.cpu().numpy()
+
+
+def check_same_on_all_ranks(values, what):
+    """Raise if ``values`` (a few ints) differ between ranks."""
+    if not is_distributed():
+        return
+    world, rank = world_size_and_rank()
+    t = torch.as_tensor(values, dtype=torch.long, device=_device())
+    parts = [torch.empty_like(t) for _ in range(world)]
+    dist.all_gather(parts, t)
+    seen = [p.cpu().tolist() for p in parts]
+    if any(s != seen[0] for s in seen):
+        raise RuntimeError(
+            f"{what} differs across ranks: {seen}. Every rank must use the same ClusterSampler seed, labels and "
+            "batch size, and take the same end-of-epoch steps."
+        )

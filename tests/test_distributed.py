@@ -1,0 +1,101 @@
+"""D&C under torch.distributed: 2 CPU processes with the gloo backend, and the DDP-aware sampler alone."""
+
+import os
+
+import numpy as np
+import pytest
+import torch
+import torch.multiprocessing as mp
+
+from pml_divide_conquer import ClusterSampler, clustering
+
+
+def test_ranks_draw_disjoint_halves_of_one_cluster_batch():
+    labels = np.repeat(np.arange(12), 10)
+    samplers = [ClusterSampler(labels, 8, 4, seed=3, num_replicas=2, rank=r) for r in range(2)]
+    for s in samplers:
+        s.set_assignment(labels % 3)
+    assert len(samplers[0]) == len(samplers[1])
+    streams = [list(iter(s)) for s in samplers]
+    tickets = [list(s._tickets) for s in samplers]
+    assert len(tickets[0]) == len(tickets[1]) > 0
+    for t0, t1 in zip(*tickets):
+        assert t0.cluster == t1.cluster and t0.position == t1.position
+        both = np.concatenate([t0.indices, t1.indices])
+        assert len(set(both.tolist())) == 16  # disjoint
+        assert (labels[both] % 3 == t0.cluster).all()  # one cluster
+        for t in (t0, t1):  # each rank's share is m-per-class too
+            _, counts = np.unique(labels[t.indices], return_counts=True)
+            assert (counts % 4 == 0).all()
+    assert streams[0] != streams[1]
+
+
+def test_set_epoch_reshuffles_like_distributed_sampler():
+    labels = np.repeat(np.arange(12), 10)
+    s = ClusterSampler(labels, 8, 4, seed=3, num_replicas=2, rank=0)
+    s.set_epoch(0)
+    e0 = list(iter(s))
+    s.set_epoch(1)
+    e1 = list(iter(s))
+    s.set_epoch(0)
+    assert list(iter(s)) == e0 and e0 != e1
+
+
+def test_ddp_sampler_errors_mention_the_ranks():
+    with pytest.raises(ValueError, match="x 4 ranks"):
+        ClusterSampler(np.repeat(np.arange(4), 10), 8, 2, num_replicas=4, rank=0)
+    with pytest.raises(ValueError, match="out of range"):
+        ClusterSampler(np.repeat(np.arange(4), 10), 8, 2, num_replicas=2, rank=2)
+
+
+@pytest.fixture(scope="module")
+def ddp_run(tmp_path_factory):
+    from ddp_worker import worker
+
+    folder = str(tmp_path_factory.mktemp("ddp"))
+    mp.spawn(worker, args=(2, folder), nprocs=2, join=True)
+    return [torch.load(os.path.join(folder, f"rank{r}.pt"), weights_only=False) for r in range(2)]
+
+
+def test_every_step_trains_the_same_learner_on_disjoint_indices_of_one_cluster(ddp_run):
+    r0, r1 = ddp_run[0]["full"], ddp_run[1]["full"]
+    assert len(r0) == len(r1) == 6 * 15
+    for a, b in zip(r0, r1):
+        assert a["learner"] == b["learner"]
+        assert not set(a["indices"]) & set(b["indices"])
+        assert a["clusters"] == b["clusters"] and len(a["clusters"]) == 1
+        assert a["learner"] == a["clusters"][0]
+    assert {a["learner"] for a in r0 if a["epoch"] >= 2} == {0, 1}  # split after epoch 1
+
+
+def test_ddp_training_reduces_the_loss(ddp_run):
+    losses = [a["loss"] for a in ddp_run[0]["full"]]
+    assert np.mean(losses[-15:]) < 0.8 * np.mean(losses[:15])
+
+
+def test_checkpoint_saved_once_resumes_on_all_ranks(ddp_run):
+    for r in ddp_run:
+        expected = [a["loss"] for a in r["full"] if a["epoch"] >= 4]
+        got = [a["loss"] for a in r["resumed"]]
+        np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-7)
+
+
+def test_ddp_reclustering_equals_single_process_clustering(ddp_run):
+    r0, r1 = ddp_run
+    assert np.array_equal(r0["new_assignment"], r1["new_assignment"])
+    np.testing.assert_allclose(r0["gathered_embeddings"], r0["single_process_embeddings"], atol=1e-6)
+    emb = r0["single_process_embeddings"]
+    from ddp_worker import dataset
+
+    labels = dataset().labels
+    new = clustering.kmeans_with_retries(emb, 2, labels, niter=20, seed=0 + 1000 * r0["recluster_epoch"])
+    new = clustering.match_clusters(r0["old_assignment"], new, 2)
+    assert np.array_equal(new, r0["new_assignment"])
+
+
+def test_wrapper_inside_distributed_loss_wrapper_also_routes_exactly(ddp_run):
+    o0, o1 = ddp_run[0]["outer"], ddp_run[1]["outer"]
+    assert len(o0) == len(o1) == 30
+    for a, b in zip(o0, o1):
+        assert a["learner"] == b["learner"] == a["clusters"][0] == b["clusters"][0]
+        assert np.isfinite(a["loss"])
