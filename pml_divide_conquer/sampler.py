@@ -90,9 +90,12 @@ class ClusterSampler(Sampler):
         classes, counts = np.unique(self.labels, return_counts=True)
         per_batch = self.global_batch_size // self.m
         if per_batch > len(classes):
+            need = -(-self.global_batch_size // len(classes))
+            fits = [d for d in range(need, self.batch_size + 1) if self.batch_size % d == 0]
             raise ValueError(
                 f"batch_size/m = {per_batch} classes per batch{ranks}, but the dataset has only {len(classes)} "
-                f"classes. Lower batch_size or raise m (for example m={-(-self.global_batch_size // len(classes))})."
+                "classes. Lower batch_size or raise m"
+                + (f" (for example m={fits[0]})." if fits else ".")
             )
         if self.m > counts.max():
             raise ValueError(

@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from pytorch_metric_learning.losses import BaseMetricLossFunction
 from pytorch_metric_learning.miners import BaseMiner, EmbeddingsAlreadyPackagedAsTriplets
 from pytorch_metric_learning.utils import common_functions as c_f
+from pytorch_metric_learning.utils.distributed import DistributedMinerWrapper
 
 from . import clustering, distributed, heads, hooks
 from .embedder import LEARNED, SubspaceMaskedEmbedder
@@ -109,9 +110,9 @@ class DivideConquerWrapper(BaseMetricLossFunction):
     ):
         super().__init__()
         _check_loss(loss)
-        if miner is not None and not isinstance(miner, BaseMiner):
+        if miner is not None and not isinstance(miner, (BaseMiner, DistributedMinerWrapper)):
             raise TypeError(f"miner must be a PML miner (pytorch_metric_learning.miners), got {type(miner).__name__}")
-        if isinstance(miner, EmbeddingsAlreadyPackagedAsTriplets):
+        if isinstance(getattr(miner, "miner", miner), EmbeddingsAlreadyPackagedAsTriplets):
             raise ValueError(
                 "EmbeddingsAlreadyPackagedAsTriplets needs batches laid out as (anchor, positive, negative) triplets, "
                 "but ClusterSampler draws m samples per class: use another miner, e.g. TripletMarginMiner"

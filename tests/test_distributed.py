@@ -99,3 +99,16 @@ def test_wrapper_inside_distributed_loss_wrapper_also_routes_exactly(ddp_run):
     for a, b in zip(o0, o1):
         assert a["learner"] == b["learner"] == a["clusters"][0] == b["clusters"][0]
         assert np.isfinite(a["loss"])
+
+
+def test_torchrun_example_runs_on_cpu():
+    import subprocess
+    import sys
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+           os.path.join(root, "examples", "ddp_digits.py"), "--epochs", "2"]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=root)
+    assert done.returncode == 0, done.stderr[-3000:]
+    line = [l for l in done.stdout.splitlines() if "test R@1" in l]
+    assert line and line[0].startswith("2 ranks, 2 epochs, K=2")

@@ -1,0 +1,88 @@
+"""Divide & Conquer with DistributedDataParallel, one process per device, launched by torchrun.
+
+CPU (gloo), 2 processes on this machine:
+
+    torchrun --nproc_per_node=2 examples/ddp_digits.py
+
+GPUs (nccl), one process per GPU:
+
+    torchrun --nproc_per_node=4 examples/ddp_digits.py --backend nccl
+
+Each rank draws its own half of every cluster batch (ClusterSampler reads the rank and world size from
+torch.distributed); each learner's loss is wrapped in PML's DistributedLossWrapper, so it sees the batch gathered
+from all ranks; reclustering embeds one shard per rank, gathers, clusters on rank 0 and broadcasts.
+"""
+
+import argparse
+import logging
+import os
+import warnings
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from pytorch_metric_learning import losses, miners, trainers
+from pytorch_metric_learning.utils.distributed import DistributedLossWrapper, DistributedMinerWrapper
+from torch.nn.parallel import DistributedDataParallel as DDP
+
+from pml_divide_conquer import ClusterSampler, DivideConquerWrapper, SubspaceMaskedEmbedder, datasets
+from pml_divide_conquer.experiment import evaluate
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--backend", default="gloo", choices=["gloo", "nccl"])
+    parser.add_argument("--epochs", type=int, default=6)
+    parser.add_argument("--batch-size", type=int, default=8, help="per rank (the cluster batch is this x ranks)")
+    args = parser.parse_args()
+    logging.getLogger("PML").setLevel(logging.WARNING)
+    warnings.filterwarnings("ignore", category=UserWarning)
+
+    dist.init_process_group(args.backend)  # torchrun provides RANK, WORLD_SIZE, MASTER_ADDR/PORT
+    rank, world = dist.get_rank(), dist.get_world_size()
+    if args.backend == "nccl":
+        device = torch.device("cuda", int(os.environ["LOCAL_RANK"]))
+        torch.cuda.set_device(device)
+    else:
+        device = torch.device("cpu")
+        torch.set_num_threads(1)
+
+    train_set, test_set = datasets.load_digits(num_train_classes=10 - 3)
+    torch.manual_seed(0)  # same initial weights on every rank
+    trunk = torch.nn.Sequential(torch.nn.Linear(64, 64), torch.nn.ReLU()).to(device)
+    embedder = SubspaceMaskedEmbedder(16, 2, mode="learned", embedder=torch.nn.Linear(64, 16)).to(device)
+    sampler = ClusterSampler(train_set.labels, batch_size=args.batch_size, m=4, seed=0)
+    dc = DivideConquerWrapper(
+        DistributedLossWrapper(losses.MarginLoss(margin=0.2)),
+        DistributedMinerWrapper(miners.DistanceWeightedMiner()),
+        embedder=embedder,
+        sampler=sampler,
+        recluster_every=2,
+        conquer_epoch=args.epochs,
+    )
+    ddp = dict(device_ids=[device.index]) if args.backend == "nccl" else {}
+    trainer = trainers.MetricLossOnly(
+        models={"trunk": DDP(trunk, **ddp), "embedder": DDP(embedder, **ddp)},
+        optimizers={
+            "trunk_optimizer": torch.optim.Adam(trunk.parameters(), lr=1e-3),
+            "embedder_optimizer": torch.optim.Adam(embedder.parameter_groups(lr=1e-3, mask_lr_multiplier=10)),
+        },
+        batch_size=args.batch_size,
+        loss_funcs={"metric_loss": dc},
+        dataset=train_set,
+        sampler=sampler,
+        dataloader_num_workers=0,
+        data_device=device,
+        end_of_epoch_hook=dc.get_end_of_epoch_hook(),
+    )
+    dc.prepare(trainer)
+    trainer.train(num_epochs=args.epochs)
+    if rank == 0:
+        trunk.cpu(), embedder.cpu()
+        result = evaluate(trunk, embedder, test_set)
+        print(f"{world} ranks, {args.epochs} epochs, K={dc.num_active}: test R@1 = {100 * result['precision_at_1']:.1f}")
+    dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    main()
