@@ -244,3 +244,27 @@ def test_trainers_that_cannot_work_are_refused(small_digits):
         parts["trainer"].__class__ = cls
         with pytest.raises(TypeError, match="not supported"):
             parts["wrapper"].prepare(parts["trainer"])
+
+
+def test_cross_batch_memory_is_kept_per_learner(small_digits):
+    loss = losses.CrossBatchMemory(losses.ContrastiveLoss(), D, memory_size=64)
+    parts, _ = run_few(small_digits, loss=loss, epochs=2)  # epoch 2 trains both learners at K=2
+    w = parts["wrapper"]
+    m0, m1, mc = (w.learners[k] for k in ("learner0", "learner1", "conquer"))
+    assert m0.embedding_memory is not m1.embedding_memory
+    assert m0.embedding_memory.shape == m1.embedding_memory.shape == (64, D // 2)
+    assert mc.embedding_memory.shape == (64, D)
+    assert m0.queue_idx > 0 and m1.queue_idx > 0  # each filled by its own cluster's batches
+    assert not torch.equal(m0.embedding_memory, m1.embedding_memory)
+
+
+def test_classification_heads_follow_pml_lr_schedulers(small_digits):
+    loss = losses.ArcFaceLoss(C, D)
+    parts = build(small_digits, num_learners=2, loss=loss, embedding_size=D, iterations_per_epoch=3, recluster_every=1)
+    opt = parts["optimizers"]["metric_loss_optimizer"]
+    parts["trainer"].lr_schedulers = {"metric_loss_scheduler_by_epoch": torch.optim.lr_scheduler.StepLR(opt, 1, gamma=0.5)}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        parts["trainer"].train(num_epochs=3)
+    assert opt.param_groups[0]["lr"] == pytest.approx(1e-3 * 0.5**3)
+    assert parts["wrapper"].num_active == 2

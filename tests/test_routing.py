@@ -5,8 +5,9 @@ import warnings
 import numpy as np
 import torch
 from pytorch_metric_learning import testers
+from pytorch_metric_learning.utils.accuracy_calculator import AccuracyCalculator
 
-from conftest import Recorder, build
+from conftest import Recorder, build, drop_index
 
 
 def test_each_batch_goes_to_the_learner_of_its_cluster_with_two_workers(digits):
@@ -17,6 +18,19 @@ def test_each_batch_goes_to_the_learner_of_its_cluster_with_two_workers(digits):
         w = parts["wrapper"]
         # the sampler's own cluster for the indices the DataLoader workers actually loaded
         log.append((trainer.epoch, recorder.last, w.current_learner, w.phase, parts["sampler"].assignment))
+
+    tester = testers.GlobalEmbeddingSpaceTester(
+        dataloader_num_workers=2,
+        data_device=torch.device("cpu"),
+        data_and_label_getter=drop_index,
+        accuracy_calculator=AccuracyCalculator(include=("precision_at_1",), k=1),
+    )
+    accuracies = []
+
+    def test_each_epoch(trainer):  # PML's tester on the full embedding, after the D&C step
+        acc = tester.test({"val": digits}, trainer.epoch, trainer.models["trunk"], trainer.models["embedder"])
+        accuracies.append(acc["val"]["precision_at_1_level0"])
+        return True
 
     epochs, iters = 8, 130
     parts = build(
@@ -29,6 +43,7 @@ def test_each_batch_goes_to_the_learner_of_its_cluster_with_two_workers(digits):
         end_of_iteration_hook=after_iteration,
         iterations_per_epoch=iters,  # longer than a pass: PML restarts the iterator mid-epoch
     )
+    parts["trainer"].end_of_epoch_hook = parts["wrapper"].get_end_of_epoch_hook(then=test_each_epoch)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         parts["wrapper"].prepare(parts["trainer"])
@@ -49,6 +64,7 @@ def test_each_batch_goes_to_the_learner_of_its_cluster_with_two_workers(digits):
     assert {l for e, l in used if 5 <= e <= 7} == {0, 1, 2, 3}
     # restarts really happened: PML's on exhaustion plus ours after each reclustering (with workers prefetching)
     assert parts["sampler"]._generation >= 8
+    assert len(accuracies) == epochs and accuracies[-1] > 0.8
 
 
 def test_hungarian_matching_keeps_learners_on_their_data(digits):
