@@ -150,7 +150,8 @@ class DivideConquerWrapper(BaseMetricLossFunction):
 
         heads.check_fits(loss, embedder.embedding_size, num_classes)
         # labels reach the learners mapped to 0..C-1, the range classification heads are built for
-        self.register_buffer("class_ids", torch.as_tensor(np.unique(sampler.labels)), persistent=False)
+        # (kept on the CPU, where PML's trainers hand over labels: mapping them costs no device sync)
+        self.class_ids = torch.as_tensor(np.unique(sampler.labels))
 
         keys = [learner_key(k) for k in range(embedder.num_learners)] + [CONQUER_KEY]
         self.learners = torch.nn.ModuleDict({k: copy.deepcopy(loss) for k in keys})
@@ -246,7 +247,7 @@ class DivideConquerWrapper(BaseMetricLossFunction):
 
     def map_labels(self, labels):
         """Training labels -> 0..C-1 (C training classes). Unknown labels (eval on other classes) stay as they are."""
-        labels = labels.to(self.class_ids.device)
+        labels = labels.cpu()
         pos = torch.searchsorted(self.class_ids, labels).clamp(max=len(self.class_ids) - 1)
         return pos if bool((self.class_ids[pos] == labels).all()) else None
 
