@@ -1,0 +1,102 @@
+"""Shared helpers of the benchmark scripts: output folder, markdown tables, CSV, plots, machine description."""
+
+import csv
+import os
+import platform
+import sys
+import time
+import warnings
+from pathlib import Path
+
+os.environ.setdefault("TQDM_DISABLE", "1")  # PML's trainers draw a bar per epoch: too noisy for a benchmark log
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+
+def setup(out_dir):
+    """Quiet logs, fixed thread count; returns the output folder (created).
+
+    torch runs on ``$PML_DC_BENCH_THREADS`` threads (default 1): on a small shared machine, two torch threads
+    competing with other processes were up to 20x slower than one in our runs.
+    """
+    from pml_divide_conquer import experiment as ex
+
+    torch.set_num_threads(int(os.environ.get("PML_DC_BENCH_THREADS", "1")))
+    ex.quiet_pml()
+    warnings.filterwarnings("ignore", category=UserWarning)
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    import logging
+
+    logging.getLogger("faiss").setLevel(logging.ERROR)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    return out
+
+
+def machine():
+    """One line describing this machine (CPU model, cores, memory, torch and its threads)."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    mem = ""
+    try:
+        mem = f", {os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES') / 2**30:.0f} GiB RAM"
+    except (ValueError, OSError, AttributeError):
+        pass
+    load = ""
+    if hasattr(os, "getloadavg"):
+        load = f", load average at start {os.getloadavg()[0]:.1f}"
+    return (
+        f"{cpu}, {os.cpu_count()} cores{mem}, no GPU; Python {platform.python_version()}, torch {torch.__version__} "
+        f"({torch.get_num_threads()} threads){load}"
+    )
+
+
+def mean_std(values, scale=100.0, digits=1):
+    v = scale * np.asarray(values, dtype=float)
+    return f"{v.mean():.{digits}f} ± {v.std():.{digits}f}"
+
+
+def markdown_table(header, rows):
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def write_csv(path, records):
+    """``records``: a list of dicts with the same keys."""
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(records[0]))
+        w.writeheader()
+        w.writerows(records)
+
+
+def pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+class Timer:
+    def __enter__(self):
+        self.start = time.perf_counter()
+        return self
+
+    def __exit__(self, *exc):
+        self.seconds = time.perf_counter() - self.start
+
+
+def report(out, name, title, table, command):
+    """Print the table and save it (with the command and machine) as ``name.md`` in ``out``."""
+    text = f"### {title}\n\n`{command}`\n\nMachine: {machine()}\n\n{table}\n"
+    (out / f"{name}.md").write_text(text)
+    print(text)

@@ -1,0 +1,116 @@
+"""Every benchmark script runs end to end in a tiny configuration, and its outputs are what it says they are.
+
+No timing targets here: timings are only checked to be positive numbers.
+"""
+
+import csv
+import importlib
+import json
+import math
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+@pytest.fixture
+def bench(monkeypatch):
+    """Import a benchmark script as a module; restore torch's thread count afterwards (the scripts set it)."""
+    monkeypatch.syspath_prepend(str(BENCH))
+    threads = torch.get_num_threads()
+    yield lambda name: importlib.import_module(name)
+    torch.set_num_threads(threads)
+
+
+def read_csv(path):
+    with open(path) as f:
+        return list(csv.DictReader(f))
+
+
+def check_outputs(out, name, capsys, rows):
+    text = capsys.readouterr().out
+    for row in rows:
+        assert row in text, f"{row!r} missing from the printed table:\n{text}"
+    assert (out / f"{name}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert (out / f"{name}.md").read_text().count("|") > 10
+    return read_csv(out / f"{name}.csv")
+
+
+def heads_available():
+    try:
+        importlib.import_module("pml_divide_conquer.heads")
+        return True
+    except ImportError:
+        return False
+
+
+def test_accuracy_benchmark_smoke(bench, tmp_path, capsys):
+    losses = "triplet,arcface" if heads_available() else "triplet"
+    args = ["--dataset", "digits", "--losses", losses, "--seeds", "2", "--epochs", "2", "--batch-size", "20",
+            "--m", "4", "--num-learners", "2", "--out", str(tmp_path)]
+    bench("accuracy").main(args)
+    records = check_outputs(tmp_path, "accuracy_digits", capsys,
+                            ["| triplet | baseline |", "| triplet | D&C fixed |", "| triplet | D&C learned |"])
+    assert len(records) == 3 * 2 * len(losses.split(","))
+    for r in records:
+        for key in ("recall_at_1", "recall_at_2", "recall_at_4", "recall_at_8", "NMI", "mean_average_precision_at_r"):
+            assert 0.0 < float(r[key]) <= 1.0
+        assert float(r["recall_at_1"]) <= float(r["recall_at_2"]) <= float(r["recall_at_4"]) <= float(r["recall_at_8"])
+        assert float(r["recall_at_1"]) > 0.5  # trained on digits 0-4, tested on 5-9: far above chance (0.2)
+
+
+def test_accuracy_benchmark_on_images_with_the_conv_trunk(bench, tmp_path, capsys):
+    args = ["--dataset", "fashion", "--max-per-class", "40", "--losses", "contrastive", "--methods",
+            "baseline,D&C fixed", "--seeds", "1", "--epochs", "2", "--batch-size", "20", "--m", "4",
+            "--num-learners", "2", "--out", str(tmp_path)]
+    bench("accuracy").main(args)
+    records = check_outputs(tmp_path, "accuracy_fashion", capsys, ["| contrastive | D&C fixed |"])
+    assert [r["method"] for r in records] == ["baseline", "D&C fixed"]
+
+
+def test_tuning_script_runs_on_validation_classes(bench, tmp_path, capsys):
+    bench("tune").main(["--seeds", "1", "--epochs", "1", "--rows", "baseline;K=2", "--out", str(tmp_path)])
+    records = check_outputs(tmp_path, "tune", capsys, ["| baseline |", "| K=2 |"])
+    assert {r["split"] for r in records} == {"val"} and len(records) == 2
+
+
+def test_overhead_benchmark_smoke(bench, tmp_path, capsys):
+    bench("overhead").main(["--dataset", "digits", "--ks", "1,2", "--steps", "4", "--warmup", "1", "--batch-size",
+                            "20", "--m", "4", "--embedding-size", "16", "--out", str(tmp_path)])
+    records = check_outputs(tmp_path, "overhead", capsys, ["| 1 |", "| 2 |"])
+    assert [int(r["K"]) for r in records] == [1, 2]
+    for r in records:
+        assert float(r["bare_median_ms"]) > 0 and float(r["wrapper_median_ms"]) > 0
+        assert math.isclose(float(r["ratio_of_medians"]), float(r["wrapper_median_ms"]) / float(r["bare_median_ms"]),
+                            rel_tol=1e-6)
+
+
+def test_recluster_benchmark_smoke(bench, tmp_path, capsys):
+    bench("recluster").main(["--dataset", "digits", "--k", "2", "--sizes", "500,2000", "--dim", "32",
+                             "--repeats", "1", "--batch-size", "20", "--out", str(tmp_path)])
+    records = check_outputs(tmp_path, "recluster", capsys, ["N=500 random embeddings", "N=2,000 random embeddings"])
+    assert records[0]["part"] == "training set" and float(records[0]["recluster_s"]) > 0
+    assert [int(r["n"]) for r in records[1:]] == [500, 2000]
+
+
+def test_memory_benchmark_smoke(bench, tmp_path, capsys):
+    bench("memory").main(["--dataset", "digits", "--epochs", "2", "--num-learners", "2", "--batch-size", "20",
+                          "--out", str(tmp_path)])
+    records = check_outputs(tmp_path, "memory", capsys, ["| idle |", "| baseline |", "| D&C learned |"])
+    peaks = {r["variant"]: float(r["peak_rss_mb"]) for r in records}
+    assert set(peaks) == {"idle", "baseline", "D&C fixed", "D&C learned"}
+    assert all(50 < v < 24 * 1024 for v in peaks.values())
+
+
+def test_paper_protocol_dry_run(bench, tmp_path, capsys):
+    sys.modules.pop("torchvision", None)
+    result = bench("paper_protocol").main(["--dry-run", "--out", str(tmp_path)])
+    assert "torchvision" not in sys.modules  # the dry run needs neither torchvision nor a download
+    assert result["dry_run"] and result["phase"] == "conquer" and result["num_learners"] == 2
+    assert 0.0 < result["R@1"] <= result["R@8"] <= 1.0
+    saved = json.loads((tmp_path / "paper_cub_dry_run.json").read_text())
+    assert saved["R@1"] == result["R@1"]
+    assert "| R@1 |" in capsys.readouterr().out
