@@ -115,6 +115,7 @@ def test_mkdocs_build_strict(tmp_path):
         capture_output=True,
         text=True,
         timeout=600,
+        env={**os.environ, "NO_MKDOCS_2_WARNING": "1"},  # mkdocs-material's banner about its successor
     )
     assert result.returncode == 0, result.stdout + result.stderr
     # the API reference was generated from the docstrings
