@@ -3,7 +3,8 @@
 The docstrings write ``Example:`` (an admonition in Google style, whose text is Markdown) and sometimes put
 ``>>>`` lines in the free text. Markdown then reads doctest output such as ``[1, 1, 2, 2]`` as link references.
 This extension turns ``Example:`` into the ``Examples:`` section and wraps free ``>>>`` runs in one, so griffe parses
-them as code. The source files are not changed.
+them as code, and renders Sphinx roles (``:class:`~pkg.Name```, ``:meth:`name```) as inline code. The source files are
+not changed.
 """
 
 import re
@@ -11,10 +12,16 @@ import re
 import griffe
 
 PROMPT = re.compile(r"^(>>>|\.\.\.)( |$)")
+ROLE = re.compile(r":(?:class|meth|func|mod|attr|obj|data|exc):`(~?)([^`]+)`")
+
+
+def _role(match):
+    tilde, target = match.groups()
+    return f"`{target.rsplit('.', 1)[-1] if tilde else target}`"
 
 
 def fix_docstring(text):
-    lines = text.splitlines()
+    lines = ROLE.sub(_role, text).splitlines()
     out = []
     i = 0
     while i < len(lines):
