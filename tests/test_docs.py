@@ -128,3 +128,23 @@ def test_mkdocs_build_strict(tmp_path):
     assert "is not a multiple of m" in faq
     # the notebooks are part of the site, with their plots
     assert (site / "examples" / "04_looking_inside" / "index.html").exists()
+
+
+def test_quickstart_page_code_runs(tmp_path):
+    """The code blocks of docs/quickstart.md, run in order (4 epochs: K=1, K=2 after a split, then conquer), train and evaluate."""
+    import re
+
+    blocks = re.findall(r"```python\n(.*?)```", (ROOT / "docs" / "quickstart.md").read_text(), re.S)
+    assert len(blocks) == 3
+    code = "\n".join(blocks).replace("num_epochs=10", "num_epochs=4").replace("conquer_epoch=9", "conquer_epoch=4")
+    script = tmp_path / "quickstart.py"
+    script.write_text(
+        "import logging, warnings\nwarnings.filterwarnings('ignore')\nlogging.getLogger('PML').setLevel(logging.WARNING)\n"
+        + code
+        + "\nassert dc.phase == 'conquer' and 0.5 < tester.all_accuracies['test']['precision_at_1_level0'] <= 1\n"
+        + "print('QUICKSTART OK')\n"
+    )
+    env = {**os.environ, "TQDM_DISABLE": "1", "OMP_NUM_THREADS": "1"}
+    result = subprocess.run([sys.executable, str(script)], cwd=tmp_path, capture_output=True, text=True, env=env,
+                            timeout=600)
+    assert result.returncode == 0 and "QUICKSTART OK" in result.stdout, result.stdout + result.stderr
