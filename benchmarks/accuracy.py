@@ -9,6 +9,7 @@ The baseline is the loss and miner alone with PML's MPerClassSampler; D&C wraps 
 """
 
 import argparse
+import shlex
 import sys
 import time
 
@@ -27,8 +28,22 @@ COLUMNS = ("recall_at_1", "recall_at_2", "recall_at_4", "recall_at_8", "NMI", "m
 COLUMN_NAMES = ("R@1", "R@2", "R@4", "R@8", "NMI", "MAP@R")
 
 
+# per-dataset defaults of (batch size, m, K): Fashion-MNIST and digits have only 5 training classes
+DATASET_DEFAULTS = {"glyphs": (64, 4, 4), "fashion": (32, 16, 2), "digits": (32, 8, 2)}
+
+
+def resolve(args):
+    """Fill in the per-dataset defaults of --batch-size, --m and --num-learners."""
+    batch, m, k = DATASET_DEFAULTS[args.dataset]
+    args.batch_size = args.batch_size or batch
+    args.m = args.m or m
+    args.num_learners = args.num_learners or k
+    return args
+
+
 def bench_config(args, loss):
     """The benchmark's model and D&C settings (defaults tuned on the glyph validation classes)."""
+    resolve(args)
     image = args.dataset != "digits"
     conquer = args.conquer_epoch if args.conquer_epoch is not None else args.epochs - args.conquer_epochs + 1
     return ex.RunConfig(
@@ -125,25 +140,26 @@ def parser():
     p.add_argument("--methods", default=",".join(METHODS), type=lambda s: s.split(","))
     p.add_argument("--seeds", type=int, default=3)
     p.add_argument("--epochs", type=int, default=8)
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--m", type=int, default=4, help="samples per class in a batch")
+    p.add_argument("--batch-size", type=int, default=None, help="default: 64 (glyphs), 32 (fashion, digits)")
+    p.add_argument("--m", type=int, default=None, help="samples per class in a batch; default: 4 (glyphs), "
+                   "16 (fashion: 5 training classes), 8 (digits)")
     p.add_argument("--embedding-size", type=int, default=64)
     p.add_argument("--conv-width", type=int, default=16)
     p.add_argument("--lr", type=float, default=1e-3)
-    p.add_argument("--num-learners", type=int, default=4, help="K")
+    p.add_argument("--num-learners", type=int, default=None, help="K; default: 4 (glyphs), 2 (fashion, digits)")
     p.add_argument("--recluster-every", type=int, default=2, help="T, in epochs")
     p.add_argument("--conquer-epochs", type=int, default=1, help="number of final epochs in the conquer phase")
     p.add_argument("--conquer-epoch", type=int, default=None, help="first conquer epoch (overrides --conquer-epochs)")
-    p.add_argument("--orthogonality-weight", type=float, default=0.01, help="λ")
+    p.add_argument("--orthogonality-weight", type=float, default=0.1, help="λ")
     p.add_argument("--mask-lr-multiplier", type=float, default=10.0)
-    p.add_argument("--cluster-on", default="embedding", choices=["embedding", "trunk"])
+    p.add_argument("--cluster-on", default="trunk", choices=["embedding", "trunk"])
     p.add_argument("--max-per-class", type=int, default=600, help="Fashion-MNIST images kept per class")
     p.add_argument("--out", default="bench-out")
     return p
 
 
 def main(argv=None):
-    args = parser().parse_args(argv)
+    args = resolve(parser().parse_args(argv))
     out = setup(args.out)
     train_set, test_set = load(args)
     n_train, n_test = len(np.unique(train_set.labels)), len(np.unique(test_set.labels))
@@ -159,7 +175,7 @@ def main(argv=None):
              f"{cfg.conquer_epoch}, {args.seeds} seeds")
     plot(records, out / f"{name}.png", title)
     report(out, name, f"Accuracy, {title} ({time.time() - start:.0f} s)", table(records),
-           "python benchmarks/accuracy.py " + " ".join(sys.argv[1:] if argv is None else argv))
+           "python benchmarks/accuracy.py " + shlex.join(sys.argv[1:] if argv is None else argv))
     return records
 
 

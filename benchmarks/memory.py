@@ -2,13 +2,14 @@
 
     python benchmarks/memory.py --epochs 4 --num-learners 8 --out bench-out
 
-Every variant runs in its own Python process (so peaks do not mix): "idle" loads the data and builds the model
+Every variant runs in its own Python process (so peaks do not mix; the processes run concurrently): "idle" loads the data and builds the model
 without training (the floor: Python, torch, PML, data), then the baseline and D&C train with the accuracy
 benchmark's settings (K grows 1, 2, 4, 8 with T=1 by default). Reports peak RSS (``ru_maxrss``), the ratio to the
 baseline, and the ratio of the part above the idle floor. Writes ``memory.csv`` and ``memory.png``.
 """
 
 import argparse
+import shlex
 import json
 import resource
 import subprocess
@@ -49,6 +50,8 @@ def main(argv=None):
     p.add_argument("--recluster-every", type=int, default=1)
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--m", type=int, default=4)
+    p.add_argument("--variants", default=",".join(VARIANTS), type=lambda v: v.split(","),
+                   help="processes to run; idle and baseline are needed for the ratios")
     p.add_argument("--child", default=None, help=argparse.SUPPRESS)
     p.add_argument("--out", default="bench-out")
     args = p.parse_args(argv)
@@ -57,12 +60,15 @@ def main(argv=None):
     out = setup(args.out)
     argv = sys.argv[1:] if argv is None else list(argv)
     records = []
-    for name in VARIANTS:
-        res = subprocess.run([sys.executable, str(Path(__file__).resolve()), *argv, "--child", name],
-                             capture_output=True, text=True)
-        if res.returncode:
-            raise RuntimeError(f"{name} failed:\n{res.stderr[-3000:]}")
-        peak = json.loads(res.stdout.strip().splitlines()[-1])["peak_rss_mb"]
+    # one process per variant, run at the same time (each one's peak RSS is its own)
+    procs = {name: subprocess.Popen([sys.executable, str(Path(__file__).resolve()), *argv, "--child", name],
+                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for name in args.variants}
+    for name, proc in procs.items():
+        stdout, stderr = proc.communicate()
+        if proc.returncode:
+            raise RuntimeError(f"{name} failed:\n{stderr[-3000:]}")
+        peak = json.loads(stdout.strip().splitlines()[-1])["peak_rss_mb"]
         records.append(dict(variant=name, peak_rss_mb=round(peak, 1)))
         print(f"  {name}: {peak:.0f} MB", flush=True)
     write_csv(out / "memory.csv", records)
@@ -84,7 +90,7 @@ def main(argv=None):
     table = markdown_table(["process", "peak RSS, MB", "ratio to baseline", "ratio above the idle floor"], rows)
     title = (f"Peak memory ({args.dataset}, {args.loss}, {args.epochs} epochs, K up to {args.num_learners}, "
              f"T={args.recluster_every}, batch {args.batch_size})")
-    report(out, "memory", title, table, "python benchmarks/memory.py " + " ".join(argv))
+    report(out, "memory", title, table, "python benchmarks/memory.py " + shlex.join(argv))
     return records
 
 

@@ -10,6 +10,7 @@ Prints the median step times and their ratio; writes ``overhead.csv`` and ``over
 """
 
 import argparse
+import shlex
 import itertools
 import sys
 
@@ -118,7 +119,7 @@ def main(argv=None):
     table = markdown_table(["K", "bare loss, ms/step", "D&C wrapper, ms/step", "ratio (medians)", "ratio (means)"], rows)
     title = (f"Training overhead ({args.loss} + its miner, {args.dataset}, batch {args.batch_size}, m={args.m}, "
              f"d={args.embedding_size}, {args.steps} steps per K, interleaved)")
-    report(out, "overhead", title, table, "python benchmarks/overhead.py " + " ".join(sys.argv[1:] if argv is None else argv))
+    report(out, "overhead", title, table, "python benchmarks/overhead.py " + shlex.join(sys.argv[1:] if argv is None else argv))
     return records
 
 

@@ -10,6 +10,7 @@ schedule) on N random L2-normalised embeddings of ``--dim`` dims. Writes ``reclu
 """
 
 import argparse
+import shlex
 import sys
 
 import numpy as np
@@ -98,7 +99,7 @@ def main(argv=None):
     table = markdown_table(["data", "no-grad forward pass, s", "one reclustering, s", "ratio",
                             "k-means+matching / splits alone, s"], rows)
     report(out, "recluster", f"Reclustering cost (K={args.k}, median of {args.repeats} for the training set)", table,
-           "python benchmarks/recluster.py " + " ".join(sys.argv[1:] if argv is None else argv))
+           "python benchmarks/recluster.py " + shlex.join(sys.argv[1:] if argv is None else argv))
     return records
 
 

@@ -2,11 +2,13 @@
 
     python benchmarks/tune.py --seeds 2 --out bench-out
 
-Each row changes one setting of benchmarks/accuracy.py's defaults (triplet loss, D&C fixed unless stated);
-prints the table and writes ``tune.csv`` and ``tune.png``.
+Each row changes one setting (triplet loss, D&C fixed unless stated) from the first-round defaults K=4, T=2,
+1 conquer epoch, clustering the embedding, λ=0.01; prints the table and writes ``tune.csv`` and ``tune.png``.
+benchmarks/accuracy.py's defaults are the result (cluster on the trunk, λ=0.1).
 """
 
 import argparse
+import shlex
 import sys
 
 import numpy as np
@@ -27,6 +29,12 @@ GRID = {  # row -> (accuracy.py arguments, methods)
     "cluster on trunk": (["--cluster-on", "trunk"], "D&C fixed"),
     "learned masks, λ=0.01": ([], "D&C learned"),
     "learned masks, λ=0.1": (["--orthogonality-weight", "0.1"], "D&C learned"),
+    # second round, around the best of the first
+    "cluster on trunk, 3 conquer epochs": (["--cluster-on", "trunk", "--conquer-epochs", "3"], "D&C fixed"),
+    "cluster on trunk, K=2": (["--cluster-on", "trunk", "--num-learners", "2"], "D&C fixed"),
+    "cluster on trunk, learned masks, λ=0.1": (["--cluster-on", "trunk", "--orthogonality-weight", "0.1"],
+                                               "D&C learned"),
+    "learned masks, mask lr ×1": (["--mask-lr-multiplier", "1"], "D&C learned"),
 }
 
 
@@ -39,7 +47,7 @@ def main(argv=None):
     args, extra = p.parse_known_args(argv)
     out = setup(args.out)
     common = ["--dataset", "glyphs", "--split", "val", "--losses", "triplet", "--seeds", str(args.seeds),
-              "--epochs", str(args.epochs)] + extra
+              "--epochs", str(args.epochs), "--cluster-on", "embedding", "--orthogonality-weight", "0.01"] + extra
     train_set, val_set = accuracy.load(accuracy.parser().parse_args(common))
     records, rows = [], []
     for row, (changes, method) in GRID.items():
@@ -68,7 +76,7 @@ def main(argv=None):
     plt.close(fig)
     table = markdown_table(["setting", "R@1", "NMI", "MAP@R"], rows)
     report(out, "tune", f"Tuning on glyph validation classes (triplet, {args.epochs} epochs, {args.seeds} seeds)",
-           table, "python benchmarks/tune.py " + " ".join(sys.argv[1:] if argv is None else argv))
+           table, "python benchmarks/tune.py " + shlex.join(sys.argv[1:] if argv is None else argv))
 
 
 if __name__ == "__main__":
