@@ -10,6 +10,7 @@ The baseline is the loss and miner alone with PML's MPerClassSampler; D&C wraps 
 
 import argparse
 import shlex
+import textwrap
 import sys
 import time
 
@@ -112,7 +113,7 @@ def plot(records, path, title):
     plt = pyplot()
     loss_names = list(dict.fromkeys(r["loss"] for r in records))
     methods = list(dict.fromkeys(r["method"] for r in records))
-    fig, ax = plt.subplots(figsize=(1.8 + 1.6 * len(loss_names), 3.2))
+    fig, ax = plt.subplots(figsize=(3.2 + 1.6 * len(loss_names), 3.4))
     width = 0.8 / len(methods)
     for j, method in enumerate(methods):
         means, stds = [], []
@@ -125,8 +126,8 @@ def plot(records, path, title):
     ax.set_ylabel("R@1 (%)")
     lo = min(100 * r["recall_at_1"] for r in records)
     ax.set_ylim(max(0, lo - 5), 100)
-    ax.set_title(title, fontsize=9)
-    ax.legend(fontsize=8, loc="lower right")
+    ax.set_title(textwrap.fill(title, 60), fontsize=8)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
