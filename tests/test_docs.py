@@ -83,7 +83,7 @@ def test_notebook_runs_in_the_small_configuration(path, tmp_path):
 
 
 def test_paper_recipe_notebook_skips_cleanly_without_gpu_or_data(tmp_path):
-    env = {"PML_DC_DATA": str(tmp_path / "no-data-here")}
+    env = {"PML_DC_DATA": str(tmp_path / "no-data-here"), "PML_DC_DOWNLOAD": "0"}
     nb = run_notebook(PAPER_RECIPE, tmp_path, **env)
     text = text_of(nb)
     import torch
@@ -131,7 +131,10 @@ def test_mkdocs_build_strict(tmp_path):
 
 
 def test_quickstart_page_code_runs(tmp_path):
-    """The code blocks of docs/quickstart.md, run in order (4 epochs: K=1, K=2 after a split, then conquer), train and evaluate."""
+    """The code blocks of docs/quickstart.md run in order and train and evaluate.
+
+    Run with 4 epochs instead of 10: K=1, K=2 after a split, then the conquer phase.
+    """
     import re
 
     blocks = re.findall(r"```python\n(.*?)```", (ROOT / "docs" / "quickstart.md").read_text(), re.S)
