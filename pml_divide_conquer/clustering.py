@@ -80,17 +80,35 @@ def kmeans_with_retries(x, k, labels, *, niter=20, seed=0, max_retries=10, gpu=N
     return ids
 
 
-def split_clusters(x, assignment, *, niter=20, seed=0, gpu=None):
-    """Split every cluster c in two with 2-means: its members get ids 2c and 2c+1."""
+def split_clusters(x, assignment, labels=None, *, niter=20, seed=0, max_retries=10, gpu=None):
+    """Split every cluster c in two with 2-means: its members get ids 2c and 2c+1.
+
+    With ``labels``, each split is retried with new seeds until both children have 2 classes with 2 samples each
+    (the rule :func:`kmeans_with_retries` applies); splits that never get there are kept with a warning.
+    """
     assignment = np.asarray(assignment, dtype=np.int64)
     new = np.empty_like(assignment)
+    degenerate = []
     for c in np.unique(assignment):
         members = np.flatnonzero(assignment == c)
         if len(members) < 2:
             new[members] = 2 * c
+            degenerate.append(int(c))
             continue
-        sub = kmeans(x[members], 2, niter=niter, seed=seed + int(c), gpu=gpu)
+        tries = max_retries if labels is not None else 1
+        for attempt in range(tries):
+            sub = kmeans(x[members], 2, niter=niter, seed=seed + int(c) * max_retries + attempt, gpu=gpu)
+            if labels is None or not invalid_clusters(sub, np.asarray(labels)[members], 2):
+                break
+        else:
+            degenerate.append(int(c))
         new[members] = 2 * c + sub
+    if degenerate and labels is not None:
+        warnings.warn(
+            f"splitting clusters {degenerate} left a child without 2 classes of 2 samples; its learner gets few "
+            "useful pairs. Use fewer learners (num_learners) for this dataset.",
+            stacklevel=2,
+        )
     return new
 
 

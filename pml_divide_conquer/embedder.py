@@ -28,7 +28,7 @@ class SubspaceMaskedEmbedder(torch.nn.Module):
         mode: ``"fixed"`` or ``"learned"``.
         embedder: the user's embedder module (e.g. a Linear layer on the trunk output); None for identity.
 
-    Example:
+    Examples:
         >>> embedder = SubspaceMaskedEmbedder(128, num_learners=8, mode="learned",
         ...                                   embedder=torch.nn.Linear(2048, 128))
         >>> optimizer = torch.optim.Adam(embedder.parameter_groups(lr=1e-5, mask_lr_multiplier=100))

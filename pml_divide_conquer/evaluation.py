@@ -15,8 +15,9 @@ def cluster_purity(assignment, labels, num_clusters=None):
     Returns ``(per_cluster, overall)``: ``per_cluster[c]`` is NaN for an empty cluster; ``overall`` is the share
     of all samples that are in their cluster's majority class.
 
-    >>> cluster_purity([0, 0, 1, 1], [5, 5, 5, 6])
-    (array([1. , 0.5]), 0.75)
+    Examples:
+        >>> cluster_purity([0, 0, 1, 1], [5, 5, 5, 6])
+        (array([1. , 0.5]), 0.75)
     """
     assignment = np.asarray(assignment, dtype=np.int64)
     labels = np.asarray(labels)
@@ -29,7 +30,7 @@ def cluster_purity(assignment, labels, num_clusters=None):
             top = np.unique(members, return_counts=True)[1].max()
             per_cluster[c] = top / len(members)
             majority += top
-    return per_cluster, majority / len(labels)
+    return per_cluster, float(majority / len(labels))
 
 
 def evaluate_subspaces(
@@ -46,14 +47,22 @@ def evaluate_subspaces(
     """Retrieval metrics (query = reference = ``dataset``) on the full embedding and on each learner's subspace.
 
     Args:
-        trunk, embedder: the trained models (``embedder`` a :class:`SubspaceMaskedEmbedder`).
+        trunk: the trained trunk.
+        embedder: the trained :class:`SubspaceMaskedEmbedder`.
+        dataset: the dataset to evaluate on (query = reference).
         num_active: K, the number of learners whose subspaces to evaluate (``wrapper.num_active``).
         accuracy_calculator: PML's ``AccuracyCalculator``; default R@1 (precision_at_1) and NMI.
+        batch_size: batch size of the embedding pass.
+        data_device: device of the embedding pass (default CPU).
+        dataloader_num_workers: DataLoader workers of the embedding pass.
+        data_and_label_getter: as in PML's testers, for datasets that return more than (data, label).
 
-    Returns a dict ``{"full": {...}, "learner0": {...}, ...}`` of metric dicts, like PML's testers.
+    Returns:
+        A dict ``{"full": {...}, "learner0": {...}, ...}`` of metric dicts, like PML's testers.
 
-    >>> results = evaluate_subspaces(trunk, embedder, test_set, num_active=wrapper.num_active)
-    >>> results["learner0"]["precision_at_1"]
+    Examples:
+        >>> results = evaluate_subspaces(trunk, embedder, test_set, num_active=wrapper.num_active)
+        >>> results["learner0"]["precision_at_1"]
     """
     calc = accuracy_calculator or AccuracyCalculator(include=DEFAULT_METRICS, k="max_bin_count")
     tester = testers.BaseTester(

@@ -134,3 +134,13 @@ def head_size(module):
     """The embedding size ``module``'s heads (or memory) expect, or None if it has none."""
     sizes = {p.shape[dim] for _, _, _, p, dim in head_params(module)} | {m.embedding_size for m in memories(module)}
     return sizes.pop() if sizes else None
+
+
+def memory_fill(module):
+    """(queue_idx, has_been_filled) of each CrossBatchMemory in ``module``, which its state_dict leaves out."""
+    return [[int(m.queue_idx), bool(m.has_been_filled)] for m in memories(module)]
+
+
+def set_memory_fill(module, fill):
+    for m, (queue_idx, filled) in zip(memories(module), fill):
+        m.queue_idx, m.has_been_filled = int(queue_idx), bool(filled)

@@ -19,7 +19,6 @@ from .distributed import world_size_and_rank
 
 
 class Ticket(NamedTuple):
-    generation: int  # which iter() call of the sampler drew it
     version: int  # which cluster assignment it was drawn from
     pass_index: int
     position: int  # batch number within the pass
@@ -57,11 +56,13 @@ class ClusterSampler(Sampler):
         batch_size: must equal the trainer's ``batch_size``.
         m: samples per class in a batch; ``batch_size`` must be a multiple of it.
         seed: seed of the sampler's own random generator (PML's global numpy RNG is not touched).
-        num_replicas, rank: for DDP (default: from torch.distributed when it is initialised). At every step all
-            ranks draw from the same cluster, each ``batch_size`` disjoint samples, so that the batch gathered
-            across ranks is one cluster batch of ``batch_size * num_replicas``. Use the same seed on every rank.
+        num_replicas: number of DDP processes (default: torch.distributed's world size when it is initialised,
+            else 1). At every step all ranks draw from the same cluster, each ``batch_size`` disjoint samples, so
+            that the batch gathered across ranks is one cluster batch of ``batch_size * num_replicas``. Use the
+            same seed on every rank.
+        rank: this process's rank (default: torch.distributed's rank when it is initialised, else 0).
 
-    Example:
+    Examples:
         >>> sampler = ClusterSampler(train_labels, batch_size=32, m=4, seed=0)
         >>> trainer = trainers.MetricLossOnly(..., batch_size=32, sampler=sampler)
     """
@@ -145,6 +146,7 @@ class ClusterSampler(Sampler):
         self.epoch = int(epoch)
         self._pass, self._pos = 0, 0
         self._plan_cache = (None, None)
+        self._generation += 1  # a live iterator stops: its plan is not this epoch's
 
     def cluster_sizes(self):
         return np.bincount(self.assignment, minlength=self.num_clusters)
@@ -186,8 +188,11 @@ class ClusterSampler(Sampler):
         return nonempty * max(1, int(sizes.max()) // self.global_batch_size)
 
     def __len__(self):
-        # PML's BatchSampler wrapping divides this by batch_size (like MPerClassSampler, we count indices).
-        return self.batches_per_pass() * self.batch_size
+        # PML sets an epoch to len(dataloader) = len(sampler) // batch_size steps (this counts indices, like
+        # MPerClassSampler) when iterations_per_epoch is not given. It does not depend on the clusters, so a run
+        # resumed at another K has epochs of the same length, and a D&C epoch is as long as a baseline epoch
+        # (one pass over the data). A pass over the clusters (batches_per_pass) may be longer or shorter.
+        return (len(self.labels) // self.global_batch_size) * self.batch_size
 
     def _plan(self, pass_index):
         key = (self.version, pass_index)
@@ -264,7 +269,7 @@ class ClusterSampler(Sampler):
             cluster, indices = plan[position]
             # this rank's share; each class's m samples are contiguous, so every share is m-per-class too
             indices = indices[self.rank * self.batch_size : (self.rank + 1) * self.batch_size]
-            self._tickets.append(Ticket(generation, version, pass_index, position, cluster, indices))
+            self._tickets.append(Ticket(version, pass_index, position, cluster, indices))
             yield from indices.tolist()
 
     def pop_ticket(self, labels):
@@ -307,6 +312,7 @@ class ClusterSampler(Sampler):
             "seed": self.seed,
             "batch_size": self.batch_size,
             "m": self.m,
+            "num_replicas": self.num_replicas,
             "assignment": torch.from_numpy(self.assignment.copy()),  # a tensor: loadable with weights_only
             "num_clusters": self.num_clusters,
             "epoch": self.epoch,
@@ -322,6 +328,11 @@ class ClusterSampler(Sampler):
                 f"the saved sampler state has {len(state['assignment'])} samples, this dataset has "
                 f"{len(self.labels)}: it was saved for another dataset"
             )
+        if state.get("num_replicas", 1) != self.num_replicas:
+            raise ValueError(
+                f"the saved sampler ran on {state.get('num_replicas', 1)} processes, this one on {self.num_replicas}: "
+                "resume with the same number of processes"
+            )
         if (state["batch_size"], state["m"]) != (self.batch_size, self.m):
             raise ValueError(
                 f"the saved sampler used batch_size={state['batch_size']}, m={state['m']}; this one uses "
@@ -335,5 +346,6 @@ class ClusterSampler(Sampler):
         self.version = int(state["version"])
         self._pass, self._pos = int(state["pass"]), int(state["pos"])
         self._tickets.clear()
+        self._generation += 1  # a live iterator stops: the next one starts at the loaded position
         self._plan_cache = (None, None)
         self._warned = set(state.get("warned", []))

@@ -37,7 +37,7 @@ class DivideConquerSchedule:
             reclustering until ``num_learners`` is reached. False (CVPR version): K is fixed from the start,
             so the data must be clustered before the first epoch.
 
-    Example:
+    Examples:
         >>> s = DivideConquerSchedule(num_learners=4, recluster_every=2, conquer_epoch=9)
         >>> [s.learners_in_epoch(e) for e in range(1, 9)]
         [1, 1, 2, 2, 4, 4, 4, 4]

@@ -25,12 +25,16 @@ def learner_key(k):
 
 
 def _declares_labels_not_supported(loss):
-    # PML marks label-free losses (VICRegLoss, ManifoldLoss) by calling c_f.labels_not_supported in compute_loss
-    method = getattr(type(loss), "compute_loss", None)
-    try:
-        return method is not None and "labels_not_supported" in inspect.getsource(method)
-    except (OSError, TypeError):
-        return False
+    # PML marks label-free losses (VICRegLoss, ManifoldLoss) by calling c_f.labels_not_supported in compute_loss;
+    # look inside wrappers too (DistributedLossWrapper, MultipleLosses, ...)
+    for module in loss.modules():
+        method = getattr(type(module), "compute_loss", None)
+        try:
+            if method is not None and "labels_not_supported" in inspect.getsource(method):
+                return True
+        except (OSError, TypeError):
+            pass
+    return False
 
 
 def _check_loss(loss):
@@ -71,13 +75,14 @@ class DivideConquerWrapper(BaseMetricLossFunction):
         cluster_on: ``"embedding"`` (default) or ``"trunk"``: the space that is clustered.
         cluster_dataset: dataset embedded for clustering, in the same order as the training dataset, typically
             the training images with test-time transforms. Default: the trainer's dataset.
-        cluster_batch_size, cluster_num_workers: DataLoader settings for that embedding pass (workers default to
-            the trainer's ``dataloader_num_workers``).
+        cluster_batch_size: batch size of that embedding pass.
+        cluster_num_workers: DataLoader workers of that embedding pass (default: the trainer's
+            ``dataloader_num_workers``).
         kmeans_niter: faiss k-means iterations.
         faiss_gpu: None: use a GPU if faiss-gpu sees one; False: CPU only.
         seed: seed of the clustering.
 
-    Example:
+    Examples:
         >>> embedder = SubspaceMaskedEmbedder(64, num_learners=4, embedder=torch.nn.Linear(128, 64))
         >>> sampler = ClusterSampler(train_labels, batch_size=32, m=4)
         >>> dc = DivideConquerWrapper(losses.TripletMarginLoss(), miners.TripletMarginMiner(),
@@ -205,11 +210,24 @@ class DivideConquerWrapper(BaseMetricLossFunction):
                 "miner only to the wrapper, which mines in each learner's subspace"
             )
         if not self.training:  # outside training (e.g. a validation loss): the conquer learner, full space
+            if embeddings.requires_grad and torch.is_grad_enabled():
+                raise RuntimeError(
+                    "DivideConquerWrapper is in eval mode but gradients are being computed: is it in the trainer's "
+                    "freeze_these? In eval mode it trains no learner. Keep it out of freeze_these."
+                )
             return self._learner_loss(CONQUER_KEY, F.normalize(embeddings, dim=1), labels, indices_tuple)
         if self.last_epoch < 0 and self.schedule.step_after_epoch(0).action != "none":
+            first = self.schedule.step_after_epoch(0)
+            what = "switched to the conquer phase" if first.action == CONQUER else f"clustered into K={first.num_learners}"
             raise RuntimeError(
-                f"with grow=False the data must be clustered into K={self.num_learners} before training: call "
-                "wrapper.prepare(trainer) before trainer.train()"
+                f"the schedule says the data must be {what} before the first epoch: call wrapper.prepare(trainer) "
+                "before trainer.train()"
+            )
+        if (self.sampler.num_replicas, self.sampler.rank) != distributed.world_size_and_rank():
+            world, rank = distributed.world_size_and_rank()
+            raise RuntimeError(
+                f"ClusterSampler was built for rank {self.sampler.rank} of {self.sampler.num_replicas}, but this "
+                f"process is rank {rank} of {world}: build it after torch.distributed.init_process_group()"
             )
         ticket = self.sampler.pop_ticket(self._local_labels(labels))
         # all ranks must train the same learner at every step (their batches form one cluster batch)
@@ -285,7 +303,8 @@ class DivideConquerWrapper(BaseMetricLossFunction):
     def get_end_of_epoch_hook(self, then=None):
         """An end-of-epoch hook that takes the D&C step, then calls ``then`` (e.g. HookContainer's hook).
 
-        >>> hook = dc.get_end_of_epoch_hook(then=hooks.end_of_epoch_hook(tester, dataset_dict, model_folder))
+        Examples:
+            >>> hook = dc.get_end_of_epoch_hook(then=hooks.end_of_epoch_hook(tester, dataset_dict, model_folder))
         """
 
         def hook(trainer):
@@ -298,6 +317,13 @@ class DivideConquerWrapper(BaseMetricLossFunction):
         """Take the schedule's step after ``epoch`` (0: before training). A step already taken is skipped."""
         if epoch <= self.last_epoch:
             return
+        missed = [e for e in range(self.last_epoch + 1, epoch) if self.schedule.step_after_epoch(e).action != "none"]
+        if missed:
+            raise RuntimeError(
+                f"the D&C steps after epochs {missed} were never taken (this wrapper has taken steps up to epoch "
+                f"{self.last_epoch}). When resuming, load the wrapper's state_dict saved with the models (PML's "
+                "HookContainer does); when starting, call wrapper.prepare(trainer) and train from epoch 1."
+            )
         step = self.schedule.step_after_epoch(epoch)
         if step.action == CONQUER:
             self.phase = CONQUER_PHASE
@@ -306,7 +332,7 @@ class DivideConquerWrapper(BaseMetricLossFunction):
         elif step.action in (RECLUSTER, SPLIT):
             self._divide(trainer, step, epoch)
         self.last_epoch = epoch
-        self._update_cluster_stats()
+        self._update_cluster_stats()  # (also after a conquer step; K and the clusters are logged from here)
 
     def _update_cluster_stats(self):
         sizes = self.sampler.cluster_sizes()
@@ -319,10 +345,22 @@ class DivideConquerWrapper(BaseMetricLossFunction):
             setattr(self, f"learner{k}_mask_usage", float(usage[k]) if k < self.num_active else 0.0)
 
     def recluster(self, trainer, num_learners=None):
-        """Recluster now into ``num_learners`` (default: the current K) clusters matched to the learners."""
+        """Recluster now, outside the schedule, into the current K clusters matched to the learners.
+
+        K changes only through the schedule (splits), which also gives the learners' heads and masks their new
+        subspaces; ``num_learners``, if given, must equal the current K.
+        """
         from .schedule import Step
 
-        self._divide(trainer, Step(RECLUSTER, num_learners or self.num_active), max(self.last_epoch, 0))
+        if num_learners is not None and num_learners != self.num_active:
+            raise ValueError(
+                f"recluster() keeps K={self.num_active}; K grows through the schedule (grow=True splits clusters "
+                "and learners together)"
+            )
+        if self.phase == CONQUER_PHASE:
+            raise RuntimeError("no reclustering in the conquer phase: it trains one learner on all the data")
+        self._divide(trainer, Step(RECLUSTER, self.num_active), max(self.last_epoch, 0))
+        self._update_cluster_stats()
 
     def _divide(self, trainer, step, epoch):
         if step.action == SPLIT and step.num_learners != 2 * self.num_active:
@@ -344,14 +382,15 @@ class DivideConquerWrapper(BaseMetricLossFunction):
         self.num_active = step.num_learners
         self.sampler.set_assignment(new, step.num_learners)
         hooks.restart_iterator(trainer)
-        self._update_cluster_stats()
 
     def _cluster(self, emb, step, epoch):
         """The new assignment (numpy in, numpy out): split every cluster in two, or recluster and match."""
         seed = self.seed + 1000 * epoch
         old = self.sampler.assignment
         if step.action == SPLIT:
-            return clustering.split_clusters(emb, old, niter=self.kmeans_niter, seed=seed, gpu=self.faiss_gpu)
+            return clustering.split_clusters(
+                emb, old, self.sampler.labels, niter=self.kmeans_niter, seed=seed, gpu=self.faiss_gpu
+            )
         new = clustering.kmeans_with_retries(
             emb, step.num_learners, self.sampler.labels, niter=self.kmeans_niter, seed=seed, gpu=self.faiss_gpu
         )
@@ -397,6 +436,8 @@ class DivideConquerWrapper(BaseMetricLossFunction):
             "sampler": self.sampler.state_dict(),
             "masks": None if masks is None else masks.detach().cpu().clone(),
             "head_sizes": {k: heads.head_size(m) for k, m in self.learners.items()},
+            # CrossBatchMemory's fill state is not in its own state_dict
+            "memory_fill": {k: heads.memory_fill(m) for k, m in self.learners.items()},
         }
 
     def set_extra_state(self, state):
@@ -409,6 +450,8 @@ class DivideConquerWrapper(BaseMetricLossFunction):
         for k, size in state["head_sizes"].items():
             if size is not None:
                 heads.resize(self.learners[k], size)
+        for k, fill in state.get("memory_fill", {}).items():
+            heads.set_memory_fill(self.learners[k], fill)
         if state["masks"] is not None:
             if self.embedder.masks is None or self.embedder.masks.shape != state["masks"].shape:
                 raise ValueError("the saved state has learned masks that do not fit this SubspaceMaskedEmbedder")

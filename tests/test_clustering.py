@@ -76,3 +76,29 @@ def test_matching_maximises_overlap(data):
 
     best = max((np.asarray(p)[new] == old).sum() for p in itertools.permutations(range(k)))
     assert (matched == old).sum() == best
+
+
+def test_split_retries_until_both_children_have_two_classes():
+    rng = np.random.default_rng(0)
+    # one cluster: a far-away pair of points of one class, and 4 classes in a blob; the first 2-means split
+    # isolates the pair (a one-class child), a valid split needs other seeds or is impossible
+    x = np.concatenate([rng.normal(size=(40, 4)), 50 + rng.normal(size=(2, 4))]).astype(np.float32)
+    labels = np.concatenate([np.repeat(np.arange(4), 10), [9, 9]])
+    parent = np.zeros(len(x), dtype=np.int64)
+    plain = clustering.split_clusters(x, parent, seed=0, gpu=False)
+    assert clustering.invalid_clusters(plain, labels, 2)  # without labels: the degenerate split is kept
+    with pytest.warns(UserWarning, match="left a child without 2 classes"):
+        clustering.split_clusters(x, parent, labels, seed=0, max_retries=3, gpu=False)
+
+
+def test_split_with_labels_gives_valid_children_when_possible():
+    rng = np.random.default_rng(1)
+    x = np.concatenate([rng.normal(size=(20, 4)), 30 + rng.normal(size=(20, 4))]).astype(np.float32)
+    labels = np.tile([0, 1], 20)  # both far-apart groups hold both classes
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        child = clustering.split_clusters(x, np.zeros(40, dtype=np.int64), labels, seed=0, gpu=False)
+    assert not clustering.invalid_clusters(child, labels, 2)
+    assert set(child[:20]) != set(child[20:])

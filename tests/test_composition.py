@@ -268,3 +268,21 @@ def test_classification_heads_follow_pml_lr_schedulers(small_digits):
         parts["trainer"].train(num_epochs=3)
     assert opt.param_groups[0]["lr"] == pytest.approx(1e-3 * 0.5**3)
     assert parts["wrapper"].num_active == 2
+
+
+@pytest.mark.parametrize("same_module", [False, True])
+def test_inherit_gives_the_child_its_half_of_the_parent_head_and_adam_moments(same_module):
+    from pml_divide_conquer import heads
+
+    parent = losses.ArcFaceLoss(C, D)
+    opt = torch.optim.Adam(parent.parameters())
+    parent(torch.randn(8, D), torch.arange(8) % C).backward()
+    opt.step()
+    W, m = parent.W.detach().clone(), opt.state[parent.W]["exp_avg"].clone()
+    child = parent if same_module else losses.ArcFaceLoss(C, D)
+    if not same_module:
+        opt.add_param_group({"params": list(child.parameters())})
+    half = torch.arange(D // 2, D)
+    heads.inherit(parent, child, half, [opt])
+    assert torch.equal(child.W, W[half]) and torch.equal(opt.state[child.W]["exp_avg"], m[half])
+    assert heads.head_size(child) == D // 2

@@ -21,9 +21,16 @@ def test_fixed_chunks_are_contiguous_normalised_and_nest_when_K_doubles():
     e = torch.randn(5, 8)
     for k in range(4):
         assert torch.allclose(emb.subspace(e, k, 4), F.normalize(e[:, 2 * k : 2 * k + 2], dim=1))
-    # the children of chunk c at K=2 are chunks 2c and 2c+1 at K=4
-    assert torch.equal(torch.cat([e[:, 0:2], e[:, 2:4]], 1), e[:, 0:4])
     assert emb.subspace_size(2) == 4 and emb.subspace_size(4) == 2
+
+    def dims(k, K):  # which embedding dims learner k reads: probe with one-hot embeddings
+        probes = emb.subspace(torch.eye(8), k, K)
+        return set(torch.nonzero(probes.abs().sum(1)).flatten().tolist())
+
+    for c in range(2):  # the children 2c and 2c+1 at K=4 split chunk c of K=2 in two halves, in order
+        assert dims(c, 2) == dims(2 * c, 4) | dims(2 * c + 1, 4)
+        assert max(dims(2 * c, 4)) < min(dims(2 * c + 1, 4))
+    assert set().union(*(dims(k, 4) for k in range(4))) == set(range(8))
 
 
 def test_fixed_mode_needs_divisible_size():

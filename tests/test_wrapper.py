@@ -126,3 +126,37 @@ def test_learner_loss_is_the_wrapped_loss_on_its_subspace_plus_orthogonality():
     ref = losses.ContrastiveLoss()(emb.subspace(e, k, 2), torch.as_tensor(labels[idx]))
     assert w.current_learner == k
     assert torch.allclose(got, ref + 0.5 * emb.orthogonality_loss(2))
+
+
+def test_frozen_wrapper_is_refused(digits):
+    parts = build(digits, freeze_these=("metric_loss",))
+    with pytest.raises(ValueError, match="freeze_these"):
+        parts["wrapper"].prepare(parts["trainer"])
+    with pytest.raises(RuntimeError, match="eval mode but gradients"), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        parts["trainer"].train(num_epochs=1)
+
+
+def test_sampler_built_for_another_rank_is_refused():
+    labels = np.repeat(np.arange(4), 10)
+    sampler = ClusterSampler(labels, 4, 2, num_replicas=2, rank=1)  # but this process is not distributed
+    w = DivideConquerWrapper(losses.ContrastiveLoss(), embedder=SubspaceMaskedEmbedder(8, 2), sampler=sampler)
+    with pytest.raises(RuntimeError, match="rank 1 of 2, but this process is rank 0 of 1"):
+        w(torch.randn(4, 8), torch.zeros(4, dtype=torch.long))
+
+
+def test_recluster_keeps_K_and_missed_steps_are_refused(digits):
+    parts = build(digits, num_learners=4, conquer_epoch=3)
+    w, t = parts["wrapper"], parts["trainer"]
+    with pytest.raises(ValueError, match="keeps K=1"):
+        w.recluster(t, num_learners=4)
+    with pytest.raises(RuntimeError, match="never taken"), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        t.train(start_epoch=4, num_epochs=4)  # a fresh wrapper, as if its state had not been loaded
+
+
+def test_error_before_training_names_the_missing_step(digits):
+    parts = build(digits, num_learners=4, conquer_epoch=1)
+    with pytest.raises(RuntimeError, match="conquer phase before the first epoch"), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        parts["trainer"].train(num_epochs=1)
