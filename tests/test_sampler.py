@@ -49,7 +49,8 @@ def test_every_batch_is_one_cluster_m_per_class_and_clusters_get_equal_batches(c
         s = ClusterSampler(labels, batch_size, m, seed=seed)
         s.set_assignment(assignment, k)
         batches = take_pass(s)
-    assert len(batches) * batch_size == len(s)
+    assert len(batches) == s.batches_per_pass()
+    assert len(s) == (len(labels) // batch_size) * batch_size  # epoch length: one pass over the data, any K
     nonempty = set(np.unique(assignment).tolist())
     counts = {c: 0 for c in nonempty}
     for c, b in batches:
