@@ -22,7 +22,9 @@ def check_trainer(trainer, wrapper):
             f"{type(trainer).__name__} is not supported by DivideConquerWrapper: use trainers.MetricLossOnly or "
             "trainers.TrainWithClassifier, which call the metric loss once per batch of the sampler."
         )
-    if not any(v is wrapper or any(m is wrapper for m in v.modules()) for v in trainer.loss_funcs.values()):
+    # the loss_funcs keys holding the wrapper, itself or inside e.g. DistributedLossWrapper
+    holders = [k for k, v in trainer.loss_funcs.items() if any(m is wrapper for m in v.modules())]
+    if not holders:
         raise ValueError("this DivideConquerWrapper is not among the trainer's loss_funcs")
     if trainer.sampler is not wrapper.sampler:
         raise ValueError(
@@ -39,18 +41,12 @@ def check_trainer(trainer, wrapper):
             'models["embedder"] must be the SubspaceMaskedEmbedder given to DivideConquerWrapper, so that testers '
             "see the full embedding and the masks are trained"
         )
-    frozen = [k for k, v in trainer.loss_funcs.items() if v is wrapper or any(m is wrapper for m in v.modules())]
-    if set(frozen) & set(trainer.freeze_these):
+    if set(holders) & set(trainer.freeze_these):
         raise ValueError(
-            f"freeze_these contains {frozen}: PML puts frozen losses in eval mode, where DivideConquerWrapper "
+            f"freeze_these contains {holders}: PML puts frozen losses in eval mode, where DivideConquerWrapper "
             "trains no learner. To freeze classification heads, set requires_grad=False on them instead."
         )
-    world, rank = distributed.world_size_and_rank()
-    if (wrapper.sampler.num_replicas, wrapper.sampler.rank) != (world, rank):
-        raise ValueError(
-            f"ClusterSampler was built for rank {wrapper.sampler.rank} of {wrapper.sampler.num_replicas}, but this "
-            f"process is rank {rank} of {world}: build it after torch.distributed.init_process_group()"
-        )
+    wrapper.sampler.check_rank(ValueError)
     if "subset_batch_miner" in trainer.mining_funcs:
         raise ValueError(
             "a subset_batch_miner drops samples from the sampler's batches, which breaks m-per-class cluster batches; "

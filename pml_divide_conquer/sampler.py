@@ -132,6 +132,15 @@ class ClusterSampler(Sampler):
         self._plan_cache = (None, None)
         self._check_clusters()
 
+    def check_rank(self, error=RuntimeError):
+        """Raise ``error`` if this process is not the rank (of the world size) the sampler was built for."""
+        world, rank = world_size_and_rank()
+        if (self.num_replicas, self.rank) != (world, rank):
+            raise error(
+                f"ClusterSampler was built for rank {self.rank} of {self.num_replicas}, but this process is rank "
+                f"{rank} of {world}: build it after torch.distributed.init_process_group()"
+            )
+
     @property
     def global_batch_size(self):
         """Samples per step over all ranks: one cluster batch."""

@@ -223,12 +223,7 @@ class DivideConquerWrapper(BaseMetricLossFunction):
                 f"the schedule says the data must be {what} before the first epoch: call wrapper.prepare(trainer) "
                 "before trainer.train()"
             )
-        if (self.sampler.num_replicas, self.sampler.rank) != distributed.world_size_and_rank():
-            world, rank = distributed.world_size_and_rank()
-            raise RuntimeError(
-                f"ClusterSampler was built for rank {self.sampler.rank} of {self.sampler.num_replicas}, but this "
-                f"process is rank {rank} of {world}: build it after torch.distributed.init_process_group()"
-            )
+        self.sampler.check_rank(RuntimeError)
         ticket = self.sampler.pop_ticket(self._local_labels(labels))
         # all ranks must train the same learner at every step (their batches form one cluster batch)
         distributed.check_same_on_all_ranks(
