@@ -58,7 +58,7 @@ def main():
         embedder=embedder,
         sampler=sampler,
         recluster_every=2,
-        conquer_epoch=args.epochs,
+        full_embedding_epoch=args.epochs,
     )
     ddp = dict(device_ids=[device.index]) if args.backend == "nccl" else {}
     trainer = trainers.MetricLossOnly(

@@ -2,9 +2,9 @@
 
 from .embedder import SubspaceMaskedEmbedder
 from .sampler import ClusterSampler
-from .schedule import DivideConquerSchedule
+from .schedule import DivideConquerSchedule, Phase
 from .wrapper import DivideConquerWrapper
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
-__all__ = ["ClusterSampler", "DivideConquerSchedule", "DivideConquerWrapper", "SubspaceMaskedEmbedder"]
+__all__ = ["ClusterSampler", "DivideConquerSchedule", "DivideConquerWrapper", "Phase", "SubspaceMaskedEmbedder"]

@@ -20,10 +20,12 @@ def faiss_gpu_available() -> bool:
     return hasattr(faiss, "get_num_gpus") and faiss.get_num_gpus() > 0
 
 
-def kmeans(x, k, *, niter=20, seed=0, gpu=None):
+def kmeans(x, k, *, niter=100, seed=0, gpu=None, max_points_per_centroid=None):
     """Assign each row of ``x`` (n x d, float) to one of ``k`` clusters with faiss k-means.
 
-    ``gpu=None`` uses a GPU when faiss-gpu sees one, False forces the CPU. Returns int64 ids in [0, k).
+    ``gpu=None`` uses a GPU when faiss-gpu sees one, False forces the CPU. ``max_points_per_centroid=None`` trains
+    on all points, as the reference code does (faiss's own default subsamples 256 points per centroid).
+    Returns int64 ids in [0, k).
     """
     x = np.ascontiguousarray(x, dtype=np.float32)
     if x.ndim != 2:
@@ -37,9 +39,10 @@ def kmeans(x, k, *, niter=20, seed=0, gpu=None):
         return np.zeros(n, dtype=np.int64)
     faiss = _faiss()
     use_gpu = faiss_gpu_available() if gpu is None else bool(gpu)
-    # faiss samples at most max_points_per_centroid * k points for training; we keep its default, and silence
-    # its "please provide at least 39*k points" notice on small data.
     km = faiss.Kmeans(x.shape[1], k, niter=niter, seed=int(seed) % (2**31), gpu=use_gpu, verbose=False)
+    # faiss trains on at most max_points_per_centroid * k points; min_points_per_centroid=1 silences its
+    # "please provide at least 39*k points" notice on small data
+    km.cp.max_points_per_centroid = n if max_points_per_centroid is None else int(max_points_per_centroid)
     km.cp.min_points_per_centroid = 1
     km.train(x)
     _, ids = km.index.search(x, 1)
@@ -60,7 +63,7 @@ def invalid_clusters(assignment, labels, k, min_classes=2, min_per_class=2):
     ]
 
 
-def kmeans_with_retries(x, k, labels, *, niter=20, seed=0, max_retries=10, gpu=None):
+def kmeans_with_retries(x, k, labels, *, niter=100, seed=0, max_retries=30, gpu=None, max_points_per_centroid=None):
     """k-means, retried with new seeds until every cluster has >= 2 classes with >= 2 members each.
 
     If no seed succeeds, the last result is returned with a warning naming the degenerate clusters.
@@ -68,7 +71,7 @@ def kmeans_with_retries(x, k, labels, *, niter=20, seed=0, max_retries=10, gpu=N
     labels = np.asarray(labels)
     bad = []
     for attempt in range(max_retries):
-        ids = kmeans(x, k, niter=niter, seed=seed + attempt, gpu=gpu)
+        ids = kmeans(x, k, niter=niter, seed=seed + attempt, gpu=gpu, max_points_per_centroid=max_points_per_centroid)
         bad = invalid_clusters(ids, labels, k)
         if not bad:
             return ids
@@ -80,7 +83,9 @@ def kmeans_with_retries(x, k, labels, *, niter=20, seed=0, max_retries=10, gpu=N
     return ids
 
 
-def split_clusters(x, assignment, labels=None, *, niter=20, seed=0, max_retries=10, gpu=None):
+def split_clusters(
+    x, assignment, labels=None, *, niter=100, seed=0, max_retries=30, gpu=None, max_points_per_centroid=None
+):
     """Split every cluster c in two with 2-means: its members get ids 2c and 2c+1.
 
     With ``labels``, each split is retried with new seeds until both children have 2 classes with 2 samples each
@@ -97,7 +102,9 @@ def split_clusters(x, assignment, labels=None, *, niter=20, seed=0, max_retries=
             continue
         tries = max_retries if labels is not None else 1
         for attempt in range(tries):
-            sub = kmeans(x[members], 2, niter=niter, seed=seed + int(c) * max_retries + attempt, gpu=gpu)
+            sub = kmeans(
+                x[members], 2, niter=niter, seed=seed + attempt, gpu=gpu, max_points_per_centroid=max_points_per_centroid
+            )
             if labels is None or not invalid_clusters(sub, np.asarray(labels)[members], 2):
                 break
         else:

@@ -15,9 +15,11 @@ import numpy as np
 
 from . import datasets
 from . import experiment as ex
+from .schedule import DivideConquerSchedule
 
 
 def demo_config(epochs):
+    journal = DivideConquerSchedule.journal(epochs, num_learners=2)  # the authors' phases, scaled to the run
     return ex.RunConfig(
         loss="margin",
         epochs=epochs,
@@ -27,8 +29,8 @@ def demo_config(epochs):
         hidden=64,
         lr=1e-4,
         num_learners=2,
-        recluster_every=2,
-        conquer_epoch=epochs - 1,
+        recluster_every=journal.recluster_every,
+        full_embedding_epoch=journal.full_embedding_epoch,
     )
 
 

@@ -67,6 +67,8 @@ class SubspaceMaskedEmbedder(torch.nn.Module):
         if self.masks is not None and self.training and is_distributed():
             # The masks are used by the loss, outside this forward. Under DistributedDataParallel, touch them
             # here (adding exactly zero) so DDP sees them in the graph and averages their gradient across ranks.
+            # (Also in the full-embedding phases, where DDP would otherwise find them unused and fail; there they
+            # get zero gradients, and no longer matter: testing uses the full embedding.)
             e = e + 0.0 * self.masks.sum()
         return e
 

@@ -5,7 +5,7 @@ of them measure the same thing. Every run is seeded; the baseline and D&C share 
 
 Example:
     >>> train_set, test_set = load_dataset("glyphs")
-    >>> cfg = RunConfig(method="dc", loss="triplet", trunk="conv", num_learners=4, conquer_epoch=9)
+    >>> cfg = RunConfig(method="dc", loss="triplet", trunk="conv", num_learners=4, full_embedding_epoch=5)
     >>> trunk, embedder, trainer, wrapper = train(train_set, cfg)
     >>> evaluate(trunk, embedder, test_set)["recall_at_1"]
 """
@@ -44,10 +44,13 @@ class RunConfig:
     num_learners: int = 2
     mode: str = "fixed"
     recluster_every: int = 2
-    conquer_epoch: Optional[int] = None
+    full_embedding_epoch: Optional[int] = None  # loss on the full embedding, batches still from clusters
+    all_data_epoch: Optional[int] = None  # m-per-class batches over all data
+    heads: str = "shared"  # classification losses: one head the learners share, or one per learner
+    freeze_trunk_epochs: int = 0
     orthogonality_weight: float = 0.01
     mask_lr_multiplier: float = 10.0
-    cluster_on: str = "embedding"
+    cluster_on: str = "trunk"
     seed: int = 0
     num_workers: int = 0
     grow: bool = True
@@ -199,14 +202,17 @@ def build_trainer(train_set, cfg, end_of_epoch_hook=None):
     }
     wrapper = None
     if cfg.method == "dc":
-        sampler = ClusterSampler(labels, cfg.batch_size, cfg.m, seed=cfg.seed)
+        sampler = ClusterSampler(labels, batch_size=cfg.batch_size, m=cfg.m, seed=cfg.seed)
         wrapper = DivideConquerWrapper(
             loss,
             miner,
             embedder=embedder,
             sampler=sampler,
             recluster_every=cfg.recluster_every,
-            conquer_epoch=cfg.conquer_epoch,
+            full_embedding_epoch=cfg.full_embedding_epoch,
+            all_data_epoch=cfg.all_data_epoch,
+            heads=cfg.heads,
+            freeze_trunk_epochs=cfg.freeze_trunk_epochs,
             orthogonality_weight=cfg.orthogonality_weight,
             cluster_on=cfg.cluster_on,
             grow=cfg.grow,

@@ -1,13 +1,21 @@
-"""Per-learner heads of classification-style losses (ArcFace, CosFace, ProxyAnchor, SoftTriple, ...).
+"""Heads of classification-style losses (ArcFace, CosFace, ProxyAnchor, SoftTriple, ...), shared or per learner.
 
 PML's classification losses hold a parameter sized by ``embedding_size``: ``W`` (embedding_size x classes),
-``fc`` (SoftTriple, same layout) or ``proxies`` (classes x embedding_size). Each learner sees a subspace of its own
-size, so each learner's copy of the loss gets its head resized to that size; when a cluster is split, its children
-start from the parent's head restricted to their own dimensions. CrossBatchMemory's memory is sized the same way.
+``fc`` (SoftTriple, same layout) or ``proxies`` (classes x embedding_size).
+
+- Shared heads (the default): the full-embedding learner owns the only copy of the loss's parameters; every
+  learner's copy of the loss has its parameters dropped (:func:`drop_parameters`) and borrows them at each call
+  (:func:`borrowed_parameters`), a head restricted to the learner's chunk of the embedding in fixed mode.
+- Per-learner heads: each learner's copy of the loss gets its head resized to its subspace; when a cluster is split,
+  its children start from the parent's head restricted to their own dimensions (:func:`inherit`), and the
+  full-embedding head starts from the learners' heads put together (:func:`assemble`).
+
+CrossBatchMemory's memory is always one per learner, sized to its subspace.
 """
 
 import copy
 
+import numpy as np
 import torch
 from pytorch_metric_learning.losses import CrossBatchMemory, P2SGradLoss
 from pytorch_metric_learning.utils import common_functions as c_f
@@ -80,6 +88,7 @@ def resize(module, size):
         init = getattr(sub, "weight_init_func", None) or c_f.TorchInitWrapper(torch.nn.init.normal_)
         init(new)
         p.data = new
+        p.grad = None  # a stale gradient of the old shape would break the next step (PML's zero_grad may miss it)
     for mem in memories(module):
         if mem.embedding_size != size:
             mem.embedding_size = size
@@ -144,3 +153,62 @@ def memory_fill(module):
 def set_memory_fill(module, fill):
     for m, (queue_idx, filled) in zip(memories(module), fill):
         m.queue_idx, m.has_been_filled = int(queue_idx), bool(filled)
+
+
+def drop_parameters(module):
+    """Replace every parameter of ``module`` by an empty slot, to be filled per call by ``functional_call``."""
+    for sub in module.modules():
+        for name in list(sub._parameters):
+            if sub._parameters[name] is not None:
+                sub._parameters[name] = None
+
+
+def has_parameters(module):
+    return any(True for _ in module.parameters())
+
+
+def borrowed_parameters(owner, dims=None):
+    """``owner``'s parameters by qualified name, heads restricted to embedding ``dims`` (a slice; None: all).
+
+    The result goes to ``torch.func.functional_call`` on a learner's copy of the loss: gradients flow into the
+    slice of ``owner``'s head, so all learners train one head.
+    """
+    params = dict(owner.named_parameters())
+    if dims is not None:
+        for qual, _, _, p, dim in head_params(owner):
+            params[qual] = p.narrow(dim, dims.start, dims.stop - dims.start)
+    return params
+
+
+@torch.no_grad()
+def assemble(parts, dst, dims, class_owner):
+    """Start ``dst``'s (full-size) heads from the heads of ``parts`` (the learners' copies of the loss).
+
+    ``dims[k]``: the slice of the embedding that part k's head covers (fixed chunks: concatenated along the
+    embedding dimension), or None (learned masks: full-size heads; each class takes its weights from the part whose
+    cluster holds most of its samples, ``class_owner[c]``, and classes beyond those take the parts' mean).
+    """
+    sources = [dict((q, (p, d)) for q, _, _, p, d in head_params(part)) for part in parts]
+    for qual, sub, _, p, dim in head_params(dst):
+        own = [src[qual] for src in sources if qual in src]
+        if len(own) != len(parts):
+            continue
+        if dims[0] is not None:
+            p.copy_(torch.cat([q for q, _ in own], dim=dim))
+            continue
+        stacked = torch.stack([q for q, _ in own])  # parts x shape
+        out = stacked.mean(0)
+        class_axis = 1 - dim
+        length = p.shape[class_axis]
+        classes = getattr(sub, "num_classes", None)
+        per_class = length // classes if isinstance(classes, int) and classes > 0 and length % classes == 0 else None
+        if per_class is not None:
+            owner = torch.as_tensor(np.asarray(class_owner), dtype=torch.long)
+            cols = torch.arange(min(len(owner) * per_class, length))
+            parts_of_cols = owner[cols // per_class].to(p.device)
+            picked = stacked.index_select(1 + class_axis, cols.to(p.device))  # parts x (cols along class axis)
+            picked = picked.movedim(1 + class_axis, 1)  # parts x cols x rest
+            chosen = picked[parts_of_cols, torch.arange(len(cols), device=p.device)]  # cols x rest
+            out.index_copy_(class_axis, cols.to(p.device), chosen.movedim(0, class_axis))
+        p.copy_(out)
+        p.grad = None

@@ -1,5 +1,7 @@
 """Torch/PML glue for the end-of-epoch step: embedding the training set, checking the trainer, moving state."""
 
+import inspect
+
 import numpy as np
 import torch
 from pytorch_metric_learning import testers, trainers
@@ -15,13 +17,28 @@ UNSUPPORTED_TRAINERS = (
 )
 
 
-def check_trainer(trainer, wrapper):
-    """Raise a clear error if ``trainer`` cannot run ``wrapper``."""
+def check_trainer_type(trainer):
     if isinstance(trainer, UNSUPPORTED_TRAINERS) or not isinstance(trainer, trainers.MetricLossOnly):
         raise TypeError(
             f"{type(trainer).__name__} is not supported by DivideConquerWrapper: use trainers.MetricLossOnly or "
             "trainers.TrainWithClassifier, which call the metric loss once per batch of the sampler."
         )
+
+
+def calling_trainer():
+    """The PML trainer whose method is on the call stack, if any (used only to word an error)."""
+    frame = inspect.currentframe()
+    while frame is not None:
+        owner = frame.f_locals.get("self")
+        if isinstance(owner, trainers.BaseTrainer):
+            return owner
+        frame = frame.f_back
+    return None
+
+
+def check_trainer(trainer, wrapper):
+    """Raise a clear error if ``trainer`` cannot run ``wrapper``."""
+    check_trainer_type(trainer)
     # the loss_funcs keys holding the wrapper, itself or inside e.g. DistributedLossWrapper
     holders = [k for k, v in trainer.loss_funcs.items() if any(m is wrapper for m in v.modules())]
     if not holders:
@@ -99,10 +116,75 @@ def embed_dataset(trainer, dataset, use_trunk_output, batch_size, num_workers):
     return emb, labels
 
 
+def check_end_of_epoch_hook(trainer, wrapper):
+    """Raise if the trainer's end-of-epoch hook surely does not take the D&C step (it would train a baseline)."""
+    hook = trainer.end_of_epoch_hook
+    if getattr(hook, "divide_conquer_wrapper", None) is wrapper:
+        return
+    qualname = getattr(hook, "__qualname__", "")
+    if hook is None or qualname == "return_input" or qualname.startswith("HookContainer."):
+        what = "PML's default (none)" if hook is None or qualname == "return_input" else qualname
+        raise ValueError(
+            f"the trainer's end_of_epoch_hook is {what}, which does not take the D&C step: no reclustering, split or "
+            "phase change would happen and the run would train a baseline. Pass "
+            "end_of_epoch_hook=wrapper.get_end_of_epoch_hook(then=<your hook, e.g. HookContainer's>) to the trainer."
+        )
+    # a hook of the user's own may call wrapper.end_of_epoch_hook(trainer): the first batch of epoch 2 checks it
+
+
+def check_optimizers(trainer, wrapper):
+    """Raise if the wrapper has trainable parameters (classification heads, a learned beta) that no optimizer holds."""
+    held = {id(p) for opt in trainer.optimizers.values() for group in opt.param_groups for p in group["params"]}
+    missing = [name for name, p in wrapper.named_parameters() if p.requires_grad and id(p) not in held]
+    if missing:
+        shown = ", ".join(missing[:3]) + (f" and {len(missing) - 3} more" if len(missing) > 3 else "")
+        raise ValueError(
+            f"DivideConquerWrapper has trainable parameters that no optimizer of the trainer holds ({shown}): they "
+            'would never train. Add optimizers["metric_loss_optimizer"] = torch.optim.Adam(wrapper.parameters(), '
+            "lr=...), or set requires_grad=False on them to keep them fixed."
+        )
+
+
+FROZEN_LR_KEY = "pml_dc_frozen_lr"  # saved with the optimizer's state_dict, so a resumed run stays frozen
+
+
+def set_trunk_frozen(trainer, frozen):
+    """Set the trunk optimizer's learning rates to 0 (keeping them to restore), or restore them."""
+    opt = getattr(trainer, "optimizers", {}).get("trunk_optimizer")
+    if opt is None:
+        return
+    for group in opt.param_groups:
+        if frozen and FROZEN_LR_KEY not in group:
+            group[FROZEN_LR_KEY] = group["lr"]
+            group["lr"] = 0.0
+        elif not frozen and FROZEN_LR_KEY in group:
+            group["lr"] = group.pop(FROZEN_LR_KEY)
+
+
 def restart_iterator(trainer):
     """Drop batches the trainer's DataLoader has already prefetched, so that the next batch is a fresh draw."""
-    if getattr(trainer, "dataloader", None) is not None:
-        trainer.dataloader_iter = iter(trainer.dataloader)
+    if getattr(trainer, "dataloader", None) is None:
+        return
+    old = getattr(trainer, "dataloader_iter", None)
+    # shut the old iterator's workers down before the new one forks its own: workers forked while it is alive
+    # inherit it and later print "can only test a child process" tracebacks when they collect it
+    shutdown = getattr(old, "_shutdown_workers", None)
+    if shutdown is not None:
+        shutdown()
+    trainer.dataloader_iter = None
+    del old
+    trainer.dataloader_iter = iter(trainer.dataloader)
+
+
+def to_cpu(state):
+    """``state`` (nested dicts/lists) with every tensor moved to the CPU."""
+    if torch.is_tensor(state):
+        return state.cpu()
+    if isinstance(state, dict):
+        return {k: to_cpu(v) for k, v in state.items()}
+    if isinstance(state, (list, tuple)):
+        return type(state)(to_cpu(v) for v in state)
+    return state
 
 
 def gather_optimizer_rows(param, rows, optimizers=()):

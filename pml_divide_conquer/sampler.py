@@ -8,6 +8,7 @@ process, in order, whatever the number of DataLoader workers, so the order of ti
 """
 
 import warnings
+import zlib
 from collections import deque
 from typing import NamedTuple
 
@@ -23,7 +24,8 @@ class Ticket(NamedTuple):
     pass_index: int
     position: int  # batch number within the pass
     cluster: int
-    indices: np.ndarray
+    indices: np.ndarray  # this rank's share of the batch
+    fingerprint: int  # of the whole cluster batch (all ranks): equal on all ranks when their plans agree
 
 
 def _to_numpy_labels(labels):
@@ -43,18 +45,23 @@ def _to_numpy_labels(labels):
 
 
 class ClusterSampler(Sampler):
-    """Sampler whose batches each come from a single cluster, ``m`` samples per class.
+    """Sampler whose batches each come from a single cluster, ``m`` samples per class, no sample twice in a batch.
 
     Within a cluster, a class's samples are used without replacement until fewer than ``m`` remain, then the
-    class is reshuffled; classes with fewer than ``m`` samples in the cluster are sampled with replacement (one
-    warning). A pass visits the clusters round-robin, each giving as many batches as the largest cluster needs,
-    so small clusters are oversampled. Each pass is reshuffled, and is a pure function of
-    ``(seed, assignment, pass number)``, so a run resumed from :meth:`state_dict` draws the same batches.
+    class starts a new round (its leftover samples first). A class with fewer than ``m`` samples in a cluster
+    cannot give ``m`` distinct samples, so it is left out of that cluster's batches until the next reclustering
+    (one warning; the reference code likewise drops classes with a single sample in a cluster). A cluster with
+    fewer classes than ``batch_size / m`` takes 2m, 3m, ... distinct samples from some classes; a cluster that
+    cannot fill a batch with distinct samples at all gets no batches (one warning). A pass visits the clusters
+    round-robin, each giving as many batches as the largest cluster needs, so small clusters are oversampled.
+    Each pass is reshuffled, and is a pure function of ``(seed, epoch, assignment, pass number)``, so a run
+    resumed from :meth:`state_dict` draws the same batches.
 
     Args:
         labels: one integer label per sample of the training dataset, as the trainer passes them to the loss.
-        batch_size: must equal the trainer's ``batch_size``.
-        m: samples per class in a batch; ``batch_size`` must be a multiple of it.
+        batch_size: keyword-only; must equal the trainer's ``batch_size``.
+        m: keyword-only; samples per class in a batch; ``batch_size`` must be a multiple of it. (PML's
+            ``MPerClassSampler(labels, m, batch_size)`` takes them in the other order, hence keywords here.)
         seed: seed of the sampler's own random generator (PML's global numpy RNG is not touched).
         num_replicas: number of DDP processes (default: torch.distributed's world size when it is initialised,
             else 1). At every step all ranks draw from the same cluster, each ``batch_size`` disjoint samples, so
@@ -67,7 +74,12 @@ class ClusterSampler(Sampler):
         >>> trainer = trainers.MetricLossOnly(..., batch_size=32, sampler=sampler)
     """
 
-    def __init__(self, labels, batch_size, m, seed=0, num_replicas=None, rank=None):
+    def __init__(self, labels, *positional, batch_size=None, m=None, seed=0, num_replicas=None, rank=None):
+        if positional or batch_size is None or m is None:
+            raise TypeError(
+                "ClusterSampler takes batch_size and m as keywords: ClusterSampler(labels, batch_size=..., m=...) "
+                "(PML's MPerClassSampler takes (labels, m, batch_size), in the other order)"
+            )
         self.labels = _to_numpy_labels(labels)
         self.batch_size = int(batch_size)
         self.m = int(m)
@@ -103,6 +115,11 @@ class ClusterSampler(Sampler):
                 f"m={self.m} samples per class, but the largest class has only {counts.max()} samples: no cluster "
                 "can fill a batch. Lower m."
             )
+        if (counts // self.m).sum() < per_batch:
+            raise ValueError(
+                f"a batch needs {per_batch} groups of m={self.m} distinct samples{ranks}, but the classes with at "
+                f"least m samples give only {(counts // self.m).sum()}. Lower batch_size or m."
+            )
         self.assignment = np.zeros(n, dtype=np.int64)
         self.num_clusters = 1
         self.epoch = 0
@@ -112,6 +129,7 @@ class ClusterSampler(Sampler):
         self._generation = 0
         self._tickets = deque()
         self._plan_cache = (None, None)
+        self._pools_cache = (None, None)
         self._warned = set()
 
     # ---------------------------------------------------------------- assignment
@@ -171,7 +189,6 @@ class ClusterSampler(Sampler):
             warnings.warn(message, stacklevel=3)
 
     def _check_clusters(self):
-        per_batch = self.global_batch_size // self.m
         sizes = self.cluster_sizes()
         empty = np.flatnonzero(sizes == 0).tolist()
         if empty:
@@ -179,22 +196,55 @@ class ClusterSampler(Sampler):
                 f"empty-v{self.version}",
                 f"clusters {empty} are empty: their learners get no batches until the next reclustering.",
             )
-        few = [
-            (c, q) for c, q in enumerate(self.classes_per_cluster().tolist()) if sizes[c] > 0 and q < per_batch
-        ]
-        if few:
+        pools = self._pools()
+        left_out = [c for c in range(self.num_clusters) if sizes[c] > 0 and c not in pools]
+        if left_out:
             self._warn_once(
-                "few_classes",
-                f"clusters {[c for c, _ in few]} have fewer than batch_size/m = {per_batch} classes (they have "
-                f"{[q for _, q in few]}); their batches repeat classes to stay full. Use fewer learners, a smaller "
-                "batch_size or a larger m to avoid it.",
+                f"unservable-v{self.version}",
+                f"clusters {left_out} cannot fill a batch of {self.global_batch_size} distinct samples with m={self.m} "
+                "per class: their learners get no batches until the next reclustering. Use fewer learners, a "
+                "smaller batch_size or a smaller m.",
+            )
+        if not pools:
+            raise RuntimeError(
+                f"no cluster can fill a batch of {self.global_batch_size} distinct samples with m={self.m} per class "
+                f"(cluster sizes {sizes.tolist()}): use fewer learners, a smaller batch_size or a smaller m"
+            )
+        dropped = sum(len(p) for p in self._fragments())
+        if dropped:
+            self._warn_once(
+                "fragments",
+                f"{dropped} of {len(self.labels)} samples belong to classes with fewer than m={self.m} samples in "
+                "their cluster: they cannot give m distinct samples, so they are left out of the batches until the "
+                "next reclustering (no sample appears twice in a batch). A smaller m keeps more of them.",
             )
 
     # ---------------------------------------------------------------- planning
+    def _class_pools(self, c):
+        members = np.flatnonzero(self.assignment == c)
+        classes, inverse = np.unique(self.labels[members], return_inverse=True)
+        return [members[inverse == i] for i in range(len(classes))]
+
+    def _pools(self):
+        """{cluster: [samples of each class with >= m of them]} for the clusters that can fill a batch."""
+        if self._pools_cache[0] == self.version:
+            return self._pools_cache[1]
+        per_batch = self.global_batch_size // self.m
+        pools = {}
+        for c in np.flatnonzero(self.cluster_sizes() > 0):
+            usable = [p for p in self._class_pools(c) if len(p) >= self.m]
+            if sum(len(p) // self.m for p in usable) >= per_batch:
+                pools[int(c)] = usable
+        self._pools_cache = (self.version, pools)
+        return pools
+
+    def _fragments(self):
+        return [p for c in range(self.num_clusters) for p in self._class_pools(c) if len(p) < self.m]
+
     def batches_per_pass(self):
-        sizes = self.cluster_sizes()
-        nonempty = int((sizes > 0).sum())
-        return nonempty * max(1, int(sizes.max()) // self.global_batch_size)
+        pools = self._pools()
+        usable = max(sum(len(p) for p in ps) for ps in pools.values())
+        return len(pools) * max(1, usable // self.global_batch_size)
 
     def __len__(self):
         # PML sets an epoch to len(dataloader) = len(sampler) // batch_size steps (this counts indices, like
@@ -217,46 +267,11 @@ class ClusterSampler(Sampler):
         Deterministic in (seed, epoch, assignment version, pass), so every rank plans the same pass.
         """
         rng = np.random.default_rng([self.seed, self.epoch, self.version, pass_index])
-        sizes = self.cluster_sizes()
-        clusters = np.flatnonzero(sizes > 0)
-        n_batches = max(1, int(sizes.max()) // self.global_batch_size)
-        per_cluster = [self._cluster_batches(c, n_batches, rng) for c in clusters]
-        return [(int(c), per_cluster[j][i]) for i in range(n_batches) for j, c in enumerate(clusters)]
-
-    def _cluster_batches(self, c, n_batches, rng):
-        members = np.flatnonzero(self.assignment == c)
-        classes, inverse = np.unique(self.labels[members], return_inverse=True)
-        pools = [members[inverse == i] for i in range(len(classes))]
-        counts = np.array([len(p) for p in pools])
-        small = counts < self.m
-        if small.any():
-            self._warn_once(
-                "replacement",
-                f"some classes have fewer than m={self.m} samples in their cluster (for example class "
-                f"{classes[small][0].item()} in cluster {c}); those are sampled with replacement.",
-            )
-        per_batch = self.global_batch_size // self.m
-        queues = [rng.permutation(p) for p in pools]
-        heads = np.zeros(len(pools), dtype=np.int64)
-        batches = []
-        for _ in range(n_batches):
-            left = counts - heads
-            # a class with fewer than m unused samples is reshuffled when chosen, so it counts as full
-            remaining = np.where(small | (left < self.m), counts, left).astype(np.float64)
-            replace = per_batch > len(pools)
-            chosen = rng.choice(len(pools), per_batch, replace=replace, p=remaining / remaining.sum())
-            parts = []
-            for i in chosen:
-                if small[i]:
-                    parts.append(rng.choice(pools[i], self.m, replace=True))
-                    continue
-                if heads[i] + self.m > counts[i]:  # class used up in this round: reshuffle it
-                    queues[i] = rng.permutation(pools[i])
-                    heads[i] = 0
-                parts.append(queues[i][heads[i] : heads[i] + self.m])
-                heads[i] += self.m
-            batches.append(np.concatenate(parts))
-        return batches
+        pools = self._pools()
+        clusters = sorted(pools)
+        n_batches = self.batches_per_pass() // len(clusters)
+        per_cluster = [_cluster_batches(pools[c], n_batches, self.global_batch_size // self.m, self.m, rng) for c in clusters]
+        return [(c, per_cluster[j][i]) for i in range(n_batches) for j, c in enumerate(clusters)]
 
     # ---------------------------------------------------------------- iteration and tickets
     def __iter__(self):
@@ -275,10 +290,11 @@ class ClusterSampler(Sampler):
         for position in range(start, len(plan)):
             if generation != self._generation or version != self.version:
                 return  # superseded by a newer iterator or a new assignment
-            cluster, indices = plan[position]
-            # this rank's share; each class's m samples are contiguous, so every share is m-per-class too
-            indices = indices[self.rank * self.batch_size : (self.rank + 1) * self.batch_size]
-            self._tickets.append(Ticket(version, pass_index, position, cluster, indices))
+            cluster, batch = plan[position]
+            # this rank's share; each class's samples are contiguous groups of m, so every share is m-per-class too
+            indices = batch[self.rank * self.batch_size : (self.rank + 1) * self.batch_size]
+            fingerprint = zlib.crc32(batch.astype(np.int64).tobytes()) & 0x7FFFFFFF
+            self._tickets.append(Ticket(version, pass_index, position, cluster, indices, fingerprint))
             yield from indices.tolist()
 
     def pop_ticket(self, labels):
@@ -349,7 +365,8 @@ class ClusterSampler(Sampler):
             )
         self.seed = int(state["seed"])
         a = state["assignment"]
-        self.assignment = (a.numpy() if torch.is_tensor(a) else np.asarray(a)).astype(np.int64).copy()
+        # .cpu(): a checkpoint loaded with map_location="cuda" (PML's HookContainer on a GPU) holds CUDA tensors
+        self.assignment = (a.cpu().numpy() if torch.is_tensor(a) else np.asarray(a)).astype(np.int64).copy()
         self.num_clusters = int(state["num_clusters"])
         self.epoch = int(state.get("epoch", 0))
         self.version = int(state["version"])
@@ -357,4 +374,45 @@ class ClusterSampler(Sampler):
         self._tickets.clear()
         self._generation += 1  # a live iterator stops: the next one starts at the loaded position
         self._plan_cache = (None, None)
+        self._pools_cache = (None, None)
         self._warned = set(state.get("warned", []))
+
+
+def _cluster_batches(pools, n_batches, per_batch, m, rng):
+    """``n_batches`` batches of ``per_batch`` groups of ``m`` samples from the classes ``pools`` (each >= m samples),
+    no sample twice in a batch.
+
+    Classes are drawn with probability proportional to their unused samples; each class is used without
+    replacement until fewer than m samples remain, then starts a new round (leftovers first). When there are
+    fewer classes than groups, some classes give several groups (never more than they hold).
+    """
+    counts = np.array([len(p) for p in pools])
+    capacity = counts // m
+    queues = [rng.permutation(p) for p in pools]
+    heads = np.zeros(len(pools), dtype=np.int64)
+    batches = []
+    for _ in range(n_batches):
+        left = counts - heads
+        weight = np.where(left < m, counts, left).astype(np.float64)  # a class about to start a new round is full
+        groups = np.zeros(len(pools), dtype=np.int64)
+        if per_batch <= len(pools):
+            groups[rng.choice(len(pools), per_batch, replace=False, p=weight / weight.sum())] = 1
+        else:  # every class once, then extra groups from classes that still have distinct samples to give
+            groups[:] = 1
+            for _ in range(per_batch - len(pools)):
+                w = np.where(groups < capacity, weight, 0.0)
+                groups[rng.choice(len(pools), p=w / w.sum())] += 1
+        parts = []
+        for i in np.flatnonzero(groups)[rng.permutation(int((groups > 0).sum()))]:
+            need = int(groups[i]) * m
+            if left[i] >= need:
+                parts.append(queues[i][heads[i] : heads[i] + need])
+                heads[i] += need
+                continue
+            rest = queues[i][heads[i] :]
+            fresh = rng.permutation(pools[i])
+            fresh = np.concatenate([fresh[~np.isin(fresh, rest)], fresh[np.isin(fresh, rest)]])
+            parts.append(np.concatenate([rest, fresh[: need - len(rest)]]))
+            queues[i], heads[i] = fresh, need - len(rest)
+        batches.append(np.concatenate(parts))
+    return batches

@@ -1,54 +1,99 @@
-"""Which phase and how many learners at which epoch: pure logic, no torch.
+"""Which phase and how many clusters at which epoch: pure logic, no torch.
 
 Epochs are numbered like PML's trainers number them (1, 2, ...). The step "after epoch 0" is the one taken
 before training starts.
+
+The three phases, as the authors' code trains them:
+
+- ``DIVIDE``: learner k computes the loss on its own subspace, on batches drawn from cluster k.
+- ``FULL_EMBEDDING``: the loss is computed on the whole (L2-normalised) embedding, but batches still come from one
+  cluster at a time and reclustering goes on - a form of hard-class mining for the full space. (Journal code:
+  ``--force-full-embedding-epoch``; CVPR code: ``epoch >= finetune_epoch * 8 / 19`` in ``train_batch``.)
+- ``ALL_DATA``: ordinary m-per-class batches over all the data, full embedding, no reclustering (CVPR code: the
+  epochs from ``--finetune-epoch`` on, where it sets ``nb_clusters = 1``; the journal code has no such phase).
 """
 
+import enum
+import warnings
 from dataclasses import dataclass
 from typing import Optional
 
-NONE = "none"
-RECLUSTER = "recluster"
-SPLIT = "split"
-CONQUER = "conquer"
 
-DIVIDE_PHASE = "divide"
-CONQUER_PHASE = "conquer"
+class Phase(str, enum.Enum):
+    DIVIDE = "divide"
+    FULL_EMBEDDING = "full_embedding"
+    ALL_DATA = "all_data"
+
+    def __str__(self):
+        return self.value
+
+
+class Action(str, enum.Enum):
+    """What the end-of-epoch step does to the clusters."""
+
+    NONE = "none"
+    RECLUSTER = "recluster"  # k-means at the current K, matched to the previous clusters
+    SPLIT = "split"  # recluster at the current K, then split every cluster in two (K doubles)
+    ALL_DATA = "all_data"  # one cluster holding all the data
+
+    def __str__(self):
+        return self.value
 
 
 @dataclass(frozen=True)
 class Step:
-    """What to do at the end of an epoch, and the number of learners in effect afterwards."""
+    """What to do at the end of an epoch, and what is in effect during the next one."""
 
-    action: str
-    num_learners: int
+    action: Action
+    num_clusters: int
+    phase: Phase
+    trunk_frozen: bool = False
+
+    @property
+    def num_learners(self):  # the name used before 0.2
+        return self.num_clusters
 
 
 @dataclass(frozen=True)
 class DivideConquerSchedule:
-    """When to recluster, split and conquer.
+    """When to recluster, split, and switch phases.
 
     Args:
-        num_learners: the number of learners (clusters and subspaces) K. With ``grow=True`` it is the maximum,
+        num_learners: K, the number of learners (clusters and subspaces). With ``grow=True`` it is the maximum,
             reached by doubling, and must be a power of two.
-        recluster_every: T, recluster at the end of every T-th epoch.
-        conquer_epoch: first epoch trained in the conquer phase (full embedding, all data), or None for never.
-        grow: True (journal version): start with one learner and split every cluster in two at each
-            reclustering until ``num_learners`` is reached. False (CVPR version): K is fixed from the start,
-            so the data must be clustered before the first epoch.
+        recluster_every: T, recluster at the end of every T-th epoch (divide and full-embedding phases).
+        full_embedding_epoch: first epoch of the full-embedding phase (loss on the whole embedding, batches still
+            from clusters, reclustering goes on), or None for none.
+        all_data_epoch: first epoch of the all-data phase (m-per-class batches over all the data, full embedding,
+            no reclustering), or None for none.
+        grow: True (journal version): start with one cluster and split every cluster in two at each reclustering
+            until ``num_learners`` is reached. False (CVPR version): K is fixed from the start, so the data is
+            clustered before the first epoch.
+        freeze_trunk_epochs: the trunk's learning rate is 0 during the first ``freeze_trunk_epochs`` epochs of
+            every T-epoch cycle, i.e. right after each reclustering (journal README run: ``--mod-epoch-freeze=1``
+            with T=2, every other epoch). Must be smaller than T. Not applied in the all-data phase.
+        conquer_epoch: deprecated: the first epoch trained on the full embedding over all data, i.e.
+            ``full_embedding_epoch = all_data_epoch = conquer_epoch``.
+
+    :meth:`journal` and :meth:`cvpr` give the authors' schedules for a number of epochs.
 
     Examples:
-        >>> s = DivideConquerSchedule(num_learners=4, recluster_every=2, conquer_epoch=9)
-        >>> [s.learners_in_epoch(e) for e in range(1, 9)]
-        [1, 1, 2, 2, 4, 4, 4, 4]
+        >>> s = DivideConquerSchedule(num_learners=4, recluster_every=2, full_embedding_epoch=6, all_data_epoch=9)
+        >>> [s.num_clusters_in_epoch(e) for e in range(1, 11)]
+        [1, 1, 2, 2, 4, 4, 4, 4, 1, 1]
+        >>> [str(s.phase_in_epoch(e)) for e in (5, 6, 9)]
+        ['divide', 'full_embedding', 'all_data']
         >>> s.step_after_epoch(2)
-        Step(action='split', num_learners=2)
+        Step(action=<Action.SPLIT: 'split'>, num_clusters=2, phase=<Phase.DIVIDE: 'divide'>, trunk_frozen=False)
     """
 
     num_learners: int = 8
     recluster_every: int = 2
-    conquer_epoch: Optional[int] = None
+    full_embedding_epoch: Optional[int] = None
+    all_data_epoch: Optional[int] = None
     grow: bool = True
+    freeze_trunk_epochs: int = 0
+    conquer_epoch: Optional[int] = None
 
     def __post_init__(self):
         if not isinstance(self.num_learners, int) or self.num_learners < 1:
@@ -61,43 +106,136 @@ class DivideConquerSchedule:
             )
         if not isinstance(self.recluster_every, int) or self.recluster_every < 1:
             raise ValueError(f"recluster_every must be a positive integer, got {self.recluster_every!r}")
-        if self.conquer_epoch is not None and (
-            not isinstance(self.conquer_epoch, int) or self.conquer_epoch < 1
+        for name in ("full_embedding_epoch", "all_data_epoch", "conquer_epoch"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
+                raise ValueError(f"{name} must be None or an epoch number >= 1, got {value!r}")
+        if self.conquer_epoch is not None:
+            if self.full_embedding_epoch is not None or self.all_data_epoch is not None:
+                raise ValueError(
+                    "conquer_epoch is the old name of full_embedding_epoch = all_data_epoch: give either "
+                    "conquer_epoch or the new ones, not both"
+                )
+            warnings.warn(
+                f"conquer_epoch is deprecated: conquer_epoch={self.conquer_epoch} means "
+                f"full_embedding_epoch={self.conquer_epoch}, all_data_epoch={self.conquer_epoch} (full embedding on "
+                "all data from that epoch). The authors train on the full embedding with cluster batches for most "
+                "of the run first: see DivideConquerSchedule.journal() and .cvpr().",
+                FutureWarning,
+                stacklevel=3,
+            )
+            object.__setattr__(self, "full_embedding_epoch", self.conquer_epoch)
+            object.__setattr__(self, "all_data_epoch", self.conquer_epoch)
+            object.__setattr__(self, "conquer_epoch", None)
+        if (
+            self.full_embedding_epoch is not None
+            and self.all_data_epoch is not None
+            and self.full_embedding_epoch > self.all_data_epoch
         ):
-            raise ValueError(f"conquer_epoch must be None or an epoch number >= 1, got {self.conquer_epoch!r}")
+            raise ValueError(
+                f"full_embedding_epoch={self.full_embedding_epoch} comes after all_data_epoch={self.all_data_epoch}: "
+                "the phases run divide -> full embedding -> all data"
+            )
+        if not isinstance(self.freeze_trunk_epochs, int) or not 0 <= self.freeze_trunk_epochs < self.recluster_every:
+            raise ValueError(
+                f"freeze_trunk_epochs={self.freeze_trunk_epochs!r} must be an integer in [0, recluster_every="
+                f"{self.recluster_every}): the trunk is frozen for that many epochs after each reclustering"
+            )
 
-    def phase_in_epoch(self, epoch: int) -> str:
-        if self.conquer_epoch is not None and epoch >= self.conquer_epoch:
-            return CONQUER_PHASE
-        return DIVIDE_PHASE
+    # ------------------------------------------------------------------ the authors' schedules
+    @classmethod
+    def journal(cls, num_epochs, num_learners, recluster_every=2, freeze_trunk_epochs=0):
+        """The journal version (TPAMI 2021): K doubles every T epochs from 1; from 80/180 of the run on, the loss is
+        on the full embedding with cluster batches (its README: ``--nb-epochs=180 --force-full-embedding-epoch=80
+        --mod-epoch=2``, and ``--mod-epoch-freeze=1`` for ``freeze_trunk_epochs=1``); no all-data phase.
+
+        Examples:
+            >>> DivideConquerSchedule.journal(180, 32).full_embedding_epoch   # epoch 80 counted from 0
+            81
+        """
+        _check_epochs(num_epochs)
+        return cls(
+            num_learners=num_learners,
+            recluster_every=recluster_every,
+            full_embedding_epoch=round(num_epochs * 80 / 180) + 1,
+            grow=True,
+            freeze_trunk_epochs=freeze_trunk_epochs,
+        )
+
+    @classmethod
+    def cvpr(cls, num_epochs, num_learners, recluster_every=2):
+        """The CVPR 2019 version: K fixed from the start (data clustered before training); the last 10/200 of the
+        run on all data (``--finetune-epoch=190`` of ``--nb-epochs=200``), and full embedding with cluster batches
+        from ``finetune_epoch * 8 / 19`` (epoch 80 of 200) on.
+
+        Examples:
+            >>> s = DivideConquerSchedule.cvpr(200, 8)
+            >>> s.full_embedding_epoch, s.all_data_epoch   # epochs 80 and 190 counted from 0
+            (81, 191)
+        """
+        _check_epochs(num_epochs)
+        finetune = num_epochs - max(1, round(num_epochs * 10 / 200))  # counted from 0, like the reference
+        return cls(
+            num_learners=num_learners,
+            recluster_every=recluster_every,
+            full_embedding_epoch=round(finetune * 8 / 19) + 1,
+            all_data_epoch=finetune + 1,
+            grow=False,
+        )
+
+    # ------------------------------------------------------------------ queries
+    def phase_in_epoch(self, epoch: int) -> Phase:
+        if self.all_data_epoch is not None and epoch >= self.all_data_epoch:
+            return Phase.ALL_DATA
+        if self.full_embedding_epoch is not None and epoch >= self.full_embedding_epoch:
+            return Phase.FULL_EMBEDDING
+        return Phase.DIVIDE
+
+    def num_clusters_in_epoch(self, epoch: int) -> int:
+        """K during ``epoch``: the number of clusters batches come from (1 in the all-data phase)."""
+        if epoch < 1:
+            raise ValueError(f"epochs are numbered from 1, got {epoch}")
+        if self.phase_in_epoch(epoch) == Phase.ALL_DATA:
+            return 1
+        return self.learners_in_epoch(epoch)
 
     def learners_in_epoch(self, epoch: int) -> int:
-        """K during ``epoch`` (in the conquer phase: the K of the last divide epoch)."""
+        """The number of learners (subspaces) in effect during ``epoch``; in the all-data phase, the K reached
+        before it."""
         if epoch < 1:
             raise ValueError(f"epochs are numbered from 1, got {epoch}")
         if not self.grow:
             return self.num_learners
-        if self.conquer_epoch is not None:
-            epoch = min(epoch, max(self.conquer_epoch - 1, 1))
+        if self.all_data_epoch is not None:
+            epoch = min(epoch, max(self.all_data_epoch - 1, 1))
         num_splits = (epoch - 1) // self.recluster_every
         return min(self.num_learners, 2**num_splits)
+
+    def trunk_frozen_in_epoch(self, epoch: int) -> bool:
+        if self.freeze_trunk_epochs == 0 or self.phase_in_epoch(epoch) == Phase.ALL_DATA:
+            return False
+        return (epoch - 1) % self.recluster_every < self.freeze_trunk_epochs
 
     def step_after_epoch(self, epoch: int) -> Step:
         """The step taken once ``epoch`` has finished (``epoch=0``: before training)."""
         if epoch < 0:
             raise ValueError(f"epoch must be >= 0, got {epoch}")
         nxt = epoch + 1
-        if self.phase_in_epoch(nxt) == CONQUER_PHASE:
-            k = self.learners_in_epoch(nxt)
-            if epoch == 0 or self.phase_in_epoch(epoch) == DIVIDE_PHASE:
-                return Step(CONQUER, k)
-            return Step(NONE, k)
-        k_next = self.learners_in_epoch(nxt)
+        phase, k_next = self.phase_in_epoch(nxt), self.num_clusters_in_epoch(nxt)
+        frozen = self.trunk_frozen_in_epoch(nxt)
+        if phase == Phase.ALL_DATA:
+            entering = epoch == 0 or self.phase_in_epoch(epoch) != Phase.ALL_DATA
+            return Step(Action.ALL_DATA if entering else Action.NONE, 1, phase, frozen)
         if epoch == 0:
-            return Step(RECLUSTER if k_next > 1 else NONE, k_next)
-        k_now = self.learners_in_epoch(epoch)
+            return Step(Action.RECLUSTER if k_next > 1 else Action.NONE, k_next, phase, frozen)
+        k_now = self.num_clusters_in_epoch(epoch)
         if k_next > k_now:
-            return Step(SPLIT, k_next)
+            return Step(Action.SPLIT, k_next, phase, frozen)
         if epoch % self.recluster_every == 0 and k_next > 1:
-            return Step(RECLUSTER, k_next)
-        return Step(NONE, k_next)
+            return Step(Action.RECLUSTER, k_next, phase, frozen)
+        return Step(Action.NONE, k_next, phase, frozen)
+
+
+def _check_epochs(num_epochs):
+    if not isinstance(num_epochs, int) or num_epochs < 2:
+        raise ValueError(f"num_epochs must be an integer >= 2, got {num_epochs!r}")

@@ -2,6 +2,7 @@
 
 import copy
 import inspect
+import weakref
 
 import numpy as np
 import torch
@@ -14,9 +15,12 @@ from pytorch_metric_learning.utils.distributed import DistributedMinerWrapper
 from . import clustering, distributed, heads, hooks
 from .embedder import LEARNED, SubspaceMaskedEmbedder
 from .sampler import ClusterSampler
-from .schedule import CONQUER, CONQUER_PHASE, DIVIDE_PHASE, RECLUSTER, SPLIT, DivideConquerSchedule
+from .schedule import Action, DivideConquerSchedule, Phase, Step
 
-CONQUER_KEY = "conquer"
+FULL_KEY = "full"  # the learner of the full-embedding and all-data phases
+SHARED = "shared"
+PER_LEARNER = "per_learner"
+CLUSTER_SPACES = ("trunk", "embedding")
 
 
 def learner_key(k):
@@ -50,48 +54,89 @@ def _check_loss(loss):
         )
 
 
+def _make_schedule(schedule, num_learners, **kwargs):
+    if schedule is None:
+        return DivideConquerSchedule(num_learners=num_learners, **kwargs)
+    if not isinstance(schedule, DivideConquerSchedule):
+        raise TypeError(f"schedule must be a DivideConquerSchedule, got {type(schedule).__name__}")
+    defaults = dict(recluster_every=2, full_embedding_epoch=None, all_data_epoch=None, grow=True, freeze_trunk_epochs=0)
+    changed = [k for k, v in kwargs.items() if v != defaults[k]]
+    if changed:
+        raise ValueError(f"give the schedule either as schedule= or as {changed}, not both")
+    if schedule.num_learners != num_learners:
+        raise ValueError(
+            f"the schedule has num_learners={schedule.num_learners}, the SubspaceMaskedEmbedder "
+            f"{num_learners}: build both with the same K"
+        )
+    return schedule
+
+
 class DivideConquerWrapper(BaseMetricLossFunction):
     """Divide & Conquer around any label-based PML loss (and miner), used as ``loss_funcs["metric_loss"]``.
 
-    Keeps one learner (a copy of ``loss`` and ``miner``) per cluster. Every batch the trainer draws from the
-    :class:`ClusterSampler` is routed to the learner of the cluster it was drawn from, which computes its loss on
-    its own subspace of the embedding (given by the :class:`SubspaceMaskedEmbedder`). At the end of every
-    ``recluster_every`` epochs, :meth:`end_of_epoch_hook` embeds the training set, reclusters it (and, with
-    ``grow=True``, splits every cluster in two until ``num_learners`` is reached), matching new clusters to the
-    learners that trained on them. From ``conquer_epoch`` on, one more learner trains on the full embedding over
-    all data.
+    Training runs in up to three phases (:class:`~pml_divide_conquer.DivideConquerSchedule`):
+
+    1. **divide**: every batch the trainer draws from the :class:`ClusterSampler` comes from one cluster and is
+       routed to that cluster's learner, which computes the loss on its own subspace of the embedding (given by
+       the :class:`SubspaceMaskedEmbedder`). Every ``recluster_every`` epochs the training set is embedded and
+       reclustered, new clusters matched to the learners that trained on them; with ``grow=True`` every cluster
+       is also split in two until ``num_learners`` is reached.
+    2. **full embedding** (from ``full_embedding_epoch``): the loss is computed on the whole normalised
+       embedding, but batches still come from one cluster at a time and reclustering goes on.
+    3. **all data** (from ``all_data_epoch``): m-per-class batches over all the data, full embedding.
+
+    ``DivideConquerSchedule.journal(num_epochs, K)`` and ``.cvpr(num_epochs, K)`` give the authors' schedules.
 
     Args:
-        loss: a PML loss that takes labels (copied once per learner).
-        miner: optional PML tuple miner (copied once per learner, applied in the learner's subspace).
+        loss: a PML loss that takes labels.
+        miner: optional PML tuple miner (one copy per learner, applied in the learner's subspace).
         embedder: the :class:`SubspaceMaskedEmbedder`, also passed to the trainer as ``models["embedder"]``. Its
             ``num_learners`` is K.
         sampler: the :class:`ClusterSampler`, also passed to the trainer as ``sampler=``.
+        schedule: a :class:`DivideConquerSchedule` (e.g. ``DivideConquerSchedule.journal(180, K)``), or None to
+            build one from the next five arguments.
         recluster_every: T, in epochs.
-        conquer_epoch: first epoch of the conquer phase, or None for none.
+        full_embedding_epoch: first epoch of the full-embedding phase, or None.
+        all_data_epoch: first epoch of the all-data phase, or None.
         grow: True: start with K=1 and split clusters in two at each reclustering (journal version); False:
-            fixed K (CVPR version) - then call :meth:`prepare` before ``trainer.train()`` to cluster first.
-        orthogonality_weight: lambda of the mask orthogonality term (learned masks only).
-        cluster_on: ``"embedding"`` (default) or ``"trunk"``: the space that is clustered.
+            fixed K, clustered by :meth:`prepare` before the first epoch (CVPR version).
+        freeze_trunk_epochs: the trunk's learning rate is 0 for this many epochs after each reclustering (the
+            journal README run's ``--mod-epoch-freeze=1``); needs ``optimizers["trunk_optimizer"]``.
+        heads: for classification losses (ArcFace, CosFace, ProxyAnchor, SoftTriple, ...): ``"shared"`` - one
+            head for the full embedding that every learner trains its part of (fixed chunks: the slice of the
+            head on its chunk; learned masks: the whole head on the masked embedding) and the later phases go on
+            training - or ``"per_learner"`` - one head per learner sized to its subspace, and the full-embedding
+            head started from the learners' heads put together. Other parameters of the loss (e.g. a learned
+            ``MarginLoss`` beta) are shared or copied the same way. Miners and ``CrossBatchMemory`` memories are
+            always one per learner.
+        orthogonality_weight: lambda of the mask orthogonality term (learned masks only, divide phase).
+        cluster_on: ``"trunk"`` (default, as the reference code: L2-normalised trunk output) or ``"embedding"``.
         cluster_dataset: dataset embedded for clustering, in the same order as the training dataset, typically
             the training images with test-time transforms. Default: the trainer's dataset.
         cluster_batch_size: batch size of that embedding pass.
         cluster_num_workers: DataLoader workers of that embedding pass (default: the trainer's
             ``dataloader_num_workers``).
-        kmeans_niter: faiss k-means iterations.
+        kmeans_niter: faiss k-means iterations (reference: 100).
+        kmeans_max_points_per_centroid: faiss trains k-means on at most this many points per centroid; None
+            (default, as the reference) uses all points.
+        kmeans_max_retries: k-means (and each 2-way split) is retried with the next seed until every cluster has
+            2 classes with 2 samples each, at most this many times (reference: 30).
         faiss_gpu: None: use a GPU if faiss-gpu sees one; False: CPU only.
-        seed: seed of the clustering.
+        seed: k-means seed; the same at every reclustering, as in the reference code (trial t uses seed + t).
+        conquer_epoch: deprecated; ``conquer_epoch=E`` means ``full_embedding_epoch=E, all_data_epoch=E``.
 
     Examples:
         >>> embedder = SubspaceMaskedEmbedder(64, num_learners=4, embedder=torch.nn.Linear(128, 64))
         >>> sampler = ClusterSampler(train_labels, batch_size=32, m=4)
         >>> dc = DivideConquerWrapper(losses.TripletMarginLoss(), miners.TripletMarginMiner(),
-        ...                           embedder=embedder, sampler=sampler, recluster_every=2, conquer_epoch=9)
+        ...                           embedder=embedder, sampler=sampler,
+        ...                           schedule=DivideConquerSchedule.journal(num_epochs=20, num_learners=4))
         >>> trainer = trainers.MetricLossOnly(
         ...     models={"trunk": trunk, "embedder": embedder}, optimizers=optimizers, batch_size=32,
         ...     loss_funcs={"metric_loss": dc}, dataset=train_set, sampler=sampler,
         ...     end_of_epoch_hook=dc.get_end_of_epoch_hook())
-        >>> trainer.train(num_epochs=10)
+        >>> dc.prepare(trainer)
+        >>> trainer.train(num_epochs=20)
     """
 
     def __init__(
@@ -101,19 +146,65 @@ class DivideConquerWrapper(BaseMetricLossFunction):
         *,
         embedder,
         sampler,
+        schedule=None,
         recluster_every=2,
-        conquer_epoch=None,
+        full_embedding_epoch=None,
+        all_data_epoch=None,
         grow=True,
+        freeze_trunk_epochs=0,
+        heads=SHARED,
         orthogonality_weight=0.01,
-        cluster_on="embedding",
+        cluster_on="trunk",
         cluster_dataset=None,
         cluster_batch_size=256,
         cluster_num_workers=None,
-        kmeans_niter=20,
+        kmeans_niter=100,
+        kmeans_max_points_per_centroid=None,
+        kmeans_max_retries=30,
         faiss_gpu=None,
         seed=0,
+        conquer_epoch=None,
     ):
         super().__init__()
+        self._check_arguments(loss, miner, embedder, sampler, heads, cluster_on)
+        full_embedding_epoch, all_data_epoch = self._map_conquer_epoch(
+            conquer_epoch, full_embedding_epoch, all_data_epoch
+        )
+        self.schedule = _make_schedule(
+            schedule,
+            embedder.num_learners,
+            recluster_every=recluster_every,
+            full_embedding_epoch=full_embedding_epoch,
+            all_data_epoch=all_data_epoch,
+            grow=grow,
+            freeze_trunk_epochs=freeze_trunk_epochs,
+        )
+        # Held outside the module tree: the embedder is trained and saved as models["embedder"], and registering
+        # it here would put its parameters in the metric loss optimizer too.
+        self.__dict__["embedder"] = embedder
+        self.__dict__["sampler"] = sampler
+        self.__dict__["_trainer_ref"] = None  # the trainer given to prepare(), as a weak reference
+        self.heads = heads
+        self.orthogonality_weight = float(orthogonality_weight)
+        self.cluster_on = cluster_on
+        self.cluster_dataset = cluster_dataset
+        self.cluster_batch_size = int(cluster_batch_size)
+        self.cluster_num_workers = cluster_num_workers
+        self.kmeans = dict(
+            niter=int(kmeans_niter),
+            max_points_per_centroid=kmeans_max_points_per_centroid,
+            max_retries=int(kmeans_max_retries),
+            gpu=faiss_gpu,
+        )
+        self.seed = int(seed)
+        self._build_learners(loss, miner)
+        self.num_active = 1
+        self.last_epoch = -1  # last epoch whose end-of-epoch step has been taken (0: the step before training)
+        self._init_recordables()
+
+    # ------------------------------------------------------------------ construction steps
+    @staticmethod
+    def _check_arguments(loss, miner, embedder, sampler, heads_mode, cluster_on):
         _check_loss(loss)
         if miner is not None and not isinstance(miner, (BaseMiner, DistributedMinerWrapper)):
             raise TypeError(f"miner must be a PML miner (pytorch_metric_learning.miners), got {type(miner).__name__}")
@@ -129,66 +220,87 @@ class DivideConquerWrapper(BaseMetricLossFunction):
                 f"sampler must be a ClusterSampler, got {type(sampler).__name__}: batches must come from one "
                 "cluster each, and the wrapper must know which"
             )
-        if cluster_on not in ("embedding", "trunk"):
-            raise ValueError(f'cluster_on must be "embedding" or "trunk", got {cluster_on!r}')
-        self.schedule = DivideConquerSchedule(
-            num_learners=embedder.num_learners, recluster_every=recluster_every, conquer_epoch=conquer_epoch, grow=grow
-        )
+        if heads_mode not in (SHARED, PER_LEARNER):
+            raise ValueError(f'heads must be "{SHARED}" or "{PER_LEARNER}", got {heads_mode!r}')
+        if cluster_on not in CLUSTER_SPACES:
+            raise ValueError(f'cluster_on must be "trunk" or "embedding", got {cluster_on!r}')
         num_classes = len(np.unique(sampler.labels))
         if embedder.num_learners > num_classes:
             raise ValueError(
                 f"num_learners={embedder.num_learners} is larger than the number of training classes "
                 f"({num_classes}): every cluster needs several classes. Use at most {num_classes // 2 or 1} learners."
             )
-        # Held outside the module tree: the embedder is trained and saved as models["embedder"], and registering
-        # it here would put its parameters in the metric loss optimizer too.
-        self.__dict__["embedder"] = embedder
-        self.__dict__["sampler"] = sampler
-        self.orthogonality_weight = float(orthogonality_weight)
-        self.cluster_on = cluster_on
-        self.cluster_dataset = cluster_dataset
-        self.cluster_batch_size = int(cluster_batch_size)
-        self.cluster_num_workers = cluster_num_workers
-        self.kmeans_niter = int(kmeans_niter)
-        self.faiss_gpu = faiss_gpu
-        self.seed = int(seed)
-
         heads.check_fits(loss, embedder.embedding_size, num_classes)
+
+    @staticmethod
+    def _map_conquer_epoch(conquer_epoch, full_embedding_epoch, all_data_epoch):
+        if conquer_epoch is None:
+            return full_embedding_epoch, all_data_epoch
+        if full_embedding_epoch is not None or all_data_epoch is not None:
+            raise ValueError("conquer_epoch is the old name of full_embedding_epoch = all_data_epoch: give one or the other")
+        import warnings
+
+        warnings.warn(
+            f"conquer_epoch is deprecated: conquer_epoch={conquer_epoch} means full_embedding_epoch={conquer_epoch}, "
+            f"all_data_epoch={conquer_epoch}. The authors train most of the run on the full embedding with cluster "
+            "batches first: see DivideConquerSchedule.journal() and .cvpr().",
+            FutureWarning,
+            stacklevel=3,
+        )
+        return conquer_epoch, conquer_epoch
+
+    def _build_learners(self, loss, miner):
+        """One learner (a copy of the loss and miner) per cluster, plus the full-embedding learner."""
+        embedder = self.embedder
         # labels reach the learners mapped to 0..C-1, the range classification heads are built for
         # (kept on the CPU, where PML's trainers hand over labels: mapping them costs no device sync)
-        self.class_ids = torch.as_tensor(np.unique(sampler.labels))
-
-        keys = [learner_key(k) for k in range(embedder.num_learners)] + [CONQUER_KEY]
+        self.class_ids = torch.as_tensor(np.unique(self.sampler.labels))
+        keys = [learner_key(k) for k in range(embedder.num_learners)] + [FULL_KEY]
         self.learners = torch.nn.ModuleDict({k: copy.deepcopy(loss) for k in keys})
         self.miners = torch.nn.ModuleDict({k: copy.deepcopy(miner) for k in keys}) if miner is not None else None
         first_size = embedder.subspace_size(self.schedule.learners_in_epoch(1))
-        for k in range(embedder.num_learners):
-            heads.resize(self.learners[learner_key(k)], first_size)
+        for k in keys[:-1]:
+            if self.heads == SHARED:
+                # the full learner owns the parameters; the others borrow them (sliced to their chunk) at each call
+                heads.drop_parameters(self.learners[k])
+            heads.resize(self.learners[k], first_size)  # (heads and CrossBatchMemory)
 
-        self.phase = DIVIDE_PHASE
-        self.num_active = 1
-        self.last_epoch = -1  # last epoch whose end-of-epoch step has been taken (0: the step before training)
+    def _init_recordables(self):
         self.current_learner = -1
         self.orthogonality = 0.0
         # scalars that PML's record-keeper logs through HookContainer (one series each, per learner/cluster)
         per_learner = [
             f"{what}{k}_{stat}"
-            for k in range(embedder.num_learners)
+            for k in range(self.num_learners)
             for what, stat in (("learner", "loss"), ("cluster", "size"), ("cluster", "classes"), ("learner", "mask_usage"))
         ]
         for name in per_learner:
             setattr(self, name, 0.0)
-        self.conquer_loss = 0.0
+        self.full_loss = 0.0
         self.add_to_recordable_attributes(
-            list_of_names=["num_active", "current_learner", "orthogonality", "is_conquer", "conquer_loss"]
+            list_of_names=["num_active", "num_clusters", "current_learner", "orthogonality", "phase_id", "full_loss"]
             + per_learner,
             is_stat=False,
         )
         self._update_cluster_stats()
 
+    # ------------------------------------------------------------------ phase
     @property
-    def is_conquer(self):
-        return int(self.phase == CONQUER_PHASE)
+    def phase(self):
+        """The phase of the epoch being trained (before training: of epoch 1)."""
+        return self.schedule.phase_in_epoch(max(self.last_epoch, 0) + 1)
+
+    @property
+    def phase_id(self):
+        return list(Phase).index(self.phase)
+
+    @property
+    def num_clusters(self):
+        return self.sampler.num_clusters
+
+    @property
+    def num_learners(self):
+        return self.embedder.num_learners
 
     # ------------------------------------------------------------------ loss
     def forward(self, embeddings, labels=None, indices_tuple=None, ref_emb=None, ref_labels=None):
@@ -209,46 +321,62 @@ class DivideConquerWrapper(BaseMetricLossFunction):
                 "got an indices_tuple from the trainer's mining_funcs and a miner in DivideConquerWrapper: give the "
                 "miner only to the wrapper, which mines in each learner's subspace"
             )
-        if not self.training:  # outside training (e.g. a validation loss): the conquer learner, full space
+        if not self.training:  # outside training (e.g. a validation loss): the full learner, full space
             if embeddings.requires_grad and torch.is_grad_enabled():
                 raise RuntimeError(
                     "DivideConquerWrapper is in eval mode but gradients are being computed: is it in the trainer's "
                     "freeze_these? In eval mode it trains no learner. Keep it out of freeze_these."
                 )
-            return self._learner_loss(CONQUER_KEY, F.normalize(embeddings, dim=1), labels, indices_tuple)
-        if self.last_epoch < 0 and self.schedule.step_after_epoch(0).action != "none":
-            first = self.schedule.step_after_epoch(0)
-            what = "switched to the conquer phase" if first.action == CONQUER else f"clustered into K={first.num_learners}"
-            raise RuntimeError(
-                f"the schedule says the data must be {what} before the first epoch: call wrapper.prepare(trainer) "
-                "before trainer.train()"
-            )
+            return self._learner_loss(FULL_KEY, F.normalize(embeddings, dim=1), labels, indices_tuple)
+        self._check_prepared()
         self.sampler.check_rank(RuntimeError)
         ticket = self.sampler.pop_ticket(self._local_labels(labels))
-        # all ranks must train the same learner at every step (their batches form one cluster batch)
+        # all ranks must train the same learner at every step (their batches form one cluster batch), and draw
+        # from the same plan (the fingerprint differs when their ClusterSamplers have different seeds)
         distributed.check_same_on_all_ranks(
-            [ticket.version, ticket.pass_index, ticket.position, ticket.cluster], "the learner chosen for this step"
+            [ticket.version, ticket.pass_index, ticket.position, ticket.cluster, ticket.fingerprint],
+            "the cluster batch of this step",
         )
-        if self.phase == CONQUER_PHASE:
-            key, index = CONQUER_KEY, self.num_learners
-            x = F.normalize(embeddings, dim=1)
-        else:
-            if ticket.cluster >= self.num_active:
-                raise RuntimeError(
-                    f"batch from cluster {ticket.cluster} but only {self.num_active} learners are active: the "
-                    "sampler's assignment was changed outside DivideConquerWrapper"
-                )
-            key, index = learner_key(ticket.cluster), ticket.cluster
-            x = self.embedder.subspace(embeddings, ticket.cluster, self.num_active)
-        self.current_learner = index
-        loss = self._learner_loss(key, x, labels, indices_tuple)
-        setattr(self, "conquer_loss" if key == CONQUER_KEY else f"{key}_loss", float(loss.detach()))
-        if self.embedder.mode == LEARNED and self.phase == DIVIDE_PHASE and self.num_active > 1:
+        if self.phase != Phase.DIVIDE:
+            self.current_learner = self.num_learners
+            loss = self._learner_loss(FULL_KEY, F.normalize(embeddings, dim=1), labels, indices_tuple)
+            self.full_loss = float(loss.detach())
+            return loss
+        if ticket.cluster >= self.num_active:
+            raise RuntimeError(
+                f"batch from cluster {ticket.cluster} but only {self.num_active} learners are active: the "
+                "sampler's assignment was changed outside DivideConquerWrapper"
+            )
+        k = ticket.cluster
+        self.current_learner = k
+        x = self.embedder.subspace(embeddings, k, self.num_active)
+        loss = self._learner_loss(learner_key(k), x, labels, indices_tuple, learner=k)
+        setattr(self, f"learner{k}_loss", float(loss.detach()))
+        if self.embedder.mode == LEARNED and self.num_active > 1:
             ortho = self.embedder.orthogonality_loss(self.num_active)
             self.orthogonality = float(ortho.detach())
             if self.orthogonality_weight:
                 loss = loss + self.orthogonality_weight * ortho.to(loss.device)
         return loss
+
+    def _check_prepared(self):
+        trainer = self._trainer_ref() if self._trainer_ref is not None else None
+        if trainer is None:
+            calling = hooks.calling_trainer()
+            if calling is not None:
+                hooks.check_trainer_type(calling)
+            raise RuntimeError(
+                "DivideConquerWrapper was not prepared: call wrapper.prepare(trainer) before trainer.train() (it "
+                "checks the set-up and clusters the data when the schedule starts with K > 1)"
+            )
+        epoch = getattr(trainer, "epoch", None)
+        if isinstance(epoch, int) and epoch - 1 > self.last_epoch:
+            raise RuntimeError(
+                f"epoch {epoch} is training, but DivideConquerWrapper's end-of-epoch step was last taken after epoch "
+                f"{self.last_epoch}: the trainer's end_of_epoch_hook does not call it, so no reclustering, split or "
+                "phase change happens and the run silently trains without D&C. Pass "
+                "end_of_epoch_hook=wrapper.get_end_of_epoch_hook(then=<your hook>) to the trainer."
+            )
 
     def _local_labels(self, labels):
         # Inside PML's DistributedLossWrapper the loss gets the batch gathered from all ranks, this rank's first
@@ -264,33 +392,56 @@ class DivideConquerWrapper(BaseMetricLossFunction):
         pos = torch.searchsorted(self.class_ids, labels).clamp(max=len(self.class_ids) - 1)
         return pos if bool((self.class_ids[pos] == labels).all()) else None
 
-    def _learner_loss(self, key, x, labels, indices_tuple):
+    def _learner_loss(self, key, x, labels, indices_tuple, learner=None):
+        module = self.learners[key]
         mapped = self.map_labels(labels)
-        if mapped is None and heads.has_heads(self.learners[key]):
+        if mapped is None and heads.has_heads(self.learners[FULL_KEY]):
             raise ValueError(
                 "labels outside the training classes reached a classification loss (it has one weight per training "
                 "class): compute it only on training classes"
             )
-        labels = labels if mapped is None else mapped
+        labels = labels if mapped is None else mapped.to(labels.device)
         if self.miners is not None:
             indices_tuple = self.miners[key](x, labels)
-        loss = self.learners[key](x, labels, indices_tuple)
+        if self.heads == SHARED and key != FULL_KEY and heads.has_parameters(self.learners[FULL_KEY]):
+            params = heads.borrowed_parameters(
+                self.learners[FULL_KEY], self._learner_dims(learner, self.num_active)
+            )
+            loss = torch.func.functional_call(module, params, (x, labels, indices_tuple))
+        else:
+            loss = module(x, labels, indices_tuple)
         if not torch.is_tensor(loss):
             loss = x.sum() * 0.0 + loss
         return loss
 
-    @property
-    def num_learners(self):
-        return self.embedder.num_learners
+    def _learner_dims(self, learner, num_active):
+        """The embedding dims of learner ``learner``'s subspace (None: all, as with learned masks)."""
+        if self.embedder.mode == LEARNED:
+            return None
+        size = self.embedder.subspace_size(num_active)
+        return slice(learner * size, (learner + 1) * size)
 
     # ------------------------------------------------------------------ epochs
     def prepare(self, trainer):
-        """Check that ``trainer`` can run this wrapper, and take the step before epoch 1 (clustering, if K>1)."""
+        """Check that ``trainer`` runs this wrapper correctly, then take the step before epoch 1.
+
+        Required before ``trainer.train()``. It raises a clear error when the trainer's sampler, batch size,
+        embedder, optimizers or end-of-epoch hook do not fit, and clusters the data when the schedule starts with
+        K > 1. When resuming, load the saved state first: a step already taken is not repeated.
+        """
         hooks.check_trainer(trainer, self)
+        hooks.check_end_of_epoch_hook(trainer, self)
+        hooks.check_optimizers(trainer, self)
+        if self.schedule.freeze_trunk_epochs and "trunk_optimizer" not in trainer.optimizers:
+            raise ValueError(
+                'freeze_trunk_epochs needs the trunk\'s optimizer under optimizers["trunk_optimizer"] (its learning '
+                "rate is set to 0 in the frozen epochs)"
+            )
+        self.__dict__["_trainer_ref"] = weakref.ref(trainer)
         self.step(trainer, 0)
 
     def end_of_epoch_hook(self, trainer):
-        """PML end-of-epoch hook: recluster/split/conquer as the schedule says. Returns True (keep training)."""
+        """PML end-of-epoch hook: recluster, split or change phase as the schedule says. Returns True."""
         hooks.check_trainer(trainer, self)
         self.step(trainer, trainer.epoch)
         return True
@@ -306,28 +457,43 @@ class DivideConquerWrapper(BaseMetricLossFunction):
             self.end_of_epoch_hook(trainer)
             return True if then is None else then(trainer)
 
+        hook.divide_conquer_wrapper = self  # lets prepare() see that the trainer's hook takes the D&C step
         return hook
 
     def step(self, trainer, epoch):
         """Take the schedule's step after ``epoch`` (0: before training). A step already taken is skipped."""
         if epoch <= self.last_epoch:
             return
-        missed = [e for e in range(self.last_epoch + 1, epoch) if self.schedule.step_after_epoch(e).action != "none"]
-        if missed:
+        if epoch > self.last_epoch + 1:
             raise RuntimeError(
-                f"the D&C steps after epochs {missed} were never taken (this wrapper has taken steps up to epoch "
-                f"{self.last_epoch}). When resuming, load the wrapper's state_dict saved with the models (PML's "
-                "HookContainer does); when starting, call wrapper.prepare(trainer) and train from epoch 1."
+                f"the D&C steps after epochs {list(range(self.last_epoch + 1, epoch))} were never taken (this "
+                f"wrapper has taken steps up to epoch {self.last_epoch}). When resuming, load the wrapper's "
+                "state_dict saved with the models (PML's HookContainer does); when starting, call "
+                "wrapper.prepare(trainer) and train from epoch 1."
             )
         step = self.schedule.step_after_epoch(epoch)
-        if step.action == CONQUER:
-            self.phase = CONQUER_PHASE
+        if step.phase != Phase.DIVIDE and self.phase == Phase.DIVIDE and self.heads == PER_LEARNER:
+            heads.assemble(
+                [self.learners[learner_key(k)] for k in range(self.num_active)],
+                self.learners[FULL_KEY],
+                dims=[self._learner_dims(k, self.num_active) for k in range(self.num_active)],
+                class_owner=self._class_owners(),
+            )
+        if step.action == Action.ALL_DATA:
             self.sampler.set_assignment(np.zeros(len(self.sampler.labels), dtype=np.int64), 1)
             hooks.restart_iterator(trainer)
-        elif step.action in (RECLUSTER, SPLIT):
-            self._divide(trainer, step, epoch)
+        elif step.action in (Action.RECLUSTER, Action.SPLIT):
+            self._divide(trainer, step)
+        hooks.set_trunk_frozen(trainer, step.trunk_frozen)
         self.last_epoch = epoch
-        self._update_cluster_stats()  # (also after a conquer step; K and the clusters are logged from here)
+        self._update_cluster_stats()
+
+    def _class_owners(self):
+        """For each class (0..C-1), the cluster holding most of its samples."""
+        mapped = np.searchsorted(self.class_ids.numpy(), self.sampler.labels)
+        counts = np.zeros((len(self.class_ids), self.num_active), dtype=np.int64)
+        np.add.at(counts, (mapped, np.minimum(self.sampler.assignment, self.num_active - 1)), 1)
+        return counts.argmax(axis=1)
 
     def _update_cluster_stats(self):
         sizes = self.sampler.cluster_sizes()
@@ -345,52 +511,50 @@ class DivideConquerWrapper(BaseMetricLossFunction):
         K changes only through the schedule (splits), which also gives the learners' heads and masks their new
         subspaces; ``num_learners``, if given, must equal the current K.
         """
-        from .schedule import Step
-
         if num_learners is not None and num_learners != self.num_active:
             raise ValueError(
                 f"recluster() keeps K={self.num_active}; K grows through the schedule (grow=True splits clusters "
                 "and learners together)"
             )
-        if self.phase == CONQUER_PHASE:
-            raise RuntimeError("no reclustering in the conquer phase: it trains one learner on all the data")
-        self._divide(trainer, Step(RECLUSTER, self.num_active), max(self.last_epoch, 0))
+        if self.phase == Phase.ALL_DATA:
+            raise RuntimeError("no reclustering in the all-data phase: it trains on batches from all the data")
+        self._divide(trainer, Step(Action.RECLUSTER, self.num_active, self.phase))
         self._update_cluster_stats()
 
-    def _divide(self, trainer, step, epoch):
-        if step.action == SPLIT and step.num_learners != 2 * self.num_active:
-            raise RuntimeError(f"cannot split {self.num_active} clusters into {step.num_learners}")
+    def _divide(self, trainer, step):
+        if step.action == Action.SPLIT and step.num_clusters != 2 * self.num_active:
+            raise RuntimeError(f"cannot split {self.num_active} clusters into {step.num_clusters}")
         emb = self.embed_training_set(trainer)
         # one rank clusters, all ranks get its result (k-means need not agree bit for bit across processes)
         if distributed.world_size_and_rank()[1] == 0:
-            new = self._cluster(emb, step, epoch)
+            new = self._cluster(emb, step)
         else:
             new = np.zeros(len(emb), dtype=np.int64)
         new = distributed.broadcast_array(new)
-        if step.action == SPLIT:
+        if step.action == Action.SPLIT:
             optimizers = list(getattr(trainer, "optimizers", {}).values())
             self._split_learners(optimizers)
             if self.embedder.masks is not None:
                 rows = np.arange(2 * self.num_active) // 2
                 self.embedder.split_masks(self.num_active)
                 hooks.gather_optimizer_rows(self.embedder.masks, rows, optimizers)
-        self.num_active = step.num_learners
-        self.sampler.set_assignment(new, step.num_learners)
+        self.num_active = step.num_clusters
+        self.sampler.set_assignment(new, step.num_clusters)
         hooks.restart_iterator(trainer)
 
-    def _cluster(self, emb, step, epoch):
-        """The new assignment (numpy in, numpy out): split every cluster in two, or recluster and match."""
-        seed = self.seed + 1000 * epoch
-        old = self.sampler.assignment
-        if step.action == SPLIT:
-            return clustering.split_clusters(
-                emb, old, self.sampler.labels, niter=self.kmeans_niter, seed=seed, gpu=self.faiss_gpu
-            )
-        new = clustering.kmeans_with_retries(
-            emb, step.num_learners, self.sampler.labels, niter=self.kmeans_niter, seed=seed, gpu=self.faiss_gpu
-        )
-        if self.sampler.num_clusters == step.num_learners and self.last_epoch >= 0:
-            new = clustering.match_clusters(old, new, step.num_learners)
+    def _cluster(self, emb, step):
+        """The new assignment (numpy in, numpy out), as the journal code makes it: k-means at the current K
+        matched to the current clusters, then (for a split) every cluster split in two by 2-means."""
+        labels = self.sampler.labels
+        k = self.num_active if step.action == Action.SPLIT else step.num_clusters
+        if k == 1:
+            new = np.zeros(len(emb), dtype=np.int64)
+        else:
+            new = clustering.kmeans_with_retries(emb, k, labels, seed=self.seed, **self.kmeans)
+            if self.sampler.num_clusters == k:
+                new = clustering.match_clusters(self.sampler.assignment, new, k)
+        if step.action == Action.SPLIT:
+            new = clustering.split_clusters(emb, new, labels, seed=self.seed, **self.kmeans)
         return new
 
     def _split_learners(self, optimizers):
@@ -425,7 +589,6 @@ class DivideConquerWrapper(BaseMetricLossFunction):
     def get_extra_state(self):
         masks = self.embedder.masks
         return {
-            "phase": self.phase,
             "num_active": self.num_active,
             "last_epoch": self.last_epoch,
             "sampler": self.sampler.state_dict(),
@@ -436,7 +599,8 @@ class DivideConquerWrapper(BaseMetricLossFunction):
         }
 
     def set_extra_state(self, state):
-        self.phase = state["phase"]
+        # a checkpoint loaded with map_location="cuda" (PML's HookContainer on a GPU) holds CUDA tensors
+        state = hooks.to_cpu(state)
         self.num_active = int(state["num_active"])
         self.last_epoch = int(state["last_epoch"])
         self.sampler.load_state_dict(state["sampler"])
@@ -444,7 +608,7 @@ class DivideConquerWrapper(BaseMetricLossFunction):
         # saved sizes so that the saved tensors fit
         for k, size in state["head_sizes"].items():
             if size is not None:
-                heads.resize(self.learners[k], size)
+                heads.resize(self.learners[k], int(size))
         for k, fill in state.get("memory_fill", {}).items():
             heads.set_memory_fill(self.learners[k], fill)
         if state["masks"] is not None:

@@ -50,7 +50,10 @@ def build(
     mode="fixed",
     grow=True,
     recluster_every=1,
-    conquer_epoch=None,
+    full_embedding_epoch=None,
+    all_data_epoch=None,
+    heads="shared",
+    freeze_trunk_epochs=0,
     batch_size=16,
     m=4,
     workers=0,
@@ -70,14 +73,17 @@ def build(
     torch.manual_seed(seed)
     trunk = torch.nn.Sequential(torch.nn.Linear(64, 32), torch.nn.ReLU())
     embedder = SubspaceMaskedEmbedder(embedding_size, num_learners, mode=mode, embedder=torch.nn.Linear(32, embedding_size))
-    sampler = ClusterSampler(dataset.labels, batch_size, m, seed=seed)
+    sampler = ClusterSampler(dataset.labels, batch_size=batch_size, m=m, seed=seed)
     wrapper = DivideConquerWrapper(
         loss if loss is not None else losses.TripletMarginLoss(margin=0.1),
         miner,
         embedder=embedder,
         sampler=sampler,
         recluster_every=recluster_every,
-        conquer_epoch=conquer_epoch,
+        full_embedding_epoch=full_embedding_epoch,
+        all_data_epoch=all_data_epoch,
+        heads=heads,
+        freeze_trunk_epochs=freeze_trunk_epochs,
         grow=grow,
         seed=seed,
     )

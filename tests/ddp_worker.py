@@ -23,11 +23,12 @@ def dataset():
     return IndexedDataset((d.data[keep] / 16.0).astype(np.float32), d.target[keep])
 
 
-def make(ds, records, outer_distributed_wrapper=False):
+def make(ds, records, outer_distributed_wrapper=False, sampler_seed=0):
     torch.manual_seed(0)
     trunk = torch.nn.Sequential(torch.nn.Linear(64, 32), torch.nn.ReLU())
     embedder = SubspaceMaskedEmbedder(16, 2, mode="learned", embedder=torch.nn.Linear(32, 16))
-    sampler = ClusterSampler(ds.labels, 8, 4, seed=0)  # rank and world size from torch.distributed
+    # rank and world size from torch.distributed
+    sampler = ClusterSampler(ds.labels, batch_size=8, m=4, seed=sampler_seed)
     inner = losses.TripletMarginLoss(margin=0.1)
     if outer_distributed_wrapper:  # the whole wrapper inside PML's DistributedLossWrapper
         wrapper = DivideConquerWrapper(inner, embedder=embedder, sampler=sampler, recluster_every=1)
@@ -92,6 +93,7 @@ def worker(rank, world, folder):
 
         first = []
         b = make(ds, first)
+        b["wrapper"].prepare(b["trainer"])
         train(b, 1, 3)
         checkpoint = os.path.join(folder, "checkpoint.pt")
         if rank == 0:  # saved once
@@ -113,6 +115,7 @@ def worker(rank, world, folder):
         for k, o in c["optimizers"].items():
             o.load_state_dict(state["optimizers"][k])
         c["wrapper"].load_state_dict(state["wrapper"])
+        c["wrapper"].prepare(c["trainer"])  # after loading: the step before epoch 1 is not taken again
         train(c, 4, 6)
         out["resumed"] = resumed
 
@@ -128,14 +131,24 @@ def worker(rank, world, folder):
             from pytorch_metric_learning import testers
 
             tester = testers.BaseTester(dataloader_num_workers=0, data_device=torch.device("cpu"),
-                                        data_and_label_getter=lambda batch: batch[:2])
+                                        data_and_label_getter=lambda batch: batch[:2], use_trunk_output=True)
             emb, _ = tester.get_all_embeddings(ds, c["trunk"], c["embedder"], return_as_numpy=True)
             out["single_process_embeddings"] = emb
 
         outer = []
         d = make(ds, outer, outer_distributed_wrapper=True)
+        d["wrapper"].prepare(d["trainer"])
         train(d, 1, 2)
         out["outer"] = outer
+
+        # ClusterSamplers with different seeds on different ranks: caught at the first step
+        e = make(ds, [], sampler_seed=rank)
+        e["wrapper"].prepare(e["trainer"])
+        try:
+            train(e, 1, 1)
+            out["seed_mismatch"] = None
+        except RuntimeError as err:
+            out["seed_mismatch"] = str(err)
         torch.save(out, os.path.join(folder, f"rank{rank}.pt"))
     finally:
         dist.destroy_process_group()

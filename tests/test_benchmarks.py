@@ -109,7 +109,7 @@ def test_paper_protocol_dry_run(bench, tmp_path, capsys):
     sys.modules.pop("torchvision", None)
     result = bench("paper_protocol").main(["--dry-run", "--out", str(tmp_path)])
     assert "torchvision" not in sys.modules  # the dry run needs neither torchvision nor a download
-    assert result["dry_run"] and result["phase"] == "conquer" and result["num_learners"] == 2
+    assert result["dry_run"] and result["phase"] == "full_embedding" and result["num_learners"] == 2
     assert 0.0 < result["R@1"] <= result["R@8"] <= 1.0
     saved = json.loads((tmp_path / "paper_cub_dry_run.json").read_text())
     assert saved["R@1"] == result["R@1"]

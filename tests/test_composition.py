@@ -90,15 +90,26 @@ def small_digits(digits):
     return IndexedDataset(digits.data[keep].numpy(), digits.labels[keep])
 
 
-def run_few(dataset, loss=None, miner=None, mode="fixed", epochs=3, **kw):
-    """Epoch 1: K=1; split after it; epoch 2: K=2 (heads resized); epoch 3: conquer on the full embedding."""
+@pytest.fixture(scope="module")
+def fragmented_digits(digits):
+    """Digits where classes 7-9 have 5 images each: after splits, their fragments in a cluster are often < m."""
+    labels = digits.labels
+    keep = np.concatenate([np.flatnonzero(labels == c)[: 60 if c < 7 else 5] for c in range(10)])
+    keep.sort()
+    return IndexedDataset(digits.data[keep].numpy(), labels[keep])
+
+
+def run_few(dataset, loss=None, miner=None, mode="fixed", epochs=4, **kw):
+    """Epoch 1: K=1; split after it; epoch 2: K=2 (heads resized); epoch 3: full embedding on cluster batches;
+    epoch 4: all data."""
     losses_seen = []
     parts = build(
         dataset,
         num_learners=2,
         mode=mode,
         recluster_every=1,
-        conquer_epoch=3,
+        full_embedding_epoch=3,
+        all_data_epoch=4,
         loss=loss,
         miner=miner,
         embedding_size=D,
@@ -126,12 +137,13 @@ UPSTREAM_BROKEN = {"DynamicSoftMarginLoss"}
         for n in sorted(LOSSES)
     ],
 )
-def test_loss_trains_inside_the_wrapper(small_digits, name):
+def test_loss_trains_inside_the_wrapper_through_splits_and_small_class_fragments(fragmented_digits, name):
     loss = LOSSES[name]()
-    parts, seen = run_few(small_digits, loss=loss, mode="learned" if name == "SmoothAPLoss" else "fixed")
-    assert len(seen) == 9 and np.isfinite(seen).all()
+    parts, seen = run_few(fragmented_digits, loss=loss, mode="learned" if name == "SmoothAPLoss" else "fixed")
+    assert len(seen) == 12 and np.isfinite(seen).all()
     w = parts["wrapper"]
-    assert w.phase == "conquer" and w.num_active == 2
+    assert w.phase == "all_data" and w.num_active == 2
+    assert "fragments" in parts["sampler"]._warned  # class fragments smaller than m were there, and left out
 
 
 def test_upstream_broken_losses_fail_without_the_wrapper_too():
@@ -148,7 +160,7 @@ def test_losses_without_labels_are_refused_with_the_reason(name):
 
     with pytest.raises(ValueError, match="does not use class labels"):
         DivideConquerWrapper(
-            REFUSED[name](), embedder=SubspaceMaskedEmbedder(D, 2), sampler=ClusterSampler(np.repeat(np.arange(4), 5), 4, 2)
+            REFUSED[name](), embedder=SubspaceMaskedEmbedder(D, 2), sampler=ClusterSampler(np.repeat(np.arange(4), 5), batch_size=4, m=2)
         )
 
 
@@ -157,7 +169,7 @@ def test_miner_works_per_learner(small_digits, name):
     parts, seen = run_few(small_digits, loss=losses.ContrastiveLoss(), miner=MINERS[name]())
     assert np.isfinite(seen).all()
     miner_copies = parts["wrapper"].miners
-    assert set(miner_copies.keys()) == {"learner0", "learner1", "conquer"}
+    assert set(miner_copies.keys()) == {"learner0", "learner1", "full"}
     assert len({id(m) for m in miner_copies.values()}) == 3
 
 
@@ -169,12 +181,12 @@ def test_packaged_triplets_miner_is_refused(small_digits):
 @pytest.mark.parametrize("name", ["ArcFaceLoss", "ProxyAnchorLoss", "SoftTripleLoss", "P2SGradLoss"])
 def test_classification_heads_are_sized_per_learner_and_inherited_on_split(small_digits, name):
     loss = LOSSES[name]()
-    parts, _ = run_few(small_digits, loss=loss, epochs=1)  # K=1 for epoch 1, then split into 2
+    parts, _ = run_few(small_digits, loss=loss, epochs=1, heads="per_learner")  # K=1 for epoch 1, then split
     from pml_divide_conquer import heads
 
     w = parts["wrapper"]
     assert heads.head_size(w.learners["learner0"]) == D // 2 and heads.head_size(w.learners["learner1"]) == D // 2
-    assert heads.head_size(w.learners["conquer"]) == D
+    assert heads.head_size(w.learners["full"]) == D
     # the children hold the two halves of the parent's head (trained during epoch 1)
     [(_, _, _, p0, dim)] = list(heads.head_params(w.learners["learner0"]))
     [(_, _, _, p1, _)] = list(heads.head_params(w.learners["learner1"]))
@@ -186,14 +198,14 @@ def test_classification_heads_are_sized_per_learner_and_inherited_on_split(small
         parts["trainer"].train(start_epoch=2, num_epochs=2)  # and training goes on with them
 
 
-def test_arcface_heads_receive_gradient_and_change(small_digits):
-    parts, _ = run_few(small_digits, loss=losses.ArcFaceLoss(C, D), epochs=1)
+def test_per_learner_arcface_heads_receive_gradient_and_change(small_digits):
+    parts, _ = run_few(small_digits, loss=losses.ArcFaceLoss(C, D), epochs=1, heads="per_learner")
     w = parts["wrapper"]
     before = {k: m.W.detach().clone() for k, m in w.learners.items()}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        parts["trainer"].train(start_epoch=2, num_epochs=3)
-    for k in ("learner0", "learner1", "conquer"):
+        parts["trainer"].train(start_epoch=2, num_epochs=4)
+    for k in ("learner0", "learner1", "full"):
         assert not torch.equal(before[k], w.learners[k].W), f"{k}'s head did not change"
     # labels are mapped to 0..C-1 whatever the dataset's ids
     assert torch.equal(w.map_labels(torch.tensor([0, 9])), torch.tensor([0, 9]))
@@ -250,7 +262,7 @@ def test_cross_batch_memory_is_kept_per_learner(small_digits):
     loss = losses.CrossBatchMemory(losses.ContrastiveLoss(), D, memory_size=64)
     parts, _ = run_few(small_digits, loss=loss, epochs=2)  # epoch 2 trains both learners at K=2
     w = parts["wrapper"]
-    m0, m1, mc = (w.learners[k] for k in ("learner0", "learner1", "conquer"))
+    m0, m1, mc = (w.learners[k] for k in ("learner0", "learner1", "full"))
     assert m0.embedding_memory is not m1.embedding_memory
     assert m0.embedding_memory.shape == m1.embedding_memory.shape == (64, D // 2)
     assert mc.embedding_memory.shape == (64, D)
@@ -265,6 +277,7 @@ def test_classification_heads_follow_pml_lr_schedulers(small_digits):
     parts["trainer"].lr_schedulers = {"metric_loss_scheduler_by_epoch": torch.optim.lr_scheduler.StepLR(opt, 1, gamma=0.5)}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
+        parts["wrapper"].prepare(parts["trainer"])
         parts["trainer"].train(num_epochs=3)
     assert opt.param_groups[0]["lr"] == pytest.approx(1e-3 * 0.5**3)
     assert parts["wrapper"].num_active == 2

@@ -12,7 +12,7 @@ from pml_divide_conquer import ClusterSampler, clustering
 
 def test_ranks_draw_disjoint_halves_of_one_cluster_batch():
     labels = np.repeat(np.arange(12), 10)
-    samplers = [ClusterSampler(labels, 8, 4, seed=3, num_replicas=2, rank=r) for r in range(2)]
+    samplers = [ClusterSampler(labels, batch_size=8, m=4, seed=3, num_replicas=2, rank=r) for r in range(2)]
     for s in samplers:
         s.set_assignment(labels % 3)
     assert len(samplers[0]) == len(samplers[1])
@@ -32,7 +32,7 @@ def test_ranks_draw_disjoint_halves_of_one_cluster_batch():
 
 def test_set_epoch_reshuffles_like_distributed_sampler():
     labels = np.repeat(np.arange(12), 10)
-    s = ClusterSampler(labels, 8, 4, seed=3, num_replicas=2, rank=0)
+    s = ClusterSampler(labels, batch_size=8, m=4, seed=3, num_replicas=2, rank=0)
     s.set_epoch(0)
     e0 = list(iter(s))
     s.set_epoch(1)
@@ -43,9 +43,9 @@ def test_set_epoch_reshuffles_like_distributed_sampler():
 
 def test_ddp_sampler_errors_mention_the_ranks():
     with pytest.raises(ValueError, match="x 4 ranks"):
-        ClusterSampler(np.repeat(np.arange(4), 10), 8, 2, num_replicas=4, rank=0)
+        ClusterSampler(np.repeat(np.arange(4), 10), batch_size=8, m=2, num_replicas=4, rank=0)
     with pytest.raises(ValueError, match="out of range"):
-        ClusterSampler(np.repeat(np.arange(4), 10), 8, 2, num_replicas=2, rank=2)
+        ClusterSampler(np.repeat(np.arange(4), 10), batch_size=8, m=2, num_replicas=2, rank=2)
 
 
 @pytest.fixture(scope="module")
@@ -88,7 +88,7 @@ def test_ddp_reclustering_equals_single_process_clustering(ddp_run):
     from ddp_worker import dataset
 
     labels = dataset().labels
-    new = clustering.kmeans_with_retries(emb, 2, labels, niter=20, seed=0 + 1000 * r0["recluster_epoch"])
+    new = clustering.kmeans_with_retries(emb, 2, labels, seed=0)  # the same seed at every reclustering
     new = clustering.match_clusters(r0["old_assignment"], new, 2)
     assert np.array_equal(new, r0["new_assignment"])
 
@@ -112,3 +112,9 @@ def test_torchrun_example_runs_on_cpu():
     assert done.returncode == 0, done.stderr[-3000:]
     line = [l for l in done.stdout.splitlines() if "test R@1" in l]
     assert line and line[0].startswith("2 ranks, 4 epochs, K=2")
+
+
+def test_samplers_with_different_seeds_on_different_ranks_are_caught(ddp_run):
+    for r in ddp_run:
+        assert r["seed_mismatch"] is not None and "differs across ranks" in r["seed_mismatch"]
+        assert "same ClusterSampler seed" in r["seed_mismatch"]

@@ -20,7 +20,8 @@ def split():
     return ArrayDataset(x[perm[:half]], y[perm[:half]]), ArrayDataset(x[perm[half:]], y[perm[half:]])
 
 
-CFG = ex.RunConfig(loss="triplet", epochs=6, conquer_epoch=6, num_learners=2, m=8, embedding_size=16, hidden=64, lr=1e-3)
+CFG = ex.RunConfig(loss="triplet", epochs=6, full_embedding_epoch=5, all_data_epoch=6, num_learners=2, m=8,
+                   embedding_size=16, hidden=64, lr=1e-3)
 
 
 @pytest.mark.parametrize("mode", ["fixed", "learned"])
@@ -32,7 +33,7 @@ def test_dc_training_improves_recall_clearly(split, mode):
         warnings.simplefilter("ignore")
         trunk, embedder, trainer, wrapper = ex.train(train_set, cfg)
     after = ex.evaluate(trunk, embedder, test_set)
-    assert wrapper.num_active == 2 and wrapper.phase == "conquer"
+    assert wrapper.num_active == 2 and wrapper.phase == "all_data"
     assert after["precision_at_1"] >= before["precision_at_1"] + 0.08, (before, after)
     assert after["mean_average_precision_at_r"] >= before["mean_average_precision_at_r"] + 0.2, (before, after)
 

@@ -55,6 +55,7 @@ def run_with_hooks(dataset, folder, epochs, start_fresh=True, losses_out=None):
     start_epoch = 1 if start_fresh else hooks.load_latest_saved_models(parts["trainer"], model_folder, torch.device("cpu"))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
+        parts["wrapper"].prepare(parts["trainer"])  # after loading: a step already taken is not repeated
         parts["trainer"].train(start_epoch=start_epoch, num_epochs=epochs)
     return parts, hooks, record_keeper, start_epoch
 
@@ -69,7 +70,7 @@ def test_record_keeper_logs_learners_clusters_phase_and_masks(small, tmp_path):
     with open(csvs[name]) as f:
         rows = list(csv.DictReader(f))
     assert rows, "nothing was logged for the wrapper"
-    for col in ("num_active", "is_conquer", "learner0_loss", "cluster0_size", "cluster0_classes", "learner0_mask_usage"):
+    for col in ("num_active", "num_clusters", "phase_id", "full_loss", "learner0_loss", "cluster0_size", "cluster0_classes", "learner0_mask_usage"):
         assert col in rows[0], col
     last = rows[-1]
     assert int(float(last["num_active"])) == 4
@@ -98,6 +99,7 @@ def test_per_subspace_evaluation_and_cluster_purity(small):
     parts, seen = build(small, num_learners=2, mode="fixed", recluster_every=1, iterations_per_epoch=20), None
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
+        parts["wrapper"].prepare(parts["trainer"])
         parts["trainer"].train(num_epochs=2)
     w = parts["wrapper"]
     results = evaluate_subspaces(

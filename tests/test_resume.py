@@ -22,6 +22,12 @@ def make(digits, losses_out, recluster_every, workers, variant="masks"):
     elif variant == "memory":  # per-learner CrossBatchMemory, fixed K
         kw = dict(mode="fixed", grow=False, iterations_per_epoch=45,
                   loss=losses.CrossBatchMemory(losses.ContrastiveLoss(), 16, memory_size=48))
+    elif variant == "phases":  # per-learner heads, resumed before the full-embedding and all-data phases
+        kw = dict(mode="fixed", heads="per_learner", loss=losses.ArcFaceLoss(10, 16), iterations_per_epoch=30,
+                  full_embedding_epoch=3, all_data_epoch=4)
+    elif variant == "phases_frozen":  # shared head and masks, resumed inside the full-embedding phase
+        kw = dict(mode="learned", loss=losses.ArcFaceLoss(10, 16), iterations_per_epoch=30,
+                  full_embedding_epoch=3, all_data_epoch=5, freeze_trunk_epochs=1)
     parts = build(digits, num_learners=4, recluster_every=recluster_every, end_of_iteration_hook=record,
                   workers=workers, **kw)
     parts["wrapper"].prepare(parts["trainer"])
@@ -53,7 +59,8 @@ def load(parts, buf):
 
 @pytest.mark.parametrize(
     "stop_after, recluster_every, workers, variant",
-    [(2, 1, 0, "masks"), (3, 2, 2, "masks"), (2, 1, 0, "arcface"), (2, 1, 0, "memory")],
+    [(2, 1, 0, "masks"), (3, 2, 2, "masks"), (2, 1, 0, "arcface"), (2, 1, 0, "memory"), (2, 1, 0, "phases"),
+     (3, 2, 0, "phases_frozen")],
 )
 def test_resume_gives_the_same_losses(digits, stop_after, recluster_every, workers, variant):
     total = stop_after + 2
@@ -73,6 +80,7 @@ def test_resume_gives_the_same_losses(digits, stop_after, recluster_every, worke
         c = make(digits, resumed, recluster_every, workers, variant)  # fresh objects, as in a new process
         load(c, buf)
         assert c["wrapper"].num_active == a["wrapper"].schedule.learners_in_epoch(stop_after + 1)
+        assert c["wrapper"].phase == a["wrapper"].schedule.phase_in_epoch(stop_after + 1)
         c["trainer"].train(start_epoch=stop_after + 1, num_epochs=total)
 
     assert [l for e, l in first] == [l for e, l in full if e <= stop_after]
@@ -82,3 +90,42 @@ def test_resume_gives_the_same_losses(digits, stop_after, recluster_every, worke
     if variant == "masks":
         assert torch.equal(c["embedder"].masks, a["embedder"].masks)
     assert np.array_equal(c["sampler"].assignment, a["sampler"].assignment)
+
+
+class LikeCuda(torch.Tensor):
+    """A tensor that, like a CUDA tensor, cannot become a numpy array before .cpu()."""
+
+    def numpy(self, *args, **kwargs):
+        raise TypeError("can't convert cuda:0 device type tensor to numpy. Use Tensor.cpu() first.")
+
+    def __array__(self, *args, **kwargs):
+        raise TypeError("can't convert cuda:0 device type tensor to numpy. Use Tensor.cpu() first.")
+
+    def cpu(self, *args, **kwargs):
+        return self.as_subclass(torch.Tensor).clone()
+
+
+def on_fake_device(state):
+    if torch.is_tensor(state):
+        return state.as_subclass(LikeCuda)
+    if isinstance(state, dict):
+        return {k: on_fake_device(v) for k, v in state.items()}
+    if isinstance(state, list):
+        return [on_fake_device(v) for v in state]
+    return state
+
+
+@pytest.mark.parametrize("variant", ["masks", "phases", "memory"])
+def test_state_loads_from_tensors_on_another_device(digits, variant):
+    """PML's HookContainer loads checkpoints with map_location=device: on a GPU every tensor arrives there."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        b = make(digits, [], 1, 0, variant)
+        b["trainer"].train(num_epochs=2)
+        state = on_fake_device(b["wrapper"].state_dict())
+        with pytest.raises(TypeError, match="cuda"):
+            state["_extra_state"]["sampler"]["assignment"].numpy()  # the stand-in refuses, like CUDA
+        c = make(digits, [], 1, 0, variant)
+        c["wrapper"].load_state_dict(state)
+    assert np.array_equal(c["sampler"].assignment, b["sampler"].assignment)
+    assert c["wrapper"].last_epoch == 2 and c["wrapper"].num_active == b["wrapper"].num_active

@@ -17,7 +17,8 @@ def test_each_batch_goes_to_the_learner_of_its_cluster_with_two_workers(digits):
     def after_iteration(trainer):
         w = parts["wrapper"]
         # the sampler's own cluster for the indices the DataLoader workers actually loaded
-        log.append((trainer.epoch, recorder.last, w.current_learner, w.phase, parts["sampler"].assignment))
+        s = parts["sampler"]
+        log.append((trainer.epoch, recorder.last, w.current_learner, str(w.phase), s.assignment, s.version))
 
     tester = testers.GlobalEmbeddingSpaceTester(
         dataloader_num_workers=2,
@@ -37,7 +38,8 @@ def test_each_batch_goes_to_the_learner_of_its_cluster_with_two_workers(digits):
         digits,
         num_learners=4,
         recluster_every=2,
-        conquer_epoch=8,
+        full_embedding_epoch=5,
+        all_data_epoch=8,
         workers=2,
         data_and_label_getter=recorder,
         end_of_iteration_hook=after_iteration,
@@ -50,18 +52,25 @@ def test_each_batch_goes_to_the_learner_of_its_cluster_with_two_workers(digits):
         parts["trainer"].train(num_epochs=epochs)
 
     assert len(log) == epochs * iters
-    used = set()
-    for epoch, idx, learner, phase, assignment in log:
+    used, clusters_seen, versions = set(), {}, {}
+    for epoch, idx, learner, phase, assignment, version in log:
         clusters = np.unique(assignment[idx])
         assert len(clusters) == 1, f"epoch {epoch}: batch spans clusters {clusters}"
-        if phase == "conquer":
-            assert epoch == 8 and learner == 4  # the conquer learner, after the 4 cluster learners
-        else:
+        clusters_seen.setdefault(epoch, set()).add(int(clusters[0]))
+        versions[epoch] = version
+        if phase == "divide":
+            assert epoch <= 4
             assert learner == clusters[0], f"epoch {epoch}: batch of cluster {clusters[0]} went to learner {learner}"
             used.add((epoch, learner))
+        else:  # the full-embedding learner, after the 4 cluster learners
+            assert learner == 4 and phase == ("full_embedding" if 5 <= epoch <= 7 else "all_data")
     assert {l for e, l in used if e <= 2} == {0}
     assert {l for e, l in used if 3 <= e <= 4} == {0, 1}
-    assert {l for e, l in used if 5 <= e <= 7} == {0, 1, 2, 3}
+    # full embedding: batches still come from one cluster at a time (4 clusters), and reclustering goes on
+    assert all(clusters_seen[e] == {0, 1, 2, 3} for e in (5, 6, 7))
+    assert versions[7] > versions[6] > versions[4]
+    # all data: one cluster holding everything
+    assert clusters_seen[8] == {0} and np.all(log[-1][4] == 0)
     # restarts really happened: PML's on exhaustion plus ours after each reclustering (with workers prefetching)
     assert parts["sampler"]._generation >= 8
     assert len(accuracies) == epochs and accuracies[-1] > 0.8
@@ -86,6 +95,7 @@ def test_hungarian_matching_keeps_learners_on_their_data(digits, monkeypatch):
 
 def test_clustering_uses_pml_tester_embeddings(digits):
     parts = build(digits, num_learners=2)
+    parts["wrapper"].cluster_on = "embedding"
     emb = parts["wrapper"].embed_training_set(parts["trainer"])
     tester = testers.BaseTester(data_device=torch.device("cpu"), dataloader_num_workers=0,
                                 data_and_label_getter=lambda b: b[:2])
@@ -93,5 +103,29 @@ def test_clustering_uses_pml_tester_embeddings(digits):
     assert np.allclose(emb, ref, atol=1e-6)
     assert np.allclose(np.linalg.norm(emb, axis=1), 1.0, atol=1e-5)
     trunk_parts = build(digits, num_learners=2)
-    trunk_parts["wrapper"].cluster_on = "trunk"
+    assert trunk_parts["wrapper"].cluster_on == "trunk"  # the default, as in the reference code
     assert trunk_parts["wrapper"].embed_training_set(trunk_parts["trainer"]).shape == (len(digits), 32)
+
+
+def test_reclustering_with_workers_leaves_no_tracebacks(digits, capfd):
+    """The iterator abandoned at each reclustering shuts its workers down before the next one forks its own (else
+    the new workers inherit it and print "can only test a child process" tracebacks when they collect it)."""
+    parts = build(digits, num_learners=4, recluster_every=1, workers=2, iterations_per_epoch=20)
+    w, trainer = parts["wrapper"], parts["trainer"]
+    abandoned = []
+    trainer.end_of_epoch_hook = w.get_end_of_epoch_hook(then=lambda t: abandoned.append(t.dataloader_iter) or True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        w.prepare(trainer)
+        trainer.initialize_dataloader()
+        before = trainer.dataloader_iter
+        w.recluster(trainer)
+        assert before._shutdown and not any(p.is_alive() for p in before._workers)
+        assert trainer.dataloader_iter is not before
+        trainer.train(num_epochs=3)
+    import gc
+
+    gc.collect()
+    err = capfd.readouterr().err
+    assert w.num_active == 4 and all(it._shutdown for it in abandoned[:-1])
+    assert "can only test a child process" not in err and "Exception ignored" not in err, err[-2000:]

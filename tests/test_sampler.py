@@ -38,28 +38,43 @@ def clustered_data(draw):
     return labels, m, per_batch * m, assignment, k, seed
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+def servable(labels, assignment, c, m, batch_size):
+    """Whether cluster c can fill a batch of distinct samples, m per class (by brute counting)."""
+    _, counts = np.unique(labels[assignment == c], return_counts=True)
+    return (counts // m).sum() >= batch_size // m
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(clustered_data())
-def test_every_batch_is_one_cluster_m_per_class_and_clusters_get_equal_batches(case):
+def test_every_batch_is_one_cluster_m_per_class_with_distinct_samples_and_clusters_get_equal_batches(case):
     labels, m, batch_size, assignment, k, seed = case
     if batch_size > len(labels):
         return
+    _, counts = np.unique(labels, return_counts=True)
+    if (counts // m).sum() < batch_size // m or len(counts) < batch_size // m:
+        with pytest.raises(ValueError):
+            ClusterSampler(labels, batch_size=batch_size, m=m, seed=seed)
+        return
+    s = ClusterSampler(labels, batch_size=batch_size, m=m, seed=seed)
+    served = {c for c in range(k) if servable(labels, assignment, c, m, batch_size)}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        s = ClusterSampler(labels, batch_size, m, seed=seed)
+        if not served:
+            with pytest.raises(RuntimeError, match="no cluster can fill a batch"):
+                s.set_assignment(assignment, k)
+            return
         s.set_assignment(assignment, k)
         batches = take_pass(s)
     assert len(batches) == s.batches_per_pass()
     assert len(s) == (len(labels) // batch_size) * batch_size  # epoch length: one pass over the data, any K
-    nonempty = set(np.unique(assignment).tolist())
-    counts = {c: 0 for c in nonempty}
+    seen = {c: 0 for c in served}
     for c, b in batches:
-        assert len(b) == batch_size
+        assert len(b) == batch_size and len(set(b.tolist())) == batch_size  # no sample twice in a batch
         assert (assignment[b] == c).all()  # a single cluster, the one on the ticket
         _, per_class = np.unique(labels[b], return_counts=True)
-        assert (per_class % m == 0).all()  # m per class (a class may appear twice only if the cluster is short)
-        counts[c] += 1
-    assert len(set(counts.values())) == 1  # round-robin, small clusters oversampled
+        assert (per_class % m == 0).all()  # m per class (2m, 3m, ... only when the cluster has few classes)
+        seen[c] += 1
+    assert set(seen) == served and len(set(seen.values())) == 1  # round-robin, small clusters oversampled
 
 
 def test_without_replacement_while_a_class_has_samples_left():
@@ -75,19 +90,22 @@ def test_without_replacement_while_a_class_has_samples_left():
             assert len(set(seq[start : start + 12])) == 12
 
 
-def test_small_classes_are_sampled_with_replacement_with_one_warning():
-    labels = np.array([0] * 10 + [1] * 10 + [2] * 2)
+def test_class_fragments_smaller_than_m_are_left_out_with_one_warning():
+    labels = np.array([0] * 10 + [1] * 10 + [2] * 2 + [3] * 12)
     s = ClusterSampler(labels, batch_size=8, m=4, seed=0)
-    with pytest.warns(UserWarning, match="sampled with replacement") as record:
-        take_pass(s)
-        take_pass(s)
-    assert sum("replacement" in str(w.message) for w in record) == 1
+    with pytest.warns(UserWarning, match="2 of 34 samples belong to classes with fewer than m=4") as record:
+        s.set_assignment(np.zeros(len(labels), dtype=int), 1)
+        batches = take_pass(s) + take_pass(s)
+    assert sum("fewer than m" in str(w.message) for w in record) == 1
+    used = np.concatenate([b for _, b in batches])
+    assert not np.isin(used, np.flatnonzero(labels == 2)).any()
+    assert all(len(set(b.tolist())) == len(b) for _, b in batches)
 
 
 def test_deterministic_for_a_seed_and_reshuffled_every_pass():
     labels = np.repeat(np.arange(10), 20)
-    a = ClusterSampler(labels, 12, 4, seed=7)
-    b = ClusterSampler(labels, 12, 4, seed=7)
+    a = ClusterSampler(labels, batch_size=12, m=4, seed=7)
+    b = ClusterSampler(labels, batch_size=12, m=4, seed=7)
     assignment = labels % 3
     a.set_assignment(assignment)
     b.set_assignment(assignment)
@@ -95,14 +113,14 @@ def test_deterministic_for_a_seed_and_reshuffled_every_pass():
     assert all(np.array_equal(x[1], y[1]) for x, y in zip(pa1, pb1))
     pa2 = take_pass(a)
     assert not all(np.array_equal(x[1], y[1]) for x, y in zip(pa1, pa2))
-    c = ClusterSampler(labels, 12, 4, seed=8)
+    c = ClusterSampler(labels, batch_size=12, m=4, seed=8)
     c.set_assignment(assignment)
     assert not all(np.array_equal(x[1], y[1]) for x, y in zip(pa1, take_pass(c)))
 
 
 def test_state_dict_resumes_the_same_stream_mid_pass():
     labels = np.repeat(np.arange(10), 20)
-    a = ClusterSampler(labels, 20, 4, seed=1)
+    a = ClusterSampler(labels, batch_size=20, m=4, seed=1)
     a.set_assignment(labels % 2)
     it = iter(a)
     flat = [next(it) for _ in range(3 * 20)]
@@ -110,7 +128,7 @@ def test_state_dict_resumes_the_same_stream_mid_pass():
         a.pop_ticket(torch.as_tensor(labels[flat[20 * i : 20 * (i + 1)]]))
     state = a.state_dict()
     rest_a = list(it) + list(iter(a))
-    b = ClusterSampler(labels, 20, 4, seed=99)
+    b = ClusterSampler(labels, batch_size=20, m=4, seed=99)
     b.load_state_dict(state)
     rest_b = list(iter(b))
     assert rest_b == rest_a[: len(rest_b)]
@@ -118,7 +136,7 @@ def test_state_dict_resumes_the_same_stream_mid_pass():
 
 def test_new_iterator_drops_tickets_of_abandoned_prefetch():
     labels = np.repeat(np.arange(4), 10)
-    s = ClusterSampler(labels, 8, 4)
+    s = ClusterSampler(labels, batch_size=8, m=4)
     it = iter(s)
     _ = [next(it) for _ in range(16)]  # two batches "prefetched", never consumed
     it2 = iter(s)
@@ -129,7 +147,7 @@ def test_new_iterator_drops_tickets_of_abandoned_prefetch():
 
 def test_pop_ticket_refuses_what_it_did_not_draw():
     labels = np.repeat(np.arange(4), 10)
-    s = ClusterSampler(labels, 8, 4)
+    s = ClusterSampler(labels, batch_size=8, m=4)
     with pytest.raises(RuntimeError, match="did not draw"):
         s.pop_ticket(torch.zeros(8, dtype=torch.long))
     it = iter(s)
@@ -143,7 +161,7 @@ def test_pop_ticket_refuses_what_it_did_not_draw():
 
 def test_stale_batch_after_reassignment_is_refused():
     labels = np.repeat(np.arange(4), 10)
-    s = ClusterSampler(labels, 8, 4)
+    s = ClusterSampler(labels, batch_size=8, m=4)
     it = iter(s)
     idx = [next(it) for _ in range(8)]
     s.set_assignment(labels % 2)
@@ -167,18 +185,33 @@ def test_bad_batch_settings_raise(kwargs, match):
 
 def test_bad_labels_and_assignments_raise():
     with pytest.raises(ValueError, match="1-D"):
-        ClusterSampler(np.zeros((4, 2), dtype=int), 2, 1)
-    s = ClusterSampler(np.repeat(np.arange(4), 10), 8, 4)
+        ClusterSampler(np.zeros((4, 2), dtype=int), batch_size=2, m=1)
+    s = ClusterSampler(np.repeat(np.arange(4), 10), batch_size=8, m=4)
     with pytest.raises(ValueError, match="one id per sample"):
         s.set_assignment(np.zeros(3, dtype=int))
     with pytest.raises(ValueError, match="out of range"):
         s.set_assignment(np.full(40, 5), num_clusters=2)
 
 
-def test_cluster_with_too_few_classes_warns_and_still_fills_batches():
+def test_cluster_with_few_classes_takes_several_groups_per_class_without_repeating_a_sample():
     labels = np.repeat(np.arange(6), 10)
-    s = ClusterSampler(labels, 12, 4)
-    with pytest.warns(UserWarning, match="fewer than batch_size/m"):
-        s.set_assignment((labels == 0).astype(int))  # cluster 1 holds a single class
+    s = ClusterSampler(labels, batch_size=12, m=4)
+    s.set_assignment((labels >= 4).astype(int))  # cluster 1 holds 2 classes of 10: 3 groups of 4 need 2 from one
     batches = take_pass(s)
-    assert all(len(b) == 12 for _, b in batches)
+    from_1 = [b for c, b in batches if c == 1]
+    assert from_1 and all(len(set(b.tolist())) == 12 for b in from_1)
+    assert all(sorted(np.unique(labels[b], return_counts=True)[1].tolist()) == [4, 8] for b in from_1)
+
+
+def test_cluster_that_cannot_fill_a_batch_with_distinct_samples_is_skipped_with_a_warning():
+    labels = np.repeat(np.arange(6), 10)
+    s = ClusterSampler(labels, batch_size=12, m=4)
+    with pytest.warns(UserWarning, match=r"clusters \[1\] cannot fill a batch of 12 distinct samples"):
+        s.set_assignment((labels == 0).astype(int))  # cluster 1: a single class of 10 gives 2 groups of 4, not 3
+    batches = take_pass(s)
+    assert batches and all(c == 0 and len(set(b.tolist())) == 12 for c, b in batches)
+
+
+def test_batch_size_and_m_are_keyword_only():
+    with pytest.raises(TypeError, match="batch_size and m as keywords"):
+        ClusterSampler(np.repeat(np.arange(4), 10), 8, 4)

@@ -5,16 +5,35 @@ import warnings
 import numpy as np
 import pytest
 import torch
-from pytorch_metric_learning import losses, miners, samplers, trainers
+from pytorch_metric_learning import losses, miners, samplers, testers, trainers
 
 from conftest import build
-from pml_divide_conquer import ClusterSampler, DivideConquerWrapper, SubspaceMaskedEmbedder
+from pml_divide_conquer import ClusterSampler, DivideConquerSchedule, DivideConquerWrapper, SubspaceMaskedEmbedder
+from pml_divide_conquer.datasets import ArrayDataset
 
 
 def wrapper_for(labels, loss=None, num_learners=2, **kw):
     emb = SubspaceMaskedEmbedder(8, num_learners)
-    sampler = ClusterSampler(labels, 8, 4)
+    sampler = ClusterSampler(labels, batch_size=8, m=4)
     return DivideConquerWrapper(loss or losses.ContrastiveLoss(), embedder=emb, sampler=sampler, **kw)
+
+
+def trainer_for(wrapper, labels, dim=8):
+    """A real PML trainer around ``wrapper`` (random inputs), prepared."""
+    ds = ArrayDataset(np.random.default_rng(0).normal(size=(len(labels), dim)).astype(np.float32), labels)
+    groups = wrapper.embedder.parameter_groups(lr=1e-3)
+    optimizers = {"embedder_optimizer": torch.optim.Adam(groups)} if groups else {}
+    if any(p.requires_grad for p in wrapper.parameters()):
+        optimizers["metric_loss_optimizer"] = torch.optim.Adam(wrapper.parameters(), lr=1e-3)
+    trainer = trainers.MetricLossOnly(
+        models={"trunk": torch.nn.Identity(), "embedder": wrapper.embedder}, optimizers=optimizers,
+        batch_size=wrapper.sampler.batch_size, loss_funcs={"metric_loss": wrapper}, dataset=ds,
+        sampler=wrapper.sampler, dataloader_num_workers=0, data_device=torch.device("cpu"),
+        end_of_epoch_hook=wrapper.get_end_of_epoch_hook())
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        wrapper.prepare(trainer)
+    return trainer
 
 
 LABELS = np.repeat(np.arange(4), 10)
@@ -42,9 +61,9 @@ def test_sampler_and_embedder_types_are_checked():
     with pytest.raises(TypeError, match="must be a ClusterSampler"):
         DivideConquerWrapper(losses.ContrastiveLoss(), embedder=emb, sampler=samplers.MPerClassSampler(LABELS, 4))
     with pytest.raises(TypeError, match="SubspaceMaskedEmbedder"):
-        DivideConquerWrapper(losses.ContrastiveLoss(), embedder=torch.nn.Identity(), sampler=ClusterSampler(LABELS, 8, 4))
+        DivideConquerWrapper(losses.ContrastiveLoss(), embedder=torch.nn.Identity(), sampler=ClusterSampler(LABELS, batch_size=8, m=4))
     with pytest.raises(TypeError, match="PML miner"):
-        DivideConquerWrapper(losses.ContrastiveLoss(), torch.nn.Identity(), embedder=emb, sampler=ClusterSampler(LABELS, 8, 4))
+        DivideConquerWrapper(losses.ContrastiveLoss(), torch.nn.Identity(), embedder=emb, sampler=ClusterSampler(LABELS, batch_size=8, m=4))
 
 
 @pytest.mark.parametrize(
@@ -73,8 +92,8 @@ def test_trainer_with_another_sampler_is_refused(digits):
     parts = build(digits, trainer_sampler=other)
     with pytest.raises(ValueError, match="not the wrapper's ClusterSampler"):
         parts["wrapper"].prepare(parts["trainer"])
-    # without prepare(): the first batch cannot be routed, and says so
-    with pytest.raises(RuntimeError, match="did not draw"), warnings.catch_warnings():
+    # without prepare(): the first batch says so
+    with pytest.raises(RuntimeError, match="was not prepared"), warnings.catch_warnings():
         warnings.simplefilter("ignore")
         parts["trainer"].train(num_epochs=1)
 
@@ -83,16 +102,95 @@ def test_trainer_batch_size_differing_from_sampler_is_refused(digits):
     parts = build(digits, trainer_batch_size=12)
     with pytest.raises(ValueError, match="batch_size=12 differs"):
         parts["wrapper"].prepare(parts["trainer"])
-    with pytest.raises(RuntimeError, match="batch of 12 samples"), warnings.catch_warnings():
+
+
+@pytest.mark.parametrize("grow", [True, False])
+def test_training_without_prepare_is_refused_at_the_first_batch(digits, grow):
+    parts = build(digits, grow=grow)
+    with pytest.raises(RuntimeError, match=r"call wrapper.prepare\(trainer\) before trainer.train"), warnings.catch_warnings():
         warnings.simplefilter("ignore")
         parts["trainer"].train(num_epochs=1)
 
 
-def test_fixed_K_without_prepare_is_refused(digits):
-    parts = build(digits, grow=False)
-    with pytest.raises(RuntimeError, match="prepare"), warnings.catch_warnings():
+def loss_called_by(trainer):
+    """Call the trainer's metric loss as one of the trainer's own methods would (``self`` on the call stack)."""
+    self = trainer  # noqa: F841 - the wrapper looks for the calling trainer to word its error
+    return trainer.loss_funcs["metric_loss"](torch.randn(16, 16), torch.as_tensor(trainer.dataset.labels[:16]))
+
+
+def test_unsupported_trainer_without_prepare_is_named(digits):
+    parts = build(digits, num_learners=2)
+    parts["trainer"].__class__ = trainers.TwoStreamMetricLoss  # calls the loss with its own batch layout
+    with pytest.raises(TypeError, match="TwoStreamMetricLoss is not supported"):
+        loss_called_by(parts["trainer"])
+
+
+def test_missing_end_of_epoch_hook_is_refused_at_prepare(digits):
+    from pytorch_metric_learning.utils import logging_presets
+
+    parts = build(digits, num_learners=2, end_of_epoch_hook=None)
+    with pytest.raises(ValueError, match="does not take the D&C step"):
+        parts["wrapper"].prepare(parts["trainer"])
+    hooks = logging_presets.HookContainer(None)
+    parts["trainer"].end_of_epoch_hook = hooks.end_of_epoch_hook(testers.GlobalEmbeddingSpaceTester(), {}, "unused")
+    with pytest.raises(ValueError, match="HookContainer.end_of_epoch_hook"):
+        parts["wrapper"].prepare(parts["trainer"])
+
+
+def test_a_hook_of_ones_own_that_skips_the_step_is_caught_at_the_next_epoch(digits):
+    parts = build(digits, num_learners=2, end_of_epoch_hook=lambda trainer: True, iterations_per_epoch=2)
+    with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        parts["trainer"].train(num_epochs=1)
+        parts["wrapper"].prepare(parts["trainer"])  # cannot tell what a user's own hook does ...
+        with pytest.raises(RuntimeError, match="end_of_epoch_hook does not call it"):
+            parts["trainer"].train(num_epochs=2)  # ... but the first batch of epoch 2 can
+    # a hook of one's own that does call it is fine
+    parts = build(digits, num_learners=2, iterations_per_epoch=2)
+    w = parts["wrapper"]
+    parts["trainer"].end_of_epoch_hook = lambda trainer: w.end_of_epoch_hook(trainer) and True
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        w.prepare(parts["trainer"])
+        parts["trainer"].train(num_epochs=2)
+    assert w.last_epoch == 2 and w.num_active == 2
+
+
+def test_trunk_is_frozen_in_the_first_epoch_after_each_reclustering(digits):
+    lrs = []
+    parts = build(digits, num_learners=2, recluster_every=2, freeze_trunk_epochs=1, iterations_per_epoch=3,
+                  end_of_iteration_hook=lambda t: lrs.append((t.epoch, t.optimizers["trunk_optimizer"].param_groups[0]["lr"])))
+    trunk = parts["trunk"]
+    snapshots = []
+    w = parts["wrapper"]
+    parts["trainer"].end_of_epoch_hook = w.get_end_of_epoch_hook(
+        then=lambda t: snapshots.append([p.detach().clone() for p in trunk.parameters()]) or True
+    )
+    before = [p.detach().clone() for p in trunk.parameters()]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        w.prepare(parts["trainer"])
+        parts["trainer"].train(num_epochs=4)
+    assert [lr for e, lr in lrs] == [0.0] * 3 + [1e-3] * 3 + [0.0] * 3 + [1e-3] * 3
+    changed = [any(not torch.equal(a, b) for a, b in zip(x, y)) for x, y in zip([before] + snapshots, snapshots)]
+    assert changed == [False, True, False, True]  # Adam with lr 0 leaves the trunk where it was
+    assert parts["trainer"].optimizers["trunk_optimizer"].param_groups[0]["lr"] == 0.0  # epoch 5 would be frozen
+    with pytest.raises(ValueError, match="trunk_optimizer"):
+        p2 = build(digits, num_learners=2, recluster_every=2, freeze_trunk_epochs=1)
+        del p2["trainer"].optimizers["trunk_optimizer"]
+        p2["wrapper"].prepare(p2["trainer"])
+
+
+def test_schedule_given_whole_or_in_parts_not_both():
+    sched = DivideConquerSchedule.journal(20, 2)
+    w = wrapper_for(LABELS, schedule=sched)
+    assert w.schedule is sched
+    with pytest.raises(ValueError, match="not both"):
+        wrapper_for(LABELS, schedule=sched, recluster_every=3)
+    with pytest.raises(ValueError, match="num_learners=4"):
+        wrapper_for(LABELS, schedule=DivideConquerSchedule.journal(20, 4))
+    with pytest.warns(FutureWarning, match="conquer_epoch is deprecated"):
+        w = wrapper_for(LABELS, conquer_epoch=5)
+    assert (w.schedule.full_embedding_epoch, w.schedule.all_data_epoch) == (5, 5)
 
 
 def test_miner_given_twice_is_refused():
@@ -114,8 +212,9 @@ def test_learner_loss_is_the_wrapped_loss_on_its_subspace_plus_orthogonality():
     emb = SubspaceMaskedEmbedder(8, 2, mode="learned")
     with torch.no_grad():
         emb.masks.copy_(torch.randn(2, 8))
-    sampler = ClusterSampler(labels, 8, 4, seed=0)
+    sampler = ClusterSampler(labels, batch_size=8, m=4, seed=0)
     w = DivideConquerWrapper(losses.ContrastiveLoss(), embedder=emb, sampler=sampler, orthogonality_weight=0.5)
+    trainer_for(w, labels)
     sampler.set_assignment(labels % 2)
     w.num_active = 2
     it = iter(sampler)
@@ -139,24 +238,21 @@ def test_frozen_wrapper_is_refused(digits):
 
 def test_sampler_built_for_another_rank_is_refused():
     labels = np.repeat(np.arange(4), 10)
-    sampler = ClusterSampler(labels, 4, 2, num_replicas=2, rank=1)  # but this process is not distributed
+    sampler = ClusterSampler(labels, batch_size=4, m=2, num_replicas=2, rank=1)  # but this process is not distributed
     w = DivideConquerWrapper(losses.ContrastiveLoss(), embedder=SubspaceMaskedEmbedder(8, 2), sampler=sampler)
-    with pytest.raises(RuntimeError, match="rank 1 of 2, but this process is rank 0 of 1"):
-        w(torch.randn(4, 8), torch.zeros(4, dtype=torch.long))
+    with pytest.raises(ValueError, match="rank 1 of 2, but this process is rank 0 of 1"):
+        trainer_for(w, labels)
 
 
 def test_recluster_keeps_K_and_missed_steps_are_refused(digits):
-    parts = build(digits, num_learners=4, conquer_epoch=3)
+    parts = build(digits, num_learners=4, full_embedding_epoch=3, all_data_epoch=3)
     w, t = parts["wrapper"], parts["trainer"]
     with pytest.raises(ValueError, match="keeps K=1"):
         w.recluster(t, num_learners=4)
-    with pytest.raises(RuntimeError, match="never taken"), warnings.catch_warnings():
+    with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        t.train(start_epoch=4, num_epochs=4)  # a fresh wrapper, as if its state had not been loaded
-
-
-def test_error_before_training_names_the_missing_step(digits):
-    parts = build(digits, num_learners=4, conquer_epoch=1)
-    with pytest.raises(RuntimeError, match="conquer phase before the first epoch"), warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        parts["trainer"].train(num_epochs=1)
+        w.prepare(t)
+        with pytest.raises(RuntimeError, match="end-of-epoch step was last taken after epoch 0"):
+            t.train(start_epoch=4, num_epochs=4)  # a fresh wrapper, as if its state had not been loaded
+    with pytest.raises(RuntimeError, match="never taken"):
+        w.step(t, 3)

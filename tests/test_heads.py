@@ -1,0 +1,148 @@
+"""Classification heads: one shared head that each learner trains a part of, or one head per learner."""
+
+import warnings
+
+import numpy as np
+import pytest
+import torch
+from pytorch_metric_learning import losses
+
+from conftest import IndexedDataset, build
+from pml_divide_conquer import heads
+
+D, C = 16, 10
+
+
+@pytest.fixture(scope="module")
+def small_digits(digits):
+    keep = np.arange(0, len(digits), 3)
+    return IndexedDataset(digits.data[keep].numpy(), digits.labels[keep])
+
+
+def trained(dataset, loss, epochs, heads_mode="shared", mode="fixed", full_embedding_epoch=4, all_data_epoch=5):
+    parts = build(
+        dataset,
+        num_learners=2,
+        mode=mode,
+        recluster_every=1,
+        full_embedding_epoch=full_embedding_epoch,
+        all_data_epoch=all_data_epoch,
+        heads=heads_mode,
+        loss=loss,
+        embedding_size=D,
+        iterations_per_epoch=3,
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        parts["wrapper"].prepare(parts["trainer"])
+        parts["trainer"].train(num_epochs=epochs)
+    return parts
+
+
+@pytest.mark.parametrize("name", ["ArcFaceLoss", "ProxyAnchorLoss", "SoftTripleLoss"])
+def test_shared_head_each_fixed_chunk_learner_trains_its_slice(small_digits, name):
+    make = {
+        "ArcFaceLoss": lambda d: losses.ArcFaceLoss(C, d),
+        "ProxyAnchorLoss": lambda d: losses.ProxyAnchorLoss(C, d),
+        "SoftTripleLoss": lambda d: losses.SoftTripleLoss(C, d, centers_per_class=2),
+    }[name]
+    parts = trained(small_digits, make(D), epochs=2)  # epoch 2 at K=2: learners on chunks 0:8 and 8:16
+    w = parts["wrapper"]
+    assert w.num_active == 2 and str(w.phase) == "divide"
+    assert all(not list(w.learners[k].parameters()) for k in ("learner0", "learner1"))  # one copy of the head
+    [(qual, _, _, head, dim)] = list(heads.head_params(w.learners["full"]))
+    assert head.shape[dim] == D
+
+    x, y = torch.nn.functional.normalize(torch.randn(8, D // 2), dim=1), torch.arange(8) % C
+    reference = make(D // 2)
+    with torch.no_grad():
+        getattr(reference, qual).copy_(head.narrow(dim, D // 2, D // 2))
+    w.zero_grad()
+    got = w._learner_loss("learner1", x, y, None, learner=1)
+    assert torch.allclose(got, reference(x, y), atol=1e-6)
+    got.backward()
+    grad = head.grad
+    assert grad.narrow(dim, 0, D // 2).abs().sum() == 0 and grad.narrow(dim, D // 2, D // 2).abs().sum() > 0
+
+
+def test_shared_head_is_the_one_the_full_embedding_phases_go_on_training(small_digits):
+    parts = trained(small_digits, losses.ArcFaceLoss(C, D), epochs=2)
+    w = parts["wrapper"]
+    W = w.learners["full"].W
+    after_divide = W.detach().clone()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        parts["trainer"].train(start_epoch=3, num_epochs=5)
+    assert w.learners["full"].W is W and str(w.phase) == "all_data"
+    assert not torch.equal(after_divide, W)
+    # it went on from the trained head, not from a fresh one: still close to where the divide phase left it
+    assert torch.nn.functional.cosine_similarity(after_divide.flatten(), W.detach().flatten(), dim=0) > 0.9
+
+
+def test_shared_head_with_learned_masks_is_the_whole_head_on_the_masked_embedding(small_digits):
+    parts = trained(small_digits, losses.ArcFaceLoss(C, D), epochs=2, mode="learned")
+    w = parts["wrapper"]
+    x, y = torch.nn.functional.normalize(torch.randn(8, D), dim=1), torch.arange(8) % C
+    reference = losses.ArcFaceLoss(C, D)
+    with torch.no_grad():
+        reference.W.copy_(w.learners["full"].W)
+    assert torch.allclose(w._learner_loss("learner0", x, y, None, learner=0), reference(x, y), atol=1e-6)
+
+
+def test_per_learner_full_head_starts_from_the_learners_heads_put_together(small_digits):
+    parts = trained(small_digits, losses.ArcFaceLoss(C, D), epochs=2, heads_mode="per_learner")
+    w = parts["wrapper"]
+    halves = [w.learners[k].W.detach().clone() for k in ("learner0", "learner1")]
+    assert halves[0].shape == (D // 2, C)
+    w.step(parts["trainer"], 3)  # into the full-embedding phase (epoch 4)
+    assert str(w.phase) == "full_embedding"
+    assert torch.equal(w.learners["full"].W, torch.cat(halves, dim=0))
+
+
+def test_per_learner_full_head_with_learned_masks_takes_each_class_from_its_cluster(small_digits):
+    parts = trained(small_digits, losses.ArcFaceLoss(C, D), epochs=2, heads_mode="per_learner", mode="learned")
+    w = parts["wrapper"]
+    own = [w.learners[k].W.detach().clone() for k in ("learner0", "learner1")]
+    owners = w._class_owners()
+    w.step(parts["trainer"], 3)
+    full = w.learners["full"].W
+    for c in range(C):
+        assert torch.equal(full[:, c], own[owners[c]][:, c])
+
+
+def test_assemble_averages_where_a_class_has_several_columns_it_cannot_place():
+    parts = [losses.ArcFaceLoss(4, 6), losses.ArcFaceLoss(4, 6)]
+    dst = losses.ArcFaceLoss(4, 6)
+    heads.assemble(parts, dst, dims=[None, None], class_owner=np.array([1, 0, 1, 1]))
+    assert torch.equal(dst.W[:, 0], parts[1].W[:, 0]) and torch.equal(dst.W[:, 1], parts[0].W[:, 1])
+
+
+def test_resize_drops_stale_gradients():
+    loss = losses.ArcFaceLoss(C, D)
+    loss(torch.randn(4, D), torch.arange(4)).backward()
+    assert loss.W.grad is not None
+    heads.resize(loss, D // 2)
+    assert loss.W.grad is None and loss.W.shape == (D // 2, C)
+
+
+@pytest.mark.parametrize("mode", ["fixed", "learned"])
+@pytest.mark.parametrize("heads_mode", ["shared", "per_learner"])
+def test_heads_without_metric_loss_optimizer_are_refused_at_prepare(small_digits, mode, heads_mode):
+    parts = build(small_digits, num_learners=2, mode=mode, heads=heads_mode, loss=losses.ArcFaceLoss(C, D),
+                  embedding_size=D)
+    del parts["trainer"].optimizers["metric_loss_optimizer"]
+    with pytest.raises(ValueError, match="no optimizer of the trainer holds"):
+        parts["wrapper"].prepare(parts["trainer"])
+
+
+def test_per_learner_heads_train_through_a_split_without_a_loss_optimizer_when_frozen(small_digits):
+    # heads kept fixed on purpose (requires_grad=False) train through a split: no stale gradient breaks a step
+    loss = losses.ProxyAnchorLoss(C, D)
+    loss.proxies.requires_grad_(False)
+    parts = build(small_digits, num_learners=2, heads="per_learner", loss=loss, embedding_size=D, iterations_per_epoch=3)
+    parts["trainer"].optimizers.pop("metric_loss_optimizer", None)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        parts["wrapper"].prepare(parts["trainer"])
+        parts["trainer"].train(num_epochs=3)
+    assert parts["wrapper"].num_active == 2
