@@ -18,6 +18,7 @@ import numpy as np
 
 from common import Timer, markdown_table, mean_std, pyplot, report, setup, write_csv
 
+from pml_divide_conquer import DivideConquerSchedule
 from pml_divide_conquer import experiment as ex
 
 METHODS = {  # row name -> RunConfig changes
@@ -46,7 +47,7 @@ def bench_config(args, loss):
     """The benchmark's model and D&C settings (defaults tuned on the glyph validation classes)."""
     resolve(args)
     image = args.dataset != "digits"
-    conquer = args.conquer_epoch if args.conquer_epoch is not None else args.epochs - args.conquer_epochs + 1
+    full, all_data = phase_epochs(args)
     return ex.RunConfig(
         loss=loss,
         trunk="conv" if image else "mlp",
@@ -59,11 +60,27 @@ def bench_config(args, loss):
         lr=args.lr,
         num_learners=args.num_learners,
         recluster_every=args.recluster_every,
-        conquer_epoch=conquer if conquer <= args.epochs else None,
+        full_embedding_epoch=full,
+        all_data_epoch=all_data,
+        heads=args.heads,
         orthogonality_weight=args.orthogonality_weight,
         mask_lr_multiplier=args.mask_lr_multiplier,
         cluster_on=args.cluster_on,
     )
+
+
+def phase_epochs(args):
+    """(full_embedding_epoch, all_data_epoch) of --schedule: the journal's or CVPR's phases scaled to --epochs,
+    divide only, or the explicit --full-embedding-epoch / --all-data-epoch."""
+    if args.schedule == "journal":
+        s = DivideConquerSchedule.journal(args.epochs, args.num_learners)
+    elif args.schedule == "cvpr":
+        s = DivideConquerSchedule.cvpr(args.epochs, args.num_learners)
+    elif args.schedule == "divide-only":
+        return None, None
+    else:
+        return args.full_embedding_epoch, args.all_data_epoch
+    return s.full_embedding_epoch, s.all_data_epoch
 
 
 def load(args):
@@ -149,8 +166,12 @@ def parser():
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--num-learners", type=int, default=None, help="K; default: 4 (glyphs), 2 (fashion, digits)")
     p.add_argument("--recluster-every", type=int, default=2, help="T, in epochs")
-    p.add_argument("--conquer-epochs", type=int, default=1, help="number of final epochs in the conquer phase")
-    p.add_argument("--conquer-epoch", type=int, default=None, help="first conquer epoch (overrides --conquer-epochs)")
+    p.add_argument("--schedule", default="journal", choices=["journal", "cvpr", "divide-only", "custom"],
+                   help="phases: the journal's (full embedding from 44%% of the epochs), CVPR's (also all data for "
+                   "the last 5%%), divide only, or custom (--full-embedding-epoch, --all-data-epoch)")
+    p.add_argument("--full-embedding-epoch", type=int, default=None, help="with --schedule custom")
+    p.add_argument("--all-data-epoch", type=int, default=None, help="with --schedule custom")
+    p.add_argument("--heads", default="shared", choices=["shared", "per_learner"], help="classification heads")
     p.add_argument("--orthogonality-weight", type=float, default=0.1, help="λ")
     p.add_argument("--mask-lr-multiplier", type=float, default=10.0)
     p.add_argument("--cluster-on", default="trunk", choices=["embedding", "trunk"])
@@ -172,8 +193,9 @@ def main(argv=None):
     write_csv(out / f"{name}.csv", records)
     cfg = bench_config(args, args.losses[0])
     title = (f"{args.dataset} ({args.split} classes): {args.epochs} epochs, batch {args.batch_size}, m={args.m}, "
-             f"d={args.embedding_size}, K={args.num_learners}, T={args.recluster_every}, conquer from epoch "
-             f"{cfg.conquer_epoch}, {args.seeds} seeds")
+             f"d={args.embedding_size}, K={args.num_learners}, T={args.recluster_every}, {args.schedule} phases "
+             f"(full embedding from epoch {cfg.full_embedding_epoch}, all data from {cfg.all_data_epoch}), "
+             f"{args.seeds} seeds")
     plot(records, out / f"{name}.png", title)
     report(out, name, f"Accuracy, {title} ({time.time() - start:.0f} s)", table(records),
            "python benchmarks/accuracy.py " + shlex.join(sys.argv[1:] if argv is None else argv))

@@ -29,7 +29,7 @@ def child(args):
     setup(args.out)
     acc_args = accuracy.parser().parse_args(
         ["--dataset", args.dataset, "--epochs", str(args.epochs), "--num-learners", str(args.num_learners),
-         "--recluster-every", str(args.recluster_every), "--conquer-epochs", "0", "--batch-size",
+         "--recluster-every", str(args.recluster_every), "--schedule", "divide-only", "--batch-size",
          str(args.batch_size), "--m", str(args.m)]
     )
     train_set, _ = accuracy.load(acc_args)

@@ -43,17 +43,17 @@ def measure(dataset, k, args):
     trunk, _ = ex.build_models(tuple(dataset[0][0].shape), cfg.but(num_learners=1))
     embedder = SubspaceMaskedEmbedder(args.embedding_size, k, mode="fixed", embedder=torch.nn.Linear(128, args.embedding_size))
     loss, miner = ex.make_loss_and_miner(args.loss, len(np.unique(dataset.labels)), args.embedding_size)
-    sampler = ClusterSampler(dataset.labels, args.batch_size, args.m, seed=0)
+    sampler = ClusterSampler(dataset.labels, batch_size=args.batch_size, m=args.m, seed=0)
     wrapper = DivideConquerWrapper(loss, miner, embedder=embedder, sampler=sampler, grow=False, recluster_every=1000)
     params = list(trunk.parameters()) + list(embedder.parameters()) + list(loss.parameters()) + list(wrapper.parameters())
     opt = torch.optim.Adam([p for p in params if p.requires_grad], lr=1e-4)
     trainer = trainers.MetricLossOnly(
         models={"trunk": trunk, "embedder": embedder}, optimizers={"trunk_optimizer": opt}, batch_size=args.batch_size,
         loss_funcs={"metric_loss": wrapper}, mining_funcs={}, dataset=dataset, sampler=sampler,
-        data_device=torch.device("cpu"))
+        data_device=torch.device("cpu"), end_of_epoch_hook=wrapper.get_end_of_epoch_hook())
     wrapper.prepare(trainer)  # clusters the data into K
     wrapper.train(), trunk.train(), embedder.train()
-    indices = iter(sampler)
+    indices = itertools.chain.from_iterable(iter(sampler) for _ in itertools.count())  # a new pass when one ends
     labels = torch.as_tensor(dataset.labels)
 
     def step(use_wrapper, idx):

@@ -27,20 +27,22 @@ from pytorch_metric_learning.utils.accuracy_calculator import AccuracyCalculator
 
 from common import setup
 
-from pml_divide_conquer import ClusterSampler, DivideConquerWrapper, SubspaceMaskedEmbedder
+from pml_divide_conquer import ClusterSampler, DivideConquerSchedule, DivideConquerWrapper, SubspaceMaskedEmbedder
 from pml_divide_conquer import experiment as ex
 
 # dataset -> settings; recall_ks as reported in the papers
 PRESETS = {
-    "cub": dict(num_learners=4, embedding_size=512, recluster_every=2, epochs=180, conquer_epoch=80,
+    "cub": dict(num_learners=4, embedding_size=512, recluster_every=2, epochs=180,
                 recall_ks=(1, 2, 4, 8)),
-    "cars": dict(num_learners=8, embedding_size=512, recluster_every=2, epochs=180, conquer_epoch=80,
+    "cars": dict(num_learners=8, embedding_size=512, recluster_every=2, epochs=180,
                  recall_ks=(1, 2, 4, 8)),
-    "sop": dict(num_learners=32, embedding_size=512, recluster_every=2, epochs=180, conquer_epoch=80,
+    "sop": dict(num_learners=32, embedding_size=512, recluster_every=2, epochs=180,
                 recall_ks=(1, 10, 100, 1000)),
 }
-COMMON = dict(batch_size=80, m=4, lr=1e-5, weight_decay=1e-4, mask_lr_multiplier=100.0, orthogonality_weight=0.01,
-              mode="learned", cluster_on="embedding", num_workers=8)
+# the journal README's run: batch 80, m=2 (--num-samples-per-class=2), masks at 100x lr, lambda 0.01, the backbone
+# frozen every other epoch (--mod-epoch-freeze=1); clustering on the trunk's (penultimate) features; BatchNorm frozen
+COMMON = dict(batch_size=80, m=2, lr=1e-5, weight_decay=1e-4, mask_lr_multiplier=100.0, orthogonality_weight=0.01,
+              mode="learned", cluster_on="trunk", freeze_trunk_epochs=1, num_workers=8)
 
 
 def pml_datasets(name, root, download):
@@ -83,12 +85,14 @@ def build(cfg, trunk, trunk_dim, train_set, cluster_set, device):
     trunk = trunk.to(device)
     embedder = SubspaceMaskedEmbedder(cfg["embedding_size"], cfg["num_learners"], mode=cfg["mode"],
                                       embedder=torch.nn.Linear(trunk_dim, cfg["embedding_size"])).to(device)
-    sampler = ClusterSampler(labels, cfg["batch_size"], cfg["m"], seed=cfg["seed"])
+    sampler = ClusterSampler(labels, batch_size=cfg["batch_size"], m=cfg["m"], seed=cfg["seed"])
     dc = DivideConquerWrapper(
         losses.MarginLoss(margin=0.2, beta=1.2), miners.DistanceWeightedMiner(cutoff=0.5, nonzero_loss_cutoff=1.4),
-        embedder=embedder, sampler=sampler, recluster_every=cfg["recluster_every"],
-        conquer_epoch=cfg["conquer_epoch"], orthogonality_weight=cfg["orthogonality_weight"],
-        cluster_on=cfg["cluster_on"], cluster_dataset=cluster_set, seed=cfg["seed"]).to(device)
+        embedder=embedder, sampler=sampler,
+        schedule=DivideConquerSchedule.journal(cfg["epochs"], cfg["num_learners"], cfg["recluster_every"],
+                                               freeze_trunk_epochs=cfg["freeze_trunk_epochs"]),
+        orthogonality_weight=cfg["orthogonality_weight"],
+        cluster_on=cfg["cluster_on"], cluster_dataset=cluster_set).to(device)
     optimizers = {
         "trunk_optimizer": torch.optim.Adam(trunk.parameters(), lr=cfg["lr"], weight_decay=cfg["weight_decay"]),
         "embedder_optimizer": torch.optim.Adam(embedder.parameter_groups(
@@ -99,7 +103,8 @@ def build(cfg, trunk, trunk_dim, train_set, cluster_set, device):
     trainer = trainers.MetricLossOnly(
         models={"trunk": trunk, "embedder": embedder}, optimizers=optimizers, batch_size=cfg["batch_size"],
         loss_funcs={"metric_loss": dc}, mining_funcs={}, dataset=train_set, sampler=sampler,
-        dataloader_num_workers=cfg["num_workers"], data_device=device, end_of_epoch_hook=dc.get_end_of_epoch_hook())
+        dataloader_num_workers=cfg["num_workers"], data_device=device, end_of_epoch_hook=dc.get_end_of_epoch_hook(),
+        freeze_trunk_batchnorm=True)  # running statistics of the pretrained trunk stay fixed, as in the reference
     dc.prepare(trainer)
     return trainer, dc
 
@@ -133,7 +138,7 @@ def main(argv=None):
         cfg["epochs"] = args.epochs
     device = torch.device("cuda" if torch.cuda.is_available() and not args.dry_run else "cpu")
     if args.dry_run:
-        cfg.update(epochs=3, conquer_epoch=3, recluster_every=1, num_learners=2, embedding_size=16, batch_size=16,
+        cfg.update(epochs=3, recluster_every=1, freeze_trunk_epochs=0, num_learners=2, embedding_size=16, batch_size=16,
                    m=4, num_workers=0, lr=1e-3)
         train_set, cluster_set, test_set = stand_in()
         trunk, trunk_dim = ex.conv_trunk(3, 32, width=8), 32
@@ -149,7 +154,7 @@ def main(argv=None):
     trainer, dc = build(cfg, trunk, trunk_dim, train_set, cluster_set, device)
     trainer.train(num_epochs=cfg["epochs"])
     result = evaluate(trainer, test_set, cfg["recall_ks"], device)
-    result.update(dataset=args.dataset, dry_run=args.dry_run, epochs=cfg["epochs"], phase=dc.phase,
+    result.update(dataset=args.dataset, dry_run=args.dry_run, epochs=cfg["epochs"], phase=str(dc.phase),
                   num_learners=dc.num_active, seconds=round(time.time() - start, 1))
     (out / f"paper_{args.dataset}{'_dry_run' if args.dry_run else ''}.json").write_text(json.dumps(result, indent=1))
     print("| " + " | ".join(k for k in result) + " |\n|" + "---|" * len(result))

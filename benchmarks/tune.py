@@ -2,9 +2,8 @@
 
     python benchmarks/tune.py --seeds 2 --out bench-out
 
-Each row changes one setting (triplet loss, D&C fixed unless stated) from the first-round defaults K=4, T=2,
-1 conquer epoch, clustering the embedding, λ=0.01; prints the table and writes ``tune.csv`` and ``tune.png``.
-benchmarks/accuracy.py's defaults are the result (cluster on the trunk, λ=0.1).
+Each row changes one setting (triplet loss, D&C fixed unless stated) from the defaults K=4, T=2, the journal's
+phases, clustering the trunk output, λ=0.01; prints the table and writes ``tune.csv`` and ``tune.png``.
 """
 
 import argparse
@@ -20,20 +19,15 @@ from pml_divide_conquer import experiment as ex
 
 GRID = {  # row -> (accuracy.py arguments, methods)
     "baseline": ([], "baseline"),
-    "D&C defaults (K=4, T=2, 1 conquer epoch)": ([], "D&C fixed"),
+    "D&C, journal phases (K=4, T=2)": ([], "D&C fixed"),
+    "CVPR phases": (["--schedule", "cvpr"], "D&C fixed"),
+    "divide only (no full-embedding phase)": (["--schedule", "divide-only"], "D&C fixed"),
     "K=2": (["--num-learners", "2"], "D&C fixed"),
     "K=8": (["--num-learners", "8"], "D&C fixed"),
     "T=1": (["--recluster-every", "1"], "D&C fixed"),
-    "no conquer": (["--conquer-epochs", "0"], "D&C fixed"),
-    "3 conquer epochs": (["--conquer-epochs", "3"], "D&C fixed"),
-    "cluster on trunk": (["--cluster-on", "trunk"], "D&C fixed"),
+    "cluster on embedding": (["--cluster-on", "embedding"], "D&C fixed"),
     "learned masks, λ=0.01": ([], "D&C learned"),
     "learned masks, λ=0.1": (["--orthogonality-weight", "0.1"], "D&C learned"),
-    # second round, around the best of the first
-    "cluster on trunk, 3 conquer epochs": (["--cluster-on", "trunk", "--conquer-epochs", "3"], "D&C fixed"),
-    "cluster on trunk, K=2": (["--cluster-on", "trunk", "--num-learners", "2"], "D&C fixed"),
-    "cluster on trunk, learned masks, λ=0.1": (["--cluster-on", "trunk", "--orthogonality-weight", "0.1"],
-                                               "D&C learned"),
     "learned masks, mask lr ×1": (["--mask-lr-multiplier", "1"], "D&C learned"),
 }
 
@@ -47,7 +41,7 @@ def main(argv=None):
     args, extra = p.parse_known_args(argv)
     out = setup(args.out)
     common = ["--dataset", "glyphs", "--split", "val", "--losses", "triplet", "--seeds", str(args.seeds),
-              "--epochs", str(args.epochs), "--cluster-on", "embedding", "--orthogonality-weight", "0.01"] + extra
+              "--epochs", str(args.epochs), "--orthogonality-weight", "0.01"] + extra
     train_set, val_set = accuracy.load(accuracy.parser().parse_args(common))
     records, rows = [], []
     for row, (changes, method) in GRID.items():
