@@ -472,6 +472,7 @@ class DivideConquerWrapper(BaseMetricLossFunction):
                 "wrapper.prepare(trainer) and train from epoch 1."
             )
         step = self.schedule.step_after_epoch(epoch)
+        new_phase = step.phase != self.phase or epoch == 0
         if step.phase != Phase.DIVIDE and self.phase == Phase.DIVIDE and self.heads == PER_LEARNER:
             heads.assemble(
                 [self.learners[learner_key(k)] for k in range(self.num_active)],
@@ -484,6 +485,18 @@ class DivideConquerWrapper(BaseMetricLossFunction):
             hooks.restart_iterator(trainer)
         elif step.action in (Action.RECLUSTER, Action.SPLIT):
             self._divide(trainer, step)
+            c_f.LOGGER.info(
+                "D&C: %s after epoch %d: K=%d, cluster sizes %s",
+                "split every cluster in two" if step.action == Action.SPLIT else "reclustered",
+                epoch,
+                step.num_clusters,
+                self.sampler.cluster_sizes().tolist(),
+            )
+        if new_phase:
+            c_f.LOGGER.info("D&C: %s phase from epoch %d", str(step.phase).replace("_", " "), epoch + 1)
+        was_frozen = epoch > 0 and self.schedule.trunk_frozen_in_epoch(epoch)
+        if step.trunk_frozen != was_frozen:
+            c_f.LOGGER.info("D&C: trunk %s in epoch %d", "frozen" if step.trunk_frozen else "trained", epoch + 1)
         hooks.set_trunk_frozen(trainer, step.trunk_frozen)
         self.last_epoch = epoch
         self._update_cluster_stats()

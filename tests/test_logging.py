@@ -1,6 +1,7 @@
 """PML's own logging and checkpointing (record-keeper + HookContainer) around a D&C run."""
 
 import glob
+import logging
 import os
 import warnings
 
@@ -118,3 +119,17 @@ def test_cluster_purity_by_hand():
     per, overall = cluster_purity([0, 0, 0, 2, 2], [1, 1, 2, 3, 3], num_clusters=3)
     assert np.allclose(per[[0, 2]], [2 / 3, 1.0]) and np.isnan(per[1])
     assert overall == pytest.approx(4 / 5)
+
+
+def test_dc_events_go_to_the_pml_logger_at_info(small, caplog):
+    parts = build(small, num_learners=2, recluster_every=1, full_embedding_epoch=3, all_data_epoch=4,
+                  iterations_per_epoch=2)
+    with warnings.catch_warnings(), caplog.at_level(logging.INFO, logger="PML"):
+        warnings.simplefilter("ignore")
+        parts["wrapper"].prepare(parts["trainer"])
+        parts["trainer"].train(num_epochs=4)
+    events = [r.getMessage() for r in caplog.records if r.getMessage().startswith("D&C:")]
+    assert events[0] == "D&C: divide phase from epoch 1"
+    assert events[1].startswith("D&C: split every cluster in two after epoch 1: K=2, cluster sizes [")
+    assert events[2].startswith("D&C: reclustered after epoch 2: K=2")
+    assert events[3:] == ["D&C: full embedding phase from epoch 3", "D&C: all data phase from epoch 4"]
