@@ -1,16 +1,33 @@
 #!/usr/bin/env bash
-# Creates .venv and installs pml-divide-conquer with its test tools. torch is pinned to the CPU build
-# that this workplace keeps on disk, so no multi-GB CUDA build is pulled in.
+# Creates .venv and installs pml-divide-conquer with its test tools (the "dev" extra).
+#
+#   bash scripts/setup.sh                                                       # this workplace
+#   TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu bash scripts/setup.sh   # anywhere else, CPU-only torch
+#
+# torch is pinned (TORCH_SPEC, default torch==2.13.0). Here pip finds that version as a CPU build in the local
+# wheel folders; from PyPI the same pin is a CUDA build on Linux that pulls in ~3 GB of CUDA packages. Setting
+# TORCH_INDEX_URL installs torch from that index first (PyTorch's CPU index above, or a CUDA one such as
+# .../whl/cu128), so the package's own install then finds torch satisfied and pulls no other build.
+# Other variables: PYTHON (the interpreter that creates .venv, default python3).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON="${PYTHON:-python3}"
 TORCH_SPEC="${TORCH_SPEC:-torch==2.13.0}"
+TORCH_INDEX_URL="${TORCH_INDEX_URL:-}"
 if [ ! -x .venv/bin/python ]; then
   "$PYTHON" -m venv .venv
 fi
-# (this machine's pip config lists a local index with a few missing folders: hide those notices only)
-.venv/bin/python -m pip install --quiet --disable-pip-version-check "$TORCH_SPEC" -e ".[dev]" \
-  2> >(grep -v "is ignored: it is neither a file nor a directory" >&2)
+pip_install() {
+  # (this machine's pip config lists a local index with a few missing folders: hide those notices only)
+  .venv/bin/python -m pip install --quiet --disable-pip-version-check "$@" \
+    2> >(grep -v "is ignored: it is neither a file nor a directory" >&2)
+}
+if [ -n "$TORCH_INDEX_URL" ]; then
+  pip_install --index-url "$TORCH_INDEX_URL" "$TORCH_SPEC"
+  pip_install -e ".[dev]"
+else
+  pip_install "$TORCH_SPEC" -e ".[dev]"
+fi
 .venv/bin/python -c "import torch, faiss, pytorch_metric_learning as pml, pml_divide_conquer as dc; \
 print(f'ready: torch {torch.__version__}, faiss {faiss.__version__}, PML {pml.__version__}, pml-divide-conquer {dc.__version__}')"
 # Offline data for the benchmarks and their tests (Debian packages): Fashion-MNIST, and fonts for the glyph set.
