@@ -38,12 +38,60 @@ def test_dc_training_improves_recall_clearly(split, mode):
     assert after["mean_average_precision_at_r"] >= before["mean_average_precision_at_r"] + 0.2, (before, after)
 
 
-def test_demo_main_job_prints_a_results_table(capsys):
-    from pml_divide_conquer import demo
+def test_demo_console_one_bar_run_lines_events_table_and_no_warnings():
+    """What a newcomer sees: one progress bar (stderr), a line per run with the D&C steps under it, the table."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
 
-    demo.main(["--seeds", "1", "--epochs", "4"])
-    out = capsys.readouterr().out
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": str(root)}  # this checkout's package, whatever is installed
+    env.pop("TQDM_DISABLE", None)
+    env.pop("PML_DC_THREADS", None)
+    result = subprocess.run([sys.executable, "-W", "default", "-m", "pml_divide_conquer.demo", "--seeds", "1",
+                             "--epochs", "4"], cwd=root, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout + result.stderr
+    out, err = result.stdout, result.stderr
+    # stderr: one bar and nothing else: every frame is the same bar ("training", 12 epochs in all), its count
+    # never goes back (tqdm redraws it after each line printed above it) and ends at 12
+    import re
+
+    frames = [f for f in re.split(r"[\r\n]", err) if f.strip()]
+    counts = [re.match(r"training: +\d+%\|.*\| (\d+)/12 \[", f) for f in frames]
+    assert frames and all(counts), frames
+    counts = [int(c.group(1)) for c in counts]
+    assert counts == sorted(counts) and counts[-1] == 12, counts  # 1 seed x 3 trained rows x 4 epochs
+    assert "Warning" not in out + err and "warn" not in err.lower()
+    assert "%|" not in out  # no per-epoch bars of PML's trainer or tester
+    assert "1 torch thread" in out
+    runs = [line for line in out.splitlines() if line.startswith("seed 0  ")]
+    assert [line.split("  R@1")[0].split("  ", 1)[1].strip() for line in runs] == [
+        "untrained", "baseline (no D&C)", "D&C, fixed chunks", "D&C, learned masks"]
+    # the D&C steps, from the library's INFO records on PML's logger, and none of PML's own INFO lines
+    assert out.count("D&C: split every cluster in two after epoch 2: K=2") == 2
+    assert out.count("D&C: full embedding phase from epoch") == 2
+    assert "TRAINING EPOCH" not in out and "dataloader" not in out.lower()
     for row in ("untrained", "baseline (no D&C)", "D&C, fixed chunks", "D&C, learned masks"):
         assert f"| {row} |" in out
     cells = [line.split("|")[2] for line in out.splitlines() if line.startswith("| D&C")]
     assert all(0.0 < float(c.split("±")[0]) <= 100.0 for c in cells)
+
+
+def test_demo_restores_what_it_changes(monkeypatch, capsys):
+    """Called in-process, the demo leaves torch's threads, PML's logger and PML's progress bars as they were."""
+    import logging
+
+    import torch
+    from pytorch_metric_learning.trainers import base_trainer
+
+    from pml_divide_conquer import demo
+
+    monkeypatch.setenv("PML_DC_THREADS", "1")
+    threads, level, bar = torch.get_num_threads(), logging.getLogger("PML").level, base_trainer.tqdm
+    handlers = list(logging.getLogger("PML").handlers)
+    results = demo.main(["--seeds", "1", "--epochs", "2", "--events", "none"])
+    assert set(results) == {"untrained", "baseline (no D&C)", "D&C, fixed chunks", "D&C, learned masks"}
+    assert "phase from epoch" not in capsys.readouterr().out
+    assert torch.get_num_threads() == threads and logging.getLogger("PML").level == level
+    assert base_trainer.tqdm is bar and logging.getLogger("PML").handlers == handlers
