@@ -1,9 +1,8 @@
 """SubspaceMaskedEmbedder: PML's ``models["embedder"]``, which also knows each learner's subspace."""
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
-
-from .distributed import is_distributed
 
 FIXED = "fixed"
 LEARNED = "learned"
@@ -64,9 +63,10 @@ class SubspaceMaskedEmbedder(torch.nn.Module):
                 f"the embedder produced shape {tuple(e.shape)}, but SubspaceMaskedEmbedder was built with "
                 f"embedding_size={self.embedding_size}"
             )
-        if self.masks is not None and self.training and is_distributed():
+        if self.masks is not None and self.training and dist.is_available() and dist.is_initialized():
             # The masks are used by the loss, outside this forward. Under DistributedDataParallel, touch them
             # here (adding exactly zero) so DDP sees them in the graph and averages their gradient across ranks.
+            # (Any world size: DDP checks for unused parameters in a world of one process too.)
             # (Also in the full-embedding phases, where DDP would otherwise find them unused and fail; there they
             # get zero gradients, and no longer matter: testing uses the full embedding.)
             e = e + 0.0 * self.masks.sum()
