@@ -30,7 +30,8 @@ class SubspaceMaskedEmbedder(torch.nn.Module):
     Examples:
         >>> embedder = SubspaceMaskedEmbedder(128, num_learners=8, mode="learned",
         ...                                   embedder=torch.nn.Linear(2048, 128))
-        >>> optimizer = torch.optim.Adam(embedder.parameter_groups(lr=1e-5, mask_lr_multiplier=100))
+        >>> optimizer = torch.optim.Adam(
+        ...     embedder.parameter_groups(lr=1e-5, mask_lr_multiplier=100))
     """
 
     def __init__(self, embedding_size, num_learners, mode=FIXED, embedder=None):

@@ -61,7 +61,8 @@ def evaluate_subspaces(
         A dict ``{"full": {...}, "learner0": {...}, ...}`` of metric dicts, like PML's testers.
 
     Examples:
-        >>> results = evaluate_subspaces(trunk, embedder, test_set, num_active=wrapper.num_active)
+        >>> results = evaluate_subspaces(trunk, embedder, test_set,
+        ...                              num_active=wrapper.num_active)
         >>> results["learner0"]["precision_at_1"]
     """
     calc = accuracy_calculator or AccuracyCalculator(include=DEFAULT_METRICS, k="max_bin_count")

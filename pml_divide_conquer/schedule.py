@@ -78,13 +78,15 @@ class DivideConquerSchedule:
     :meth:`journal` and :meth:`cvpr` give the authors' schedules for a number of epochs.
 
     Examples:
-        >>> s = DivideConquerSchedule(num_learners=4, recluster_every=2, full_embedding_epoch=6, all_data_epoch=9)
+        >>> s = DivideConquerSchedule(num_learners=4, recluster_every=2,
+        ...                           full_embedding_epoch=6, all_data_epoch=9)
         >>> [s.num_clusters_in_epoch(e) for e in range(1, 11)]
         [1, 1, 2, 2, 4, 4, 4, 4, 1, 1]
         >>> [str(s.phase_in_epoch(e)) for e in (5, 6, 9)]
         ['divide', 'full_embedding', 'all_data']
-        >>> s.step_after_epoch(2)
-        Step(action=<Action.SPLIT: 'split'>, num_clusters=2, phase=<Phase.DIVIDE: 'divide'>, trunk_frozen=False)
+        >>> step = s.step_after_epoch(2)
+        >>> str(step.action), step.num_clusters, str(step.phase), step.trunk_frozen
+        ('split', 2, 'divide', False)
     """
 
     num_learners: int = 8
@@ -150,7 +152,7 @@ class DivideConquerSchedule:
         --mod-epoch=2``, and ``--mod-epoch-freeze=1`` for ``freeze_trunk_epochs=1``); no all-data phase.
 
         Examples:
-            >>> DivideConquerSchedule.journal(180, 32).full_embedding_epoch   # epoch 80 counted from 0
+            >>> DivideConquerSchedule.journal(180, 32).full_embedding_epoch  # 80, counted from 0
             81
         """
         _check_epochs(num_epochs)

@@ -126,15 +126,17 @@ class DivideConquerWrapper(BaseMetricLossFunction):
         conquer_epoch: deprecated; ``conquer_epoch=E`` means ``full_embedding_epoch=E, all_data_epoch=E``.
 
     Examples:
-        >>> embedder = SubspaceMaskedEmbedder(64, num_learners=4, embedder=torch.nn.Linear(128, 64))
+        >>> embedder = SubspaceMaskedEmbedder(64, num_learners=4,
+        ...                                   embedder=torch.nn.Linear(128, 64))
         >>> sampler = ClusterSampler(train_labels, batch_size=32, m=4)
-        >>> dc = DivideConquerWrapper(losses.TripletMarginLoss(), miners.TripletMarginMiner(),
-        ...                           embedder=embedder, sampler=sampler,
-        ...                           schedule=DivideConquerSchedule.journal(num_epochs=20, num_learners=4))
+        >>> dc = DivideConquerWrapper(
+        ...     losses.TripletMarginLoss(), miners.TripletMarginMiner(),
+        ...     embedder=embedder, sampler=sampler,
+        ...     schedule=DivideConquerSchedule.journal(num_epochs=20, num_learners=4))
         >>> trainer = trainers.MetricLossOnly(
-        ...     models={"trunk": trunk, "embedder": embedder}, optimizers=optimizers, batch_size=32,
-        ...     loss_funcs={"metric_loss": dc}, dataset=train_set, sampler=sampler,
-        ...     end_of_epoch_hook=dc.get_end_of_epoch_hook())
+        ...     models={"trunk": trunk, "embedder": embedder}, optimizers=optimizers,
+        ...     batch_size=32, loss_funcs={"metric_loss": dc}, dataset=train_set,
+        ...     sampler=sampler, end_of_epoch_hook=dc.get_end_of_epoch_hook())
         >>> dc.prepare(trainer)
         >>> trainer.train(num_epochs=20)
     """
@@ -450,7 +452,8 @@ class DivideConquerWrapper(BaseMetricLossFunction):
         """An end-of-epoch hook that takes the D&C step, then calls ``then`` (e.g. HookContainer's hook).
 
         Examples:
-            >>> hook = dc.get_end_of_epoch_hook(then=hooks.end_of_epoch_hook(tester, dataset_dict, model_folder))
+            >>> pml_hook = hooks.end_of_epoch_hook(tester, dataset_dict, model_folder)
+            >>> hook = dc.get_end_of_epoch_hook(then=pml_hook)
         """
 
         def hook(trainer):
