@@ -25,7 +25,8 @@ from pytorch_metric_learning import losses, miners, trainers
 from pytorch_metric_learning.utils.distributed import DistributedLossWrapper, DistributedMinerWrapper
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from pml_divide_conquer import ClusterSampler, DivideConquerWrapper, SubspaceMaskedEmbedder, datasets
+from pml_divide_conquer import (ClusterSampler, DivideConquerSchedule, DivideConquerWrapper, SubspaceMaskedEmbedder,
+                                datasets)
 from pml_divide_conquer.experiment import evaluate
 
 
@@ -57,8 +58,7 @@ def main():
         DistributedMinerWrapper(miners.DistanceWeightedMiner()),
         embedder=embedder,
         sampler=sampler,
-        recluster_every=2,
-        full_embedding_epoch=args.epochs,
+        schedule=DivideConquerSchedule.journal(num_epochs=args.epochs, num_learners=2),  # the journal's phases
     )
     ddp = dict(device_ids=[device.index]) if args.backend == "nccl" else {}
     trainer = trainers.MetricLossOnly(
