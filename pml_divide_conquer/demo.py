@@ -182,10 +182,10 @@ def main(argv=None):
     rows = demo_rows(args.epochs)
     total = args.seeds * sum(cfg is not None for cfg in rows.values()) * args.epochs
     print(
-        f"Digits, zero-shot: train on classes 0-4, test retrieval on classes 5-9. Margin loss + distance-weighted "
-        f"miner, {args.epochs} epochs, batch 32, m=8.\nD&C: K=2, journal schedule (split and recluster every "
-        f"{journal.recluster_every} epochs, full embedding from epoch {journal.full_embedding_epoch}). "
-        f"{args.seeds} seed(s), {threads} torch thread(s).\n",
+        "Digits, zero-shot: train on classes 0-4, test retrieval on classes 5-9.\n"
+        f"Margin loss + distance-weighted miner, {args.epochs} epochs, batch 32, m=8; {args.seeds} seed(s), "
+        f"{threads} torch thread(s).\nD&C: K=2, journal schedule (split and recluster every "
+        f"{journal.recluster_every} epochs, full embedding from epoch {journal.full_embedding_epoch}).\n",
         flush=True,
     )
     start = time.time()
