@@ -2,8 +2,8 @@
 
 - :func:`load_digits`: scikit-learn's bundled 8x8 digits, the quickest check.
 - :func:`load_fashion_mnist`: Fashion-MNIST from Debian's ``dataset-fashion-mnist`` package.
-- :func:`load_glyphs`: a many-class zero-shot set of characters rendered from the fonts installed on the machine
-  (Debian font packages, plus the STIX fonts bundled with matplotlib), rendered once and cached.
+- :func:`load_glyphs`: a many-class zero-shot set of Latin, Greek and Cyrillic characters rendered from a fixed
+  list of font files of Debian packages (plus the STIX fonts bundled with matplotlib), rendered once and cached.
 
 All return zero-shot splits (train and test classes disjoint) as :class:`ArrayDataset` pairs.
 """
@@ -13,7 +13,9 @@ import hashlib
 import os
 import struct
 import unicodedata
+import warnings
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -22,13 +24,6 @@ from torch.utils.data import Dataset
 FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
 FASHION_MNIST_CLASSES = (
     "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
-)
-FONT_DIRS = ("/usr/share/fonts", "/usr/share/texmf/fonts/opentype")
-# fonts whose letters are pictures (dingbats, symbols, keyboard caps), not glyphs of the character
-EXCLUDED_FONTS = ("D050000L", "StandardSymbols", "LinBiolinum_K", "Dingbat", "Symbol", "LastResort")
-GLYPH_FONT_PACKAGES = (
-    "fonts-dejavu-core fonts-dejavu-extra fonts-liberation fonts-freefont-ttf fonts-urw-base35 fonts-texgyre "
-    "fonts-croscore fonts-go fonts-linuxlibertine fonts-open-sans"
 )
 
 
@@ -128,10 +123,188 @@ def load_fashion_mnist(root=None, num_train_classes=5, max_per_class=None, seed=
     return zero_shot_split(x, y[keep], np.arange(num_train_classes))
 
 
+# ---------------------------------------------------------------------------------------------- fonts
+# Every glyph set is rendered from an explicit list of font files of named Debian packages, never from whatever
+# fonts a machine has installed: two machines with the same packages render the same set. A list maps each package
+# to its folder and its file names (as ``dpkg -L <package>`` lists them on Debian 12); ``name#0,1`` names faces of
+# a collection (.ttc), a plain name face 0. The folder "matplotlib:<sub>" is inside matplotlib's data folder.
+
+
+class FontFace(NamedTuple):
+    """One face of a font file of a package: index 0 of a .ttf/.otf file, or one face of a .ttc collection."""
+
+    package: str
+    path: str
+    index: int = 0
+
+    @property
+    def name(self):
+        """The file name, plus ``#index`` for a face of a collection."""
+        name = Path(self.path).name
+        return f"{name}#{self.index}" if name.lower().endswith((".ttc", ".otc")) else name
+
+
+def font_faces(files, exclude=()):
+    """The :class:`FontFace` list of a ``{package: (folder, names)}`` table (file names containing any of
+    ``exclude`` left out), in the table's order."""
+    faces = []
+    for package, (folder, names) in files.items():
+        if folder.startswith("matplotlib:"):
+            try:
+                import matplotlib
+
+                folder = str(Path(matplotlib.get_data_path()) / folder.split(":", 1)[1])
+            except ImportError:
+                folder = "/nonexistent/matplotlib/" + folder.split(":", 1)[1]
+        for name in names.split():
+            name, _, indices = name.partition("#")
+            if any(x in name for x in exclude):
+                continue
+            for i in [int(j) for j in indices.split(",")] if indices else [0]:
+                faces.append(FontFace(package, str(Path(folder) / name), i))
+    return faces
+
+
+def present_faces(faces, what="font"):
+    """The faces whose file exists; ONE warning names the packages of the missing files (apt-get install ...)."""
+    faces = [f if isinstance(f, FontFace) else FontFace("", str(f)) for f in faces]
+    present = [f for f in faces if os.path.isfile(f.path)]
+    missing = sorted({f.path for f in faces} - {f.path for f in present})
+    if missing:
+        packages = sorted({f.package or "?" for f in faces if f.path in missing})
+        debian = " ".join(p for p in packages if p.startswith("fonts-"))
+        warnings.warn(
+            f"{len(missing)} {what} file(s) missing, skipped (the rendered set differs from the reference one and gets "
+            f"its own cache): {', '.join(Path(m).name for m in missing[:5])}{' ...' if len(missing) > 5 else ''} of "
+            f"package(s) {', '.join(packages)}" + (f"; install with: apt-get install -y {debian}" if debian else ""),
+            stacklevel=3,
+        )
+    return present
+
+
+def open_faces(faces, pixel_size, probe_chars, what="font"):
+    """Load each face in fontTools (its character map) and in Pillow (at ``pixel_size``), and draw the first
+    character of ``probe_chars`` that it has. Faces that fail (unreadable file, bad hinting code: Pillow's
+    "invalid opcode", ...) are skipped with ONE warning naming them.
+
+    Returns a list of (face, cmap, Pillow font), cmap mapping code points to glyph names.
+    """
+    from fontTools.ttLib import TTFont
+    from PIL import Image, ImageDraw, ImageFont
+
+    faces = list(faces)
+    stamp = [(os.stat(f.path).st_mtime_ns, os.stat(f.path).st_size) if os.path.isfile(f.path) else None for f in faces]
+    memo_key = (tuple(faces), tuple(stamp), pixel_size, tuple(probe_chars))
+    if memo_key in _OPENED:  # opening ~200 faces takes a second: once per process
+        return list(_OPENED[memo_key])
+    opened, failed = [], []
+    for face in faces:
+        try:
+            with open(face.path, "rb") as file, TTFont(file, lazy=True, fontNumber=face.index) as f:
+                cmap = dict(f.getBestCmap() or {})
+            font = ImageFont.truetype(face.path, size=pixel_size, index=face.index)
+            probe = next((ch for ch in probe_chars if ord(ch) in cmap), None)
+            if probe is not None:
+                ImageDraw.Draw(Image.new("L", (2 * pixel_size, 2 * pixel_size))).text((0, 0), probe, fill=255, font=font)
+        except Exception as e:  # noqa: BLE001 - any font that cannot be read or drawn is skipped
+            failed.append(f"{face.name} ({face.package or face.path}): {type(e).__name__}: {e}")
+            continue
+        opened.append((face, cmap, font))
+    if failed:
+        warnings.warn(
+            f"{len(failed)} {what} face(s) cannot be read or drawn by fontTools/Pillow, skipped: " + "; ".join(failed),
+            stacklevel=3,
+        )
+    _OPENED[memo_key] = opened
+    return list(opened)
+
+
+_OPENED = {}
+
+
 # ---------------------------------------------------------------------------------------------- glyphs
+# fonts whose letters are pictures (dingbats, symbols, keyboard caps), not glyphs of the character
+EXCLUDED_FONTS = ("D050000L", "StandardSymbols", "LinBiolinum_K", "Dingbat", "Symbol", "LastResort")
+GLYPH_FONT_FILES = {
+    "fonts-croscore": ("/usr/share/fonts/truetype/croscore", """
+        Arimo-Bold.ttf Arimo-BoldItalic.ttf Arimo-Italic.ttf Arimo-Regular.ttf Cousine-Bold.ttf
+        Cousine-BoldItalic.ttf Cousine-Italic.ttf Cousine-Regular.ttf Tinos-Bold.ttf Tinos-BoldItalic.ttf
+        Tinos-Italic.ttf Tinos-Regular.ttf
+    """),
+    "fonts-dejavu-core": ("/usr/share/fonts/truetype/dejavu", """
+        DejaVuSans-Bold.ttf DejaVuSans.ttf DejaVuSansMono-Bold.ttf DejaVuSansMono.ttf DejaVuSerif-Bold.ttf
+        DejaVuSerif.ttf
+    """),
+    "fonts-dejavu-extra": ("/usr/share/fonts/truetype/dejavu", """
+        DejaVuMathTeXGyre.ttf DejaVuSans-BoldOblique.ttf DejaVuSans-ExtraLight.ttf DejaVuSans-Oblique.ttf
+        DejaVuSansCondensed-Bold.ttf DejaVuSansCondensed-BoldOblique.ttf DejaVuSansCondensed-Oblique.ttf
+        DejaVuSansCondensed.ttf DejaVuSansMono-BoldOblique.ttf DejaVuSansMono-Oblique.ttf DejaVuSerif-BoldItalic.ttf
+        DejaVuSerif-Italic.ttf DejaVuSerifCondensed-Bold.ttf DejaVuSerifCondensed-BoldItalic.ttf
+        DejaVuSerifCondensed-Italic.ttf DejaVuSerifCondensed.ttf
+    """),
+    "fonts-freefont-ttf": ("/usr/share/fonts/truetype/freefont", """
+        FreeMono.ttf FreeMonoBold.ttf FreeMonoBoldOblique.ttf FreeMonoOblique.ttf FreeSans.ttf FreeSansBold.ttf
+        FreeSansBoldOblique.ttf FreeSansOblique.ttf FreeSerif.ttf FreeSerifBold.ttf FreeSerifBoldItalic.ttf
+        FreeSerifItalic.ttf
+    """),
+    "fonts-go": ("/usr/share/fonts/fonts-go", """
+        Go-Bold-Italic.ttf Go-Bold.ttf Go-Italic.ttf Go-Medium-Italic.ttf Go-Medium.ttf Go-Mono-Bold-Italic.ttf
+        Go-Mono-Bold.ttf Go-Mono-Italic.ttf Go-Mono.ttf Go-Regular.ttf Go-Smallcaps-Italic.ttf Go-Smallcaps.ttf
+    """),
+    "fonts-liberation": ("/usr/share/fonts/truetype/liberation", """
+        LiberationMono-Bold.ttf LiberationMono-BoldItalic.ttf LiberationMono-Italic.ttf LiberationMono-Regular.ttf
+        LiberationSans-Bold.ttf LiberationSans-BoldItalic.ttf LiberationSans-Italic.ttf LiberationSans-Regular.ttf
+        LiberationSansNarrow-Bold.ttf LiberationSansNarrow-BoldItalic.ttf LiberationSansNarrow-Italic.ttf
+        LiberationSansNarrow-Regular.ttf LiberationSerif-Bold.ttf LiberationSerif-BoldItalic.ttf
+        LiberationSerif-Italic.ttf LiberationSerif-Regular.ttf
+    """),
+    "fonts-linuxlibertine": ("/usr/share/fonts/opentype/linux-libertine", """
+        LinBiolinum_K.otf LinBiolinum_R.otf LinBiolinum_RB.otf LinBiolinum_RI.otf LinLibertine_DR.otf
+        LinLibertine_I.otf LinLibertine_M.otf LinLibertine_R.otf LinLibertine_RB.otf LinLibertine_RBI.otf
+        LinLibertine_RI.otf LinLibertine_RZ.otf LinLibertine_RZI.otf
+    """),
+    "fonts-open-sans": ("/usr/share/fonts/truetype/open-sans", """
+        OpenSans-Bold.ttf OpenSans-BoldItalic.ttf OpenSans-CondBold.ttf OpenSans-CondLight.ttf
+        OpenSans-CondLightItalic.ttf OpenSans-ExtraBold.ttf OpenSans-ExtraBoldItalic.ttf OpenSans-Italic.ttf
+        OpenSans-Light.ttf OpenSans-LightItalic.ttf OpenSans-Regular.ttf OpenSans-Semibold.ttf
+        OpenSans-SemiboldItalic.ttf
+    """),
+    "fonts-texgyre": ("/usr/share/texmf/fonts/opentype/public/tex-gyre", """
+        texgyreadventor-bold.otf texgyreadventor-bolditalic.otf texgyreadventor-italic.otf
+        texgyreadventor-regular.otf texgyrebonum-bold.otf texgyrebonum-bolditalic.otf texgyrebonum-italic.otf
+        texgyrebonum-regular.otf texgyrechorus-mediumitalic.otf texgyrecursor-bold.otf texgyrecursor-bolditalic.otf
+        texgyrecursor-italic.otf texgyrecursor-regular.otf texgyreheros-bold.otf texgyreheros-bolditalic.otf
+        texgyreheros-italic.otf texgyreheros-regular.otf texgyreheroscn-bold.otf texgyreheroscn-bolditalic.otf
+        texgyreheroscn-italic.otf texgyreheroscn-regular.otf texgyrepagella-bold.otf texgyrepagella-bolditalic.otf
+        texgyrepagella-italic.otf texgyrepagella-regular.otf texgyreschola-bold.otf texgyreschola-bolditalic.otf
+        texgyreschola-italic.otf texgyreschola-regular.otf texgyretermes-bold.otf texgyretermes-bolditalic.otf
+        texgyretermes-italic.otf texgyretermes-regular.otf
+    """),
+    "fonts-urw-base35": ("/usr/share/fonts/opentype/urw-base35", """
+        C059-BdIta.otf C059-Bold.otf C059-Italic.otf C059-Roman.otf D050000L.otf NimbusMonoPS-Bold.otf
+        NimbusMonoPS-BoldItalic.otf NimbusMonoPS-Italic.otf NimbusMonoPS-Regular.otf NimbusRoman-Bold.otf
+        NimbusRoman-BoldItalic.otf NimbusRoman-Italic.otf NimbusRoman-Regular.otf NimbusSans-Bold.otf
+        NimbusSans-BoldItalic.otf NimbusSans-Italic.otf NimbusSans-Regular.otf NimbusSansNarrow-Bold.otf
+        NimbusSansNarrow-BoldOblique.otf NimbusSansNarrow-Oblique.otf NimbusSansNarrow-Regular.otf P052-Bold.otf
+        P052-BoldItalic.otf P052-Italic.otf P052-Roman.otf StandardSymbolsPS.otf URWBookman-Demi.otf
+        URWBookman-DemiItalic.otf URWBookman-Light.otf URWBookman-LightItalic.otf URWGothic-Book.otf
+        URWGothic-BookOblique.otf URWGothic-Demi.otf URWGothic-DemiOblique.otf Z003-MediumItalic.otf
+    """),
+    "matplotlib": ("matplotlib:fonts/ttf", "STIXGeneral.ttf STIXGeneralBol.ttf STIXGeneralBolIta.ttf STIXGeneralItalic.ttf"),
+}
+GLYPH_FONT_PACKAGES = " ".join(p for p in GLYPH_FONT_FILES if p.startswith("fonts-"))
+
+
 def cache_dir():
     """Where rendered datasets are cached: ``$PML_DC_CACHE`` or ~/.cache/pml_divide_conquer."""
     return Path(os.environ.get("PML_DC_CACHE", Path.home() / ".cache" / "pml_divide_conquer"))
+
+
+def glyph_fonts():
+    """The font faces of the glyph set (:data:`GLYPH_FONT_FILES` less :data:`EXCLUDED_FONTS`) that are installed,
+    sorted by file name; missing files are skipped with one warning naming their packages."""
+    faces = present_faces(font_faces(GLYPH_FONT_FILES, exclude=EXCLUDED_FONTS), "glyph font")
+    return sorted(faces, key=lambda f: f.name)
 
 
 def candidate_characters():
@@ -145,34 +318,6 @@ def candidate_characters():
             if unicodedata.category(ch)[0] in "LNPS" and not unicodedata.combining(ch):
                 chars.append(ch)
     return chars
-
-
-def find_fonts(dirs=FONT_DIRS):
-    """Outline fonts (.ttf/.otf) under ``dirs`` plus matplotlib's STIX fonts; one file per name, sorted."""
-    paths = {}
-    for d in dirs:
-        for p in sorted(Path(d).rglob("*")) if Path(d).is_dir() else ():
-            if p.suffix.lower() in (".ttf", ".otf") and not any(x in p.name for x in EXCLUDED_FONTS):
-                paths.setdefault(p.name, p)
-    try:
-        import matplotlib
-
-        for p in sorted((Path(matplotlib.get_data_path()) / "fonts" / "ttf").glob("STIXGeneral*.ttf")):
-            paths.setdefault(p.name, p)
-    except ImportError:
-        pass
-    return [paths[k] for k in sorted(paths)]
-
-
-def _font_charset(path):
-    from fontTools.ttLib import TTFont
-
-    try:
-        with TTFont(str(path), lazy=True, fontNumber=0) as f:
-            cmap = f.getBestCmap() or {}
-    except Exception:  # unreadable or symbol-encoded font: skip it
-        return set()
-    return set(cmap)
 
 
 def _render(ch, font, size, rng=None):
@@ -194,6 +339,10 @@ def _render(ch, font, size, rng=None):
     return np.asarray(img.resize((size, size), Image.BILINEAR), dtype=np.uint8)
 
 
+def _as_faces(fonts):
+    return [f if isinstance(f, FontFace) else FontFace("", str(f)) for f in fonts]
+
+
 def render_glyphs(size=16, min_fonts=24, images_per_class=24, max_classes=400, seed=0, fonts=None, progress=True):
     """Render up to ``max_classes`` characters, each covered by at least ``min_fonts`` fonts (the most widely
     covered first: letters, digits and punctuation before rarer symbols). Returns (images, labels, chars).
@@ -202,19 +351,23 @@ def render_glyphs(size=16, min_fonts=24, images_per_class=24, max_classes=400, s
     choice among the fonts that have the character), each lightly augmented. Characters whose rendering is
     near-identical to one already kept (Latin A, Greek Alpha and Cyrillic A; "|" and "l" in many fonts) are
     dropped, so every class is a visually distinct glyph.
+
+    ``fonts``: font files (paths or :class:`FontFace`), default :func:`glyph_fonts`; faces that fontTools or
+    Pillow cannot read or draw are skipped with one warning.
     """
-    from PIL import ImageFont
     from tqdm import tqdm
 
     rng = np.random.default_rng(seed)
-    fonts = find_fonts() if fonts is None else [Path(f) for f in fonts]
-    charsets = [_font_charset(f) for f in fonts]
-    loaded = {}
+    opened = _open_glyph_fonts(fonts, size)
+    charsets = [set(cmap) for _, cmap, _ in opened]
+    failed = set()
 
-    def font(i):
-        if i not in loaded:
-            loaded[i] = ImageFont.truetype(str(fonts[i]), size=int(2 * size * 0.75))
-        return loaded[i]
+    def render(ch, i, rng=None):
+        try:
+            return _render(ch, opened[i][2], size, rng)
+        except OSError:  # a glyph this face cannot draw (its other glyphs passed the probe): an empty image
+            failed.add(opened[i][0].name)
+            return np.zeros((size, size), dtype=np.uint8)
 
     candidates = []
     for ch in candidate_characters():
@@ -223,10 +376,10 @@ def render_glyphs(size=16, min_fonts=24, images_per_class=24, max_classes=400, s
             candidates.append((ch, have))
     candidates.sort(key=lambda c: (-len(c[1]), ord(c[0])))
     # a fixed set of reference fonts (the first that cover every candidate) to detect look-alike characters
-    ref = [i for i in range(len(fonts)) if all(i in have for _, have in candidates)][:4]
+    ref = [i for i in range(len(opened)) if all(i in have for _, have in candidates)][:4]
     kept, kept_refs = [], []
     for ch, have in candidates:
-        sig = np.stack([_render(ch, font(i), size) for i in (ref or have[:4])]).astype(np.float32) / 255.0
+        sig = np.stack([render(ch, i) for i in (ref or have[:4])]).astype(np.float32) / 255.0
         if sig.sum() < 1.0:  # blank in the reference fonts
             continue
         if any(np.abs(sig - other).sum() < 0.15 * min(sig.sum(), other.sum()) for other in kept_refs):
@@ -242,7 +395,7 @@ def render_glyphs(size=16, min_fonts=24, images_per_class=24, max_classes=400, s
         order = rng.permutation(have)
         j = 0
         for attempt in range(4 * images_per_class):
-            img = _render(ch, font(int(order[attempt % len(order)])), size, rng)
+            img = render(ch, int(order[attempt % len(order)]), rng)
             if img.max() >= 96:  # skip fonts whose glyph is empty or too faint at this size
                 images[c * images_per_class + j] = img
                 j += 1
@@ -250,6 +403,9 @@ def render_glyphs(size=16, min_fonts=24, images_per_class=24, max_classes=400, s
                     break
         if j < images_per_class:
             raise RuntimeError(f"could not render {images_per_class} visible images of {ch!r}")
+    if failed:
+        warnings.warn(f"some glyphs could not be drawn (Pillow error), left out: fonts {', '.join(sorted(failed))}",
+                      stacklevel=3)
     return images, labels, [ch for ch, _ in kept]
 
 
@@ -262,10 +418,11 @@ def load_glyphs(split="test", size=16, num_test_classes=None, val_fraction=0.2, 
     returns (train minus validation classes, validation classes), where the ``val_fraction`` of the training
     classes held out never touch the test classes. Images are float32 in [0, 1] of shape (1, size, size).
 
-    Needs Pillow and fontTools (both installed with matplotlib) and fonts; Debian's font packages:
-    ``apt-get install -y fonts-dejavu-core fonts-liberation fonts-freefont-ttf fonts-urw-base35 ...`` (see
-    ``scripts/setup.sh``). The cache lives in :func:`cache_dir` (``$PML_DC_CACHE``); its file name depends on the
-    rendering settings and the list of fonts found.
+    Needs Pillow and fontTools (both installed with matplotlib) and the font files listed in
+    :data:`GLYPH_FONT_FILES`, of Debian's packages :data:`GLYPH_FONT_PACKAGES` (``apt-get install -y
+    fonts-dejavu-core fonts-liberation ...``, see ``scripts/setup.sh``) plus matplotlib's STIX fonts; other
+    installed fonts are never used. The cache lives in :func:`cache_dir` (``$PML_DC_CACHE``); its file name depends
+    on the rendering settings and the list of font files used.
 
     Example:
         >>> train_set, test_set = load_glyphs("test")
@@ -286,23 +443,40 @@ def load_glyphs(split="test", size=16, num_test_classes=None, val_fraction=0.2, 
     return ArrayDataset(x[is_train], labels[is_train]), ArrayDataset(x[is_test], labels[is_test])
 
 
-def glyph_arrays(size=16, seed=0, cache=True, progress=True, **render_kwargs):
-    """(images uint8 N x size x size, labels, chars) of the glyph set, from the cache when it is there."""
-    fonts = find_fonts()
-    if not fonts:
+def _open_glyph_fonts(fonts, size):
+    faces = glyph_fonts() if fonts is None else present_faces(_as_faces(fonts), "glyph font")
+    return open_faces(faces, int(2 * size * 0.75), candidate_characters(), "glyph font")
+
+
+def glyph_arrays(size=16, seed=0, cache=True, progress=True, fonts=None, **render_kwargs):
+    """(images uint8 N x size x size, labels, chars) of the glyph set, from the cache when it is there.
+
+    ``fonts``: font files (paths or :class:`FontFace`), default :func:`glyph_fonts` (the files of
+    :data:`GLYPH_FONT_FILES`). The cache file is keyed on the rendering settings and on the fonts actually used:
+    a machine missing a package, or with a face Pillow cannot draw, gets its own cache (and a warning).
+    """
+    opened = _open_glyph_fonts(fonts, size)
+    if not opened:
         raise FileNotFoundError(
-            f"no .ttf/.otf fonts found in {', '.join(FONT_DIRS)}: install some, e.g. apt-get install -y "
+            "none of the glyph set's font files is installed (or readable): install them with apt-get install -y "
             f"{GLYPH_FONT_PACKAGES} (or run bash scripts/setup.sh)"
         )
-    key = repr((size, seed, sorted(render_kwargs.items()), [f.name for f in fonts], 2))  # 2: renderer version
+    used = [face for face, _, _ in opened]
+    key = repr((size, seed, sorted(render_kwargs.items()), [f.name for f in used], 2))  # 2: renderer version
     path = cache_dir() / f"glyphs_{size}px_{hashlib.sha1(key.encode()).hexdigest()[:12]}.npz"
     if cache and path.exists():
         with np.load(path) as z:
             return z["images"], z["labels"], list(z["chars"])
-    images, labels, chars = render_glyphs(size=size, seed=seed, fonts=fonts, progress=progress, **render_kwargs)
+    images, labels, chars = render_glyphs(size=size, seed=seed, fonts=used, progress=progress, **render_kwargs)
     if cache:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(f".{os.getpid()}.tmp.npz")
-        np.savez_compressed(tmp, images=images, labels=labels, chars=np.array(chars))
-        os.replace(tmp, path)
+        _save_npz(path, images=images, labels=labels, chars=np.array(chars))
     return images, labels, chars
+
+
+def _save_npz(path, **arrays):
+    """``np.savez_compressed`` to a temporary file renamed into place (readers never see half a file)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f"{path.stem}.{os.getpid()}.tmp.npz")
+    np.savez_compressed(tmp, **arrays)
+    os.replace(tmp, path)
