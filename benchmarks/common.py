@@ -71,9 +71,9 @@ def markdown_table(header, rows):
 
 
 def write_csv(path, records):
-    """``records``: a list of dicts with the same keys."""
+    """``records``: a list of dicts (keys missing from some rows are left empty there)."""
     with open(path, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(records[0]))
+        w = csv.DictWriter(f, fieldnames=list(dict.fromkeys(k for r in records for k in r)), restval="")
         w.writeheader()
         w.writerows(records)
 
