@@ -792,7 +792,7 @@ def render_han_glyphs(size=32, num_classes=3200, min_faces=10, max_per_class=20,
     big = 2 * size
     kept, drawn = {}, {}  # cp -> distinct face ids; (face, hash of its drawing) -> code points
     top = []  # (count, cp) of the best characters so far, sorted best first
-    bar = tqdm(total=len(order), desc="rendering Han glyphs", disable=not progress)
+    bar = tqdm(desc="Han characters drawn in every face", unit="char", disable=not progress)
     for cp in order:
         if len(top) >= num_classes and bound[cp] < top[num_classes - 1][0]:
             break  # no later character has enough candidate glyphs to enter the selection
@@ -855,11 +855,13 @@ def han_glyph_arrays(size=32, num_classes=3200, min_faces=10, max_per_class=20, 
                      levels=16, seed=0, fonts=None, ranges=HAN_RANGES, cache=True, progress=True, npz=None):
     """The Han glyph set as :class:`HanGlyphs` (see :func:`render_han_glyphs`), rendered once and cached.
 
-    ``npz``: read prebuilt arrays (:func:`save_han_npz`) instead, on a machine without the fonts; default
-    ``$PML_DC_HAN_NPZ`` when set. Otherwise renders from :data:`HAN_FONT_FILES` (or ``fonts``); the cache file in
-    :func:`cache_dir` is keyed on the rendering settings and the faces actually used.
+    ``npz``: read prebuilt arrays (:func:`save_han_npz`) instead, on a machine without the fonts (the rendering
+    settings are then those the file was built with); default ``$PML_DC_HAN_NPZ`` when set and ``fonts`` is not
+    given. Otherwise renders from :data:`HAN_FONT_FILES` (or ``fonts``); the cache file in :func:`cache_dir` is
+    keyed on the rendering settings and the faces actually used.
     """
-    npz = npz or os.environ.get(HAN_NPZ_ENV) or None
+    if npz is None and fonts is None:
+        npz = os.environ.get(HAN_NPZ_ENV) or None
     if npz is not None:
         glyphs = _read_han_npz(npz)
         if glyphs.images.shape[1:] != (size, size):

@@ -13,6 +13,11 @@ TINY = dict(num_classes=40, min_faces=2, max_per_class=4, ranges=((0x4E00, 0x52F
 SPLITS = dict(num_pretrain=10, num_train=10, num_val=5, num_test=10)
 
 
+@pytest.fixture(autouse=True)
+def no_prebuilt_npz(monkeypatch):
+    monkeypatch.delenv(datasets.HAN_NPZ_ENV, raising=False)
+
+
 def sawarabi():
     faces = [f for f in datasets.font_faces(datasets.HAN_FONT_FILES)
              if f.package in ("fonts-sawarabi-gothic", "fonts-sawarabi-mincho")]
