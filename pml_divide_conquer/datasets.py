@@ -281,7 +281,8 @@ def open_faces(faces, pixel_size, probe_chars, what="font"):
             font = ImageFont.truetype(face.path, size=pixel_size, index=face.index)
             probe = next((ch for ch in probe_chars if ord(ch) in cmap), None)
             if probe is not None:
-                ImageDraw.Draw(Image.new("L", (2 * pixel_size, 2 * pixel_size))).text((0, 0), probe, fill=255, font=font)
+                canvas = Image.new("L", (2 * pixel_size, 2 * pixel_size))
+                ImageDraw.Draw(canvas).text((0, 0), probe, fill=255, font=font)
         except Exception as e:  # noqa: BLE001 - any font that cannot be read or drawn is skipped
             failed.append(f"{face.name} ({face.package or face.path}): {type(e).__name__}: {e}")
             continue
@@ -366,7 +367,9 @@ GLYPH_FONT_FILES = {
         URWBookman-DemiItalic.otf URWBookman-Light.otf URWBookman-LightItalic.otf URWGothic-Book.otf
         URWGothic-BookOblique.otf URWGothic-Demi.otf URWGothic-DemiOblique.otf Z003-MediumItalic.otf
     """),
-    "matplotlib": ("matplotlib:fonts/ttf", "STIXGeneral.ttf STIXGeneralBol.ttf STIXGeneralBolIta.ttf STIXGeneralItalic.ttf"),
+    "matplotlib": ("matplotlib:fonts/ttf", """
+        STIXGeneral.ttf STIXGeneralBol.ttf STIXGeneralBolIta.ttf STIXGeneralItalic.ttf
+    """),
 }
 GLYPH_FONT_PACKAGES = " ".join(p for p in GLYPH_FONT_FILES if p.startswith("fonts-"))
 
@@ -777,7 +780,7 @@ def render_han_glyphs(size=32, num_classes=3200, min_faces=10, max_per_class=20,
     # glyphs each face may draw: Han code points whose glyph name is the face's glyph of no other Han code point
     usable = []
     for of in opened:
-        names = {cp: g for cp, g in of.cmap.items() if _is_han(cp)}  # all Han: placeholders shared outside ranges
+        names = {cp: g for cp, g in of.cmap.items() if _is_han(cp)}  # all Han blocks, whatever ``ranges``
         counts = {}
         for g in names.values():
             counts[g] = counts.get(g, 0) + 1
@@ -789,10 +792,9 @@ def render_han_glyphs(size=32, num_classes=3200, min_faces=10, max_per_class=20,
             if n >= min_faces:
                 bound[cp] = n
     order = sorted(bound, key=lambda cp: (-bound[cp], cp))
-    big = 2 * size
     kept, drawn = {}, {}  # cp -> distinct face ids; (face, hash of its drawing) -> code points
     top = []  # (count, cp) of the best characters so far, sorted best first
-    bar = tqdm(total=len(order), desc="rendering Han glyphs", disable=not progress)
+    bar = tqdm(desc="Han characters drawn in every face", unit="char", disable=not progress)
     for cp in order:
         if len(top) >= num_classes and bound[cp] < top[num_classes - 1][0]:
             break  # no later character has enough candidate glyphs to enter the selection
@@ -855,11 +857,13 @@ def han_glyph_arrays(size=32, num_classes=3200, min_faces=10, max_per_class=20, 
                      levels=16, seed=0, fonts=None, ranges=HAN_RANGES, cache=True, progress=True, npz=None):
     """The Han glyph set as :class:`HanGlyphs` (see :func:`render_han_glyphs`), rendered once and cached.
 
-    ``npz``: read prebuilt arrays (:func:`save_han_npz`) instead, on a machine without the fonts; default
-    ``$PML_DC_HAN_NPZ`` when set. Otherwise renders from :data:`HAN_FONT_FILES` (or ``fonts``); the cache file in
-    :func:`cache_dir` is keyed on the rendering settings and the faces actually used.
+    ``npz``: read prebuilt arrays (:func:`save_han_npz`) instead, on a machine without the fonts (the rendering
+    settings are then those the file was built with); default ``$PML_DC_HAN_NPZ`` when set and ``fonts`` is not
+    given. Otherwise renders from :data:`HAN_FONT_FILES` (or ``fonts``); the cache file in :func:`cache_dir` is
+    keyed on the rendering settings and the faces actually used.
     """
-    npz = npz or os.environ.get(HAN_NPZ_ENV) or None
+    if npz is None and fonts is None:
+        npz = os.environ.get(HAN_NPZ_ENV) or None
     if npz is not None:
         glyphs = _read_han_npz(npz)
         if glyphs.images.shape[1:] != (size, size):
