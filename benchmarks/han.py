@@ -82,6 +82,10 @@ class Config:
     orthogonality_weight: float = 0.01
     mask_lr_multiplier: float = 100.0
     freeze_trunk_epochs: int = 0
+    random_clusters: bool = False  # ablation: random clusters instead of k-means
+    # regime
+    train_classes: int = 0  # 0: all the training split's classes; else a fixed subset of that many
+    freeze_batchnorm: bool = True  # BatchNorm of the (pretrained) trunk in eval mode, as in the reference code
 
     def but(self, **changes):
         return replace(self, **changes)
@@ -97,6 +101,8 @@ class Config:
             return start, start
         elif self.schedule == "divide-only":
             return None, None
+        elif self.schedule == "custom-full":  # ablation: the full embedding from the start (cluster batches only)
+            return 1, None
         else:
             raise ValueError(f"unknown schedule {self.schedule!r}")
         return s.full_embedding_epoch, s.all_data_epoch
@@ -198,6 +204,9 @@ def pretrain(cfg, data, device, out):
     """The trunk, trained to classify the pretraining classes; cached in ``out`` per pretraining settings."""
     path = Path(out) / f"pretrained_{cfg.pretrain_key()}.pt"
     trunk, dim = make_trunk(cfg)
+    if cfg.pretrain_epochs == 0:  # from scratch (same initial weights for every run)
+        torch.manual_seed(1234)
+        return make_trunk(cfg) + (0.0,)
     if path.exists():
         trunk.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
         return trunk, dim, 0.0
@@ -226,6 +235,13 @@ def pretrain(cfg, data, device, out):
     return trunk, dim, time.perf_counter() - start
 
 
+class RandomClustersWrapper(DivideConquerWrapper):
+    """Ablation: learners on their subspaces, batches from clusters, but the clusters are random (no k-means)."""
+
+    def _cluster(self, emb, step):
+        return np.random.default_rng([self.seed, self.last_epoch + 1]).integers(0, step.num_clusters, len(emb))
+
+
 def finetune(cfg, data, trunk_state, device):
     """Fine-tune a copy of the pretrained trunk with the metric loss; returns (trunk, embedder, seconds, stats)."""
     import logging
@@ -238,6 +254,13 @@ def finetune(cfg, data, trunk_state, device):
     trunk, dim = make_trunk(cfg)
     trunk.load_state_dict(trunk_state)
     ds = data["train"]
+    if cfg.train_classes:  # a fixed subset of the training classes (the same for every seed and method)
+        from pml_divide_conquer.datasets import BatchArrayDataset
+
+        classes = np.random.default_rng(0).permutation(int(ds.labels.max()) + 1)[: cfg.train_classes]
+        keep = np.flatnonzero(np.isin(ds.labels, classes))
+        labels = np.unique(ds.labels[keep], return_inverse=True)[1]
+        ds = BatchArrayDataset(ds.data.cpu()[torch.as_tensor(keep)], labels, device=ds.device)
     labels = ds.labels
     num_learners = cfg.num_learners if cfg.method == "dc" else 1
     mode = cfg.mode if cfg.method == "dc" else "fixed"
@@ -255,7 +278,7 @@ def finetune(cfg, data, trunk_state, device):
     if cfg.method == "dc":
         sampler = ClusterSampler(labels, batch_size=cfg.batch_size, m=cfg.m, seed=cfg.seed)
         full, all_data = cfg.phase_epochs()
-        wrapper = DivideConquerWrapper(
+        wrapper = (RandomClustersWrapper if cfg.random_clusters else DivideConquerWrapper)(
             loss, miner, embedder=embedder, sampler=sampler, recluster_every=cfg.recluster_every,
             full_embedding_epoch=full, all_data_epoch=all_data, heads=cfg.heads, cluster_on=cfg.cluster_on,
             orthogonality_weight=cfg.orthogonality_weight, freeze_trunk_epochs=cfg.freeze_trunk_epochs,
@@ -274,7 +297,7 @@ def finetune(cfg, data, trunk_state, device):
         models={"trunk": trunk, "embedder": embedder}, optimizers=optimizers, batch_size=cfg.batch_size,
         loss_funcs=loss_funcs, mining_funcs=mining_funcs, dataset=ds, sampler=sampler, dataloader_num_workers=0,
         data_device=device, collate_fn=ds.collate_fn, end_of_epoch_hook=hook,
-        iterations_per_epoch=len(labels) // cfg.batch_size, freeze_trunk_batchnorm=True,
+        iterations_per_epoch=len(labels) // cfg.batch_size, freeze_trunk_batchnorm=cfg.freeze_batchnorm,
     )
     stats = {}
     start = time.perf_counter()
@@ -349,6 +372,8 @@ def run_all(configs, args, progress_desc):
 
     sizes = json.loads(args.sizes) if args.sizes else None
     device = torch.device(args.device)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
     data = load_splits(args.split, args.npz, device, sizes)
     _DATA[(args.split, args.npz, repr(sizes), args.device)] = data
     threads = torch.get_num_threads()
@@ -366,6 +391,7 @@ def run_all(configs, args, progress_desc):
     if args.device != "cpu" or args.jobs <= 1:
         for i, job in enumerate(jobs):
             records[i] = run_job(job)
+            keep_partial(records[i], args)
             bar.update()
             bar.write(describe(records[i]))
     else:
@@ -374,10 +400,17 @@ def run_all(configs, args, progress_desc):
             futures = {pool.submit(run_job, job): i for i, job in enumerate(jobs)}
             for f in cf.as_completed(futures):
                 records[futures[f]] = f.result()
+                keep_partial(records[futures[f]], args)
                 bar.update()
                 bar.write(describe(records[futures[f]]))
     bar.close()
     return records
+
+
+def keep_partial(record, args):
+    """Append each finished run to ``han_runs.jsonl`` in --out, so that an interrupted run keeps what it did."""
+    with open(Path(args.out) / "han_runs.jsonl", "a") as f:
+        f.write(json.dumps(record) + "\n")
 
 
 def describe(r):
@@ -426,10 +459,11 @@ def table(records, group_keys=("loss",)):
 
 def plot(records, path, title):
     plt = pyplot()
-    groups = list(dict.fromkeys((r["loss"], r["setting"]) for r in records))
+    key = "regime" if "regime" in records[0] else "loss"
+    groups = list(dict.fromkeys((r[key], r["setting"]) for r in records))
     fig, ax = plt.subplots(figsize=(7, 0.3 * len(groups) + 1.2))
     for i, (loss, name) in enumerate(groups):
-        v = [100 * r["recall_at_1"] for r in records if (r["loss"], r["setting"]) == (loss, name)]
+        v = [100 * r["recall_at_1"] for r in records if (r[key], r["setting"]) == (loss, name)]
         ax.barh(i, np.mean(v), xerr=np.std(v), capsize=3, color="C0" if name == "baseline" else "C1")
     ax.set_yticks(range(len(groups)), [f"{l}: {n}" for l, n in groups], fontsize=7)
     ax.invert_yaxis()
@@ -465,6 +499,35 @@ def table_configs(base, seeds, losses=LOSSES):
                       dict(CHOSEN, mode=mode, schedule="journal", heads="per_learner")) for mode in ("fixed", "learned")]
         for name, changes in variants + extra:
             out += [(name, base.but(loss=loss, seed=seed, **changes)) for seed in range(seeds)]
+    return out
+
+
+def ablation_configs(base, seeds, loss="margin"):
+    """What each part of D&C contributes (the chosen configuration, one part changed per row)."""
+    dc = base.but(loss=loss, **CHOSEN)
+    rows = [
+        ("baseline (PML: MPerClassSampler)", base.but(loss=loss, method="baseline")),
+        ("K=1: ClusterSampler over all data, full embedding", dc.but(num_learners=1, schedule="divide-only")),
+        ("cluster batches only: full embedding from epoch 1", dc.but(schedule="custom-full")),
+        ("subspaces on random clusters", dc.but(random_clusters=True)),
+        ("divide only (no full-embedding phase)", dc.but(schedule="divide-only")),
+        ("old phases (all data for the last 10 %)", dc.but(schedule="old")),
+        ("D&C (chosen)", dc),
+    ]
+    return [(name, cfg.but(seed=s)) for name, cfg in rows for s in range(seeds)]
+
+
+def sweep_configs(base, seeds, axis, loss="margin"):
+    """Baseline and D&C (chosen) across a regime axis: training classes, epochs, or pretrained vs from scratch."""
+    values = {
+        "classes": [(f"{n} training classes", dict(train_classes=n)) for n in (300, 1000, 3000)],
+        "epochs": [(f"{n} epochs", dict(epochs=n)) for n in (6, 12, 24)],
+        "pretrained": [("pretrained trunk", {}), ("trunk from scratch", dict(pretrain_epochs=0, freeze_batchnorm=False))],
+    }[axis]
+    out = []
+    for regime, changes in values:
+        for name, method in (("baseline", dict(method="baseline")), ("D&C (chosen)", CHOSEN)):
+            out += [(regime, name, base.but(loss=loss, seed=s, **changes, **method)) for s in range(seeds)]
     return out
 
 
@@ -504,7 +567,8 @@ def tune_configs(base, seeds, best_lr=None):
 
 def parser():
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("command", choices=["gate", "tune", "table"])
+    p.add_argument("command", choices=["gate", "tune", "table", "ablation", "sweep"])
+    p.add_argument("--axis", default="classes", choices=["classes", "epochs", "pretrained"], help="sweep: the regime")
     p.add_argument("--preset", default="cpu", choices=list(PRESETS))
     p.add_argument("--device", default="cpu")
     p.add_argument("--npz", default=None, help="prebuilt arrays (benchmarks/setup_han.sh); default: render/cached")
@@ -527,8 +591,15 @@ def main(argv=None):
     if args.set:
         base = base.but(**json.loads(args.set))
     start = time.perf_counter()
+    regimes = None
     if args.command == "gate":
         named = gate_configs(base, args.seeds, tuple(args.losses or ("margin",)))
+    elif args.command == "ablation":
+        named = ablation_configs(base, args.seeds, (args.losses or ["margin"])[0])
+    elif args.command == "sweep":
+        triples = sweep_configs(base, args.seeds, args.axis, (args.losses or ["margin"])[0])
+        regimes = [t[0] for t in triples]
+        named = [(name, cfg) for _, name, cfg in triples]
     elif args.command == "table":
         named = table_configs(base, args.seeds, tuple(args.losses or LOSSES))
     else:
@@ -547,19 +618,22 @@ def main(argv=None):
             named_records = []
         named = tune_configs(base, args.seeds, best)
     records = run_all([c for _, c in named], args, f"han {args.command}")
-    for (name, _), r in zip(named, records):
+    for i, ((name, _), r) in enumerate(zip(named, records)):
         r["setting"] = name
+        if regimes:
+            r["regime"] = regimes[i]
     if args.command == "tune":
         records = named_records + records
     elapsed = time.perf_counter() - start
-    name = f"han_{args.command}" + ("" if args.preset == "cpu" else f"_{args.preset}")
+    name = f"han_{args.command}" + (f"_{args.axis}" if regimes else "") + ("" if args.preset == "cpu" else f"_{args.preset}")
     write_csv(out / f"{name}.csv", records)
     title = (f"Han {('validation' if args.split == 'val' else 'test')} classes, {args.preset} preset "
              f"({base.trunk}, {base.epochs} epochs, batch {base.batch_size}, m={base.m}, d={base.embedding_size}), "
              f"{args.seeds} seeds, {args.device}")
     plot(records, out / f"{name}.png", title)
     command = "python benchmarks/han.py " + shlex.join(sys.argv[1:] if argv is None else argv)
-    report(out, name, f"{title} — {elapsed / 60:.1f} min", table(records), command)
+    groups = ("regime",) if regimes else ("loss",)
+    report(out, name, f"{title} — {elapsed / 60:.1f} min", table(records, groups), command)
     return records
 
 
