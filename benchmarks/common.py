@@ -52,8 +52,9 @@ def machine():
     load = ""
     if hasattr(os, "getloadavg"):
         load = f", load average at start {os.getloadavg()[0]:.1f}"
+    gpu = f"GPU {torch.cuda.get_device_name(0)}" if torch.cuda.is_available() else "no GPU"
     return (
-        f"{cpu}, {os.cpu_count()} cores{mem}, no GPU; Python {platform.python_version()}, torch {torch.__version__} "
+        f"{cpu}, {os.cpu_count()} cores{mem}, {gpu}; Python {platform.python_version()}, torch {torch.__version__} "
         f"({torch.get_num_threads()} threads){load}"
     )
 
@@ -70,9 +71,9 @@ def markdown_table(header, rows):
 
 
 def write_csv(path, records):
-    """``records``: a list of dicts with the same keys."""
+    """``records``: a list of dicts (keys missing from some rows are left empty there)."""
     with open(path, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(records[0]))
+        w = csv.DictWriter(f, fieldnames=list(dict.fromkeys(k for r in records for k in r)), restval="")
         w.writeheader()
         w.writerows(records)
 

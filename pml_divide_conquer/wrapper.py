@@ -2,6 +2,7 @@
 
 import copy
 import inspect
+import time
 import weakref
 
 import numpy as np
@@ -279,8 +280,11 @@ class DivideConquerWrapper(BaseMetricLossFunction):
         for name in per_learner:
             setattr(self, name, 0.0)
         self.full_loss = 0.0
+        self.recluster_seconds = 0.0  # the last reclustering: all of it, and the clustering (k-means, matching)
+        self.clustering_seconds = 0.0
         self.add_to_recordable_attributes(
-            list_of_names=["num_active", "num_clusters", "current_learner", "orthogonality", "phase_id", "full_loss"]
+            list_of_names=["num_active", "num_clusters", "current_learner", "orthogonality", "phase_id", "full_loss",
+                           "recluster_seconds", "clustering_seconds"]
             + per_learner,
             is_stat=False,
         )
@@ -489,9 +493,11 @@ class DivideConquerWrapper(BaseMetricLossFunction):
         elif step.action in (Action.RECLUSTER, Action.SPLIT):
             self._divide(trainer, step)
             c_f.LOGGER.info(
-                "D&C: %s after epoch %d: K=%d, cluster sizes %s",
+                "D&C: %s after epoch %d in %.1f s (k-means %.1f s): K=%d, cluster sizes %s",
                 "split every cluster in two" if step.action == Action.SPLIT else "reclustered",
                 epoch,
+                self.recluster_seconds,
+                self.clustering_seconds,
                 step.num_clusters,
                 self.sampler.cluster_sizes().tolist(),
             )
@@ -540,12 +546,15 @@ class DivideConquerWrapper(BaseMetricLossFunction):
     def _divide(self, trainer, step):
         if step.action == Action.SPLIT and step.num_clusters != 2 * self.num_active:
             raise RuntimeError(f"cannot split {self.num_active} clusters into {step.num_clusters}")
+        start = time.perf_counter()
         emb = self.embed_training_set(trainer)
         # one rank clusters, all ranks get its result (k-means need not agree bit for bit across processes)
+        clustering_start = time.perf_counter()
         if distributed.world_size_and_rank()[1] == 0:
             new = self._cluster(emb, step)
         else:
             new = np.zeros(len(emb), dtype=np.int64)
+        self.clustering_seconds = time.perf_counter() - clustering_start
         new = distributed.broadcast_array(new)
         if step.action == Action.SPLIT:
             optimizers = list(getattr(trainer, "optimizers", {}).values())
@@ -557,6 +566,7 @@ class DivideConquerWrapper(BaseMetricLossFunction):
         self.num_active = step.num_clusters
         self.sampler.set_assignment(new, step.num_clusters)
         hooks.restart_iterator(trainer)
+        self.recluster_seconds = time.perf_counter() - start
 
     def _cluster(self, emb, step):
         """The new assignment (numpy in, numpy out), as the journal code makes it: k-means at the current K

@@ -30,9 +30,12 @@ else
 fi
 .venv/bin/python -c "import torch, faiss, pytorch_metric_learning as pml, pml_divide_conquer as dc; \
 print(f'ready: torch {torch.__version__}, faiss {faiss.__version__}, PML {pml.__version__}, pml-divide-conquer {dc.__version__}')"
-# Offline data for the benchmarks and their tests (Debian packages): Fashion-MNIST, and fonts for the glyph set.
+# Offline data for the benchmarks and their tests (Debian packages): Fashion-MNIST, fonts for the glyph set, and two
+# small Japanese fonts (1.8 MB each installed) for the tests of the Han set (the full Han set needs
+# benchmarks/setup_han.sh, about 1.2 GB of CJK fonts).
 DATA_PACKAGES="dataset-fashion-mnist fonts-dejavu-core fonts-dejavu-extra fonts-liberation fonts-freefont-ttf \
-fonts-urw-base35 fonts-texgyre fonts-croscore fonts-go fonts-linuxlibertine fonts-open-sans"
+fonts-urw-base35 fonts-texgyre fonts-croscore fonts-go fonts-linuxlibertine fonts-open-sans \
+fonts-sawarabi-gothic fonts-sawarabi-mincho"
 missing=$(for p in $DATA_PACKAGES; do dpkg -s "$p" >/dev/null 2>&1 || echo "$p"; done)
 if [ -n "$missing" ]; then
   if command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then

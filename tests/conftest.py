@@ -67,12 +67,16 @@ def build(
     extra_models=None,
     extra_loss_funcs=None,
     extra_optimizers=None,
+    device="cpu",
     **trainer_kwargs,
 ):
     """A tiny but real PML set-up around DivideConquerWrapper. Returns a dict of its parts."""
+    device = torch.device(device)
     torch.manual_seed(seed)
-    trunk = torch.nn.Sequential(torch.nn.Linear(64, 32), torch.nn.ReLU())
-    embedder = SubspaceMaskedEmbedder(embedding_size, num_learners, mode=mode, embedder=torch.nn.Linear(32, embedding_size))
+    trunk = torch.nn.Sequential(torch.nn.Linear(64, 32), torch.nn.ReLU()).to(device)
+    embedder = SubspaceMaskedEmbedder(
+        embedding_size, num_learners, mode=mode, embedder=torch.nn.Linear(32, embedding_size)
+    ).to(device)
     sampler = ClusterSampler(dataset.labels, batch_size=batch_size, m=m, seed=seed)
     wrapper = DivideConquerWrapper(
         loss if loss is not None else losses.TripletMarginLoss(margin=0.1),
@@ -86,7 +90,7 @@ def build(
         freeze_trunk_epochs=freeze_trunk_epochs,
         grow=grow,
         seed=seed,
-    )
+    ).to(device)
     optimizers = {
         "trunk_optimizer": torch.optim.Adam(trunk.parameters(), lr=1e-3),
         "embedder_optimizer": torch.optim.Adam(embedder.parameter_groups(lr=1e-3, mask_lr_multiplier=10)),
@@ -106,7 +110,7 @@ def build(
             dataset=dataset,
             sampler=trainer_sampler or sampler,
             dataloader_num_workers=workers,
-            data_device=torch.device("cpu"),
+            data_device=device,
             **trainer_kwargs,
         )
     return dict(trainer=trainer, wrapper=wrapper, sampler=sampler, embedder=embedder, trunk=trunk, optimizers=optimizers)

@@ -10,6 +10,7 @@ import math
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -114,3 +115,44 @@ def test_paper_protocol_dry_run(bench, tmp_path, capsys):
     saved = json.loads((tmp_path / "paper_cub_dry_run.json").read_text())
     assert saved["R@1"] == result["R@1"]
     assert "| R@1 |" in capsys.readouterr().out
+
+
+@pytest.fixture(scope="module")
+def tiny_han_npz(tmp_path_factory):
+    """A tiny Han set from the two small font packages scripts/setup.sh installs."""
+    from pml_divide_conquer import datasets
+
+    faces = [f for f in datasets.font_faces(datasets.HAN_FONT_FILES)
+             if f.package in ("fonts-sawarabi-gothic", "fonts-sawarabi-mincho")]
+    path = tmp_path_factory.mktemp("han") / "tiny.npz"
+    datasets.save_han_npz(path, fonts=faces, num_classes=60, min_faces=2, max_per_class=4, progress=False, cache=False)
+    return path
+
+
+TINY_SIZES = '{"num_pretrain": 20, "num_train": 20, "num_val": 5, "num_test": 15}'
+
+
+def test_han_benchmark_gate_runs_pretraining_baseline_and_dc(bench, tmp_path, capsys, tiny_han_npz):
+    han = bench("han")
+    records = han.main(["gate", "--preset", "tiny", "--npz", str(tiny_han_npz), "--sizes", TINY_SIZES,
+                        "--seeds", "2", "--jobs", "1", "--out", str(tmp_path)])
+    rows = check_outputs(tmp_path, "han_gate_tiny", capsys, ["| margin | baseline |", "| margin | D&C (chosen) |"])
+    assert len(records) == len(rows) == 4
+    assert {r["method"] for r in records} == {"baseline", "dc"} and {r["seed"] for r in records} == {0, 1}
+    for r in records:
+        assert all(0.0 <= r[m] <= 1.0 for m in han.METRICS) and r["recall_at_1"] <= r["recall_at_8"]
+    dc = [r for r in records if r["method"] == "dc"]
+    assert all(r["reclusterings"] >= 1 and 0 < r["kmeans_seconds"] < r["recluster_seconds"] for r in dc)
+    assert list(tmp_path.glob("pretrained_*.pt"))  # pretrained once, cached for every run
+
+
+def test_han_paired_difference_and_equal_tuning_budgets(bench):
+    han = bench("han")
+    mean, half = han.paired_difference([0.5, 0.6, 0.7], [0.4, 0.5, 0.7])
+    assert mean == pytest.approx(100 * (0.1 + 0.1 + 0.0) / 3)
+    d = 100 * np.array([0.1, 0.1, 0.0])
+    assert half == pytest.approx(4.303 * d.std(ddof=1) / np.sqrt(3))
+    assert len(han.TUNE_BASELINE) == len(han.TUNE_DC)  # the baseline gets the same tuning budget as D&C
+    cfg = han.PRESETS["cpu"]
+    assert cfg.but(schedule="journal").phase_epochs() == (round(cfg.epochs * 80 / 180) + 1, None)
+    assert cfg.but(schedule="old").phase_epochs() == (cfg.epochs, cfg.epochs)

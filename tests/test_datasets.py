@@ -2,6 +2,7 @@
 
 import gzip
 import struct
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -76,20 +77,83 @@ def test_glyph_splits_are_disjoint_and_validation_comes_from_training_classes(gl
         datasets.load_glyphs("train")
 
 
+TINY = dict(size=12, min_fonts=6, images_per_class=6, max_classes=10, progress=False)
+
+
 def test_glyphs_are_rendered_once_then_read_from_the_cache(tmp_path, monkeypatch):
     monkeypatch.setenv("PML_DC_CACHE", str(tmp_path))
-    fonts = datasets.find_fonts()[:6]
-    monkeypatch.setattr(datasets, "find_fonts", lambda: fonts)
-    kwargs = dict(size=12, min_fonts=6, images_per_class=6, max_classes=20, progress=False)
-    first = datasets.glyph_arrays(**kwargs)
+    fonts = datasets.glyph_fonts()[:6]
+    first = datasets.glyph_arrays(fonts=fonts, **TINY)
     files = list(tmp_path.glob("glyphs_12px_*.npz"))
     assert len(files) == 1
     monkeypatch.setattr(datasets, "render_glyphs", lambda **kw: pytest.fail("rendered again instead of cached"))
-    second = datasets.glyph_arrays(**kwargs)
-    assert np.array_equal(first[0], second[0]) and first[2] == second[2] and len(first[2]) == 20
+    second = datasets.glyph_arrays(fonts=fonts, **TINY)
+    assert np.array_equal(first[0], second[0]) and first[2] == second[2] and len(first[2]) == 10
+
+
+def test_glyph_cache_is_keyed_on_the_font_files_used(tmp_path, monkeypatch):
+    monkeypatch.setenv("PML_DC_CACHE", str(tmp_path))
+    fonts = datasets.glyph_fonts()[:7]
+    datasets.glyph_arrays(fonts=fonts[:6], **TINY)
+    datasets.glyph_arrays(fonts=fonts[1:], **TINY)
+    assert len(list(tmp_path.glob("glyphs_12px_*.npz"))) == 2
+
+
+def test_glyph_fonts_are_the_listed_files_only():
+    listed = {f.path for f in datasets.font_faces(datasets.GLYPH_FONT_FILES)}
+    fonts = datasets.glyph_fonts()
+    assert fonts and {f.path for f in fonts} <= listed  # whatever else is installed (e.g. CJK fonts) is not used
+    assert not any(x in f.name for f in fonts for x in datasets.EXCLUDED_FONTS)
+    assert [f.name for f in fonts] == sorted(f.name for f in fonts)
+    # scripts/setup.sh installs every package of the list
+    setup = (Path(__file__).resolve().parents[1] / "scripts" / "setup.sh").read_text()
+    assert all(p in setup for p in datasets.GLYPH_FONT_PACKAGES.split())
+
+
+def bad_hinting_font(path):
+    """A real TrueType font (Liberation Sans) whose hinting program has an invalid instruction: FreeType, hence
+    Pillow, fails on it with "OSError: invalid opcode", as on some of Debian's fonts-horai-umefont files."""
+    from fontTools.ttLib import TTFont
+    from fontTools.ttLib.tables import ttProgram
+
+    source = [f for f in datasets.font_faces(datasets.GLYPH_FONT_FILES) if f.name == "LiberationSans-Regular.ttf"][0]
+    with TTFont(source.path) as font:
+        font["prep"].program = ttProgram.Program()
+        font["prep"].program.fromBytecode(bytes([0xA0]))  # not an opcode
+        font.save(path)
+    return path
+
+
+def test_fonts_that_cannot_be_read_or_drawn_are_skipped_with_one_warning(tmp_path, monkeypatch):
+    monkeypatch.setenv("PML_DC_CACHE", str(tmp_path))
+    garbage = tmp_path / "Garbage.ttf"
+    garbage.write_bytes(b"not a font at all" * 64)
+    bad = bad_hinting_font(tmp_path / "BadHinting.ttf")
+    fonts = datasets.glyph_fonts()[:6]
+    with pytest.warns(UserWarning) as record:
+        images, labels, chars = datasets.glyph_arrays(fonts=fonts[:3] + [garbage, bad] + fonts[3:], **TINY)
+    messages = [str(w.message) for w in record if issubclass(w.category, UserWarning)]
+    assert len(messages) == 1, messages
+    assert "Garbage.ttf" in messages[0] and "BadHinting.ttf" in messages[0] and "invalid opcode" in messages[0]
+    # the same set, from the same cache file, as with the good fonts alone
+    monkeypatch.setattr(datasets, "render_glyphs", lambda **kw: pytest.fail("the broken fonts changed the cache key"))
+    clean = datasets.glyph_arrays(fonts=fonts, **TINY)
+    assert np.array_equal(images, clean[0]) and chars == clean[2]
+
+
+def test_missing_font_files_are_skipped_with_one_warning_naming_the_package(monkeypatch):
+    files = dict(datasets.GLYPH_FONT_FILES)
+    files["fonts-not-installed"] = ("/nonexistent/fonts", "Foo-Regular.ttf Foo-Bold.ttf")
+    monkeypatch.setattr(datasets, "GLYPH_FONT_FILES", files)
+    with pytest.warns(UserWarning, match="apt-get install -y fonts-not-installed") as record:
+        fonts = datasets.glyph_fonts()
+    record = [w for w in record if issubclass(w.category, UserWarning)]
+    assert len(record) == 1 and "2 glyph font file(s) missing" in str(record[0].message)
+    assert "/nonexistent/fonts" not in {str(Path(f.path).parent) for f in fonts}
 
 
 def test_no_fonts_names_the_install_command(monkeypatch):
-    monkeypatch.setattr(datasets, "find_fonts", lambda: [])
-    with pytest.raises(FileNotFoundError, match="apt-get install -y fonts-"):
-        datasets.glyph_arrays()
+    monkeypatch.setattr(datasets, "GLYPH_FONT_FILES", {"fonts-foo": ("/nonexistent", "Foo.ttf")})
+    with pytest.warns(UserWarning, match="fonts-foo"):
+        with pytest.raises(FileNotFoundError, match="apt-get install -y fonts-"):
+            datasets.glyph_arrays()

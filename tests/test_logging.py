@@ -130,6 +130,9 @@ def test_dc_events_go_to_the_pml_logger_at_info(small, caplog):
         parts["trainer"].train(num_epochs=4)
     events = [r.getMessage() for r in caplog.records if r.getMessage().startswith("D&C:")]
     assert events[0] == "D&C: divide phase from epoch 1"
-    assert events[1].startswith("D&C: split every cluster in two after epoch 1: K=2, cluster sizes [")
-    assert events[2].startswith("D&C: reclustered after epoch 2: K=2")
+    assert events[1].startswith("D&C: split every cluster in two after epoch 1 in ")
+    assert "K=2, cluster sizes [" in events[1] and "(k-means " in events[1]
+    assert events[2].startswith("D&C: reclustered after epoch 2 in ")
+    w = parts["wrapper"]
+    assert 0 < w.clustering_seconds < w.recluster_seconds
     assert events[3:] == ["D&C: full embedding phase from epoch 3", "D&C: all data phase from epoch 4"]

@@ -11,7 +11,7 @@ from pytorch_metric_learning import losses
 from conftest import build
 
 
-def make(digits, losses_out, recluster_every, workers, variant="masks"):
+def make(digits, losses_out, recluster_every, workers, variant="masks", device="cpu"):
     def record(trainer):
         losses_out.append((trainer.epoch, float(trainer.losses["total_loss"])))
 
@@ -29,7 +29,7 @@ def make(digits, losses_out, recluster_every, workers, variant="masks"):
         kw = dict(mode="learned", loss=losses.ArcFaceLoss(10, 16), iterations_per_epoch=30,
                   full_embedding_epoch=3, all_data_epoch=5, freeze_trunk_epochs=1)
     parts = build(digits, num_learners=4, recluster_every=recluster_every, end_of_iteration_hook=record,
-                  workers=workers, **kw)
+                  workers=workers, device=device, **kw)
     parts["wrapper"].prepare(parts["trainer"])
     return parts
 
@@ -48,8 +48,8 @@ def save(parts):
     return buf
 
 
-def load(parts, buf):
-    state = torch.load(buf, weights_only=True)  # as PML's HookContainer loads it
+def load(parts, buf, map_location=None):
+    state = torch.load(buf, weights_only=True, map_location=map_location)  # as PML's HookContainer loads it
     for k, v in state["models"].items():
         parts["trainer"].models[k].load_state_dict(v)
     for k, v in state["optimizers"].items():

@@ -1,0 +1,641 @@
+"""Many-class zero-shot retrieval on Han characters: D&C against its baseline where D&C is meant to win.
+
+    python benchmarks/han.py gate --out bench-out                  # CPU gate: margin loss, baseline vs D&C, 3 seeds
+    python benchmarks/han.py tune --out bench-out                  # tuning on the validation classes
+    python benchmarks/han.py table --out bench-out                 # every variant, 4 losses, 3 seeds, test classes
+    python benchmarks/han.py gate --preset gpu --device cuda --npz han.npz   # the GPU configuration
+
+The regime of the papers (Stanford Online Products: thousands of classes with few images each, a pretrained trunk),
+scaled down (``benchmarks/setup_han.sh`` renders the data once):
+
+1. **Pretraining**: the trunk learns to classify the pretraining classes (our stand-in for ImageNet pretraining),
+   once per preset, cached in ``--out``.
+2. **Fine-tuning** on the training classes, from that trunk with its BatchNorm frozen (as in the reference code):
+   the *baseline* is PML's own recipe (``MetricLossOnly`` + ``MPerClassSampler`` + loss + miner); *D&C* wraps the
+   same loss and miner (``ClusterSampler`` + ``DivideConquerWrapper``). Same trunk, loss, miner, m, batch size,
+   epochs, learning rates and seeds.
+3. **Evaluation** on unseen classes (validation classes to tune, test classes to report): R@1/2/4/8 and MAP@R on the
+   full L2-normalised embedding, query = reference.
+
+Each command prints a markdown table (mean ± std over seeds, and the paired difference to the baseline with a 95 %
+t-interval over seeds) and writes ``han_<command>.md/.csv/.png`` into ``--out``. Runs go in parallel processes
+(``--jobs``, one torch thread each) on the CPU, one after the other on a GPU.
+"""
+
+import argparse
+import concurrent.futures as cf
+import dataclasses
+import hashlib
+import json
+import multiprocessing
+import os
+import shlex
+import sys
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import torch
+
+from common import machine, markdown_table, pyplot, report, setup, write_csv
+
+from pml_divide_conquer import ClusterSampler, DivideConquerSchedule, DivideConquerWrapper, SubspaceMaskedEmbedder
+
+METRICS = ("recall_at_1", "recall_at_2", "recall_at_4", "recall_at_8", "mean_average_precision_at_r")
+METRIC_NAMES = ("R@1", "R@2", "R@4", "R@8", "MAP@R")
+LOSSES = ("margin", "triplet", "contrastive", "arcface")
+
+
+# ----------------------------------------------------------------------------------------------------- settings
+@dataclass(frozen=True)
+class Config:
+    """One fine-tuning run (and the pretraining it starts from)."""
+
+    method: str = "baseline"  # "baseline" or "dc"
+    loss: str = "margin"
+    seed: int = 0
+    # model
+    trunk: str = "cnn"  # "cnn" (small, for CPUs) or "resnet" (ResNet-18-like, for GPUs)
+    width: int = 16
+    embedding_size: int = 64
+    # fine-tuning
+    epochs: int = 12
+    batch_size: int = 64
+    m: int = 4
+    lr: float = 3e-4  # embedder (and trunk x trunk_lr_multiplier)
+    trunk_lr_multiplier: float = 1.0
+    weight_decay: float = 1e-4
+    loss_lr: float = 1e-2  # classification heads (ArcFace)
+    # pretraining
+    pretrain_epochs: int = 6
+    pretrain_lr: float = 1e-3
+    pretrain_batch_size: int = 128
+    # D&C
+    num_learners: int = 8
+    recluster_every: int = 2
+    schedule: str = "journal"  # "journal", "cvpr", "old" (all data for the last 10 %), "divide-only"
+    mode: str = "fixed"
+    heads: str = "shared"
+    cluster_on: str = "trunk"
+    orthogonality_weight: float = 0.01
+    mask_lr_multiplier: float = 100.0
+    freeze_trunk_epochs: int = 0
+    random_clusters: bool = False  # ablation: random clusters instead of k-means
+    # regime
+    train_classes: int = 0  # 0: all the training split's classes; else a fixed subset of that many
+    freeze_batchnorm: bool = True  # BatchNorm of the (pretrained) trunk in eval mode, as in the reference code
+
+    def but(self, **changes):
+        return replace(self, **changes)
+
+    def phase_epochs(self):
+        """(full_embedding_epoch, all_data_epoch) of ``schedule``."""
+        if self.schedule == "journal":
+            s = DivideConquerSchedule.journal(self.epochs, self.num_learners, self.recluster_every)
+        elif self.schedule == "cvpr":
+            s = DivideConquerSchedule.cvpr(self.epochs, self.num_learners, self.recluster_every)
+        elif self.schedule == "old":  # what this plugin did before 0.2: full embedding on all data, last 10 %
+            start = self.epochs - max(1, round(0.1 * self.epochs)) + 1
+            return start, start
+        elif self.schedule == "divide-only":
+            return None, None
+        elif self.schedule == "custom-full":  # ablation: the full embedding from the start (cluster batches only)
+            return 1, None
+        else:
+            raise ValueError(f"unknown schedule {self.schedule!r}")
+        return s.full_embedding_epoch, s.all_data_epoch
+
+    def pretrain_key(self):
+        fields = ("trunk", "width", "pretrain_epochs", "pretrain_lr", "pretrain_batch_size")
+        return hashlib.sha1(repr([getattr(self, f) for f in fields]).encode()).hexdigest()[:10]
+
+
+PRESETS = {
+    # 2 CPU cores: small CNN, 12 epochs
+    "cpu": Config(),
+    # one H100: ResNet-18-like trunk, more epochs, data kept on the GPU
+    "gpu": Config(trunk="resnet", width=32, embedding_size=128, epochs=30, batch_size=128, m=4, lr=3e-4,
+                  pretrain_epochs=12, pretrain_batch_size=256),
+    # the test suite: a tiny CNN, 2 epochs
+    "tiny": Config(width=4, embedding_size=16, epochs=2, batch_size=8, m=2, num_learners=2, recluster_every=1,
+                   pretrain_epochs=1, pretrain_batch_size=32),
+}
+
+# D&C configuration chosen on the validation classes (`han.py tune`; docs/benchmarks.md has the table)
+CHOSEN = dict(method="dc", num_learners=8, recluster_every=2, schedule="journal", mode="fixed", heads="shared")
+
+
+# ----------------------------------------------------------------------------------------------------- models
+def cnn_trunk(width):
+    """Four conv blocks on 32x32 glyphs (each conv, BN, ReLU; max-pool between), global average pool: 8*width dims."""
+    nn = torch.nn
+    chans = [1, width, 2 * width, 4 * width, 8 * width]
+    layers = []
+    for i in range(4):
+        layers += [nn.Conv2d(chans[i], chans[i + 1], 3, padding=1, bias=False), nn.BatchNorm2d(chans[i + 1]),
+                   nn.ReLU(inplace=True)]
+        layers += [nn.MaxPool2d(2)] if i < 3 else []
+    return nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten()), chans[-1]
+
+
+class BasicBlock(torch.nn.Module):
+    def __init__(self, cin, cout, stride):
+        super().__init__()
+        nn = torch.nn
+        self.body = nn.Sequential(
+            nn.Conv2d(cin, cout, 3, stride, 1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True),
+            nn.Conv2d(cout, cout, 3, 1, 1, bias=False), nn.BatchNorm2d(cout),
+        )
+        self.skip = (nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
+                     if stride != 1 or cin != cout else nn.Identity())
+
+    def forward(self, x):
+        return torch.relu(self.body(x) + self.skip(x))
+
+
+def resnet_trunk(width):
+    """A ResNet-18 for 32x32 inputs (two basic blocks per stage, widths w, 2w, 4w, 8w): 8*width dims."""
+    nn = torch.nn
+    chans = [width, 2 * width, 4 * width, 8 * width]
+    layers = [nn.Conv2d(1, width, 3, 1, 1, bias=False), nn.BatchNorm2d(width), nn.ReLU(inplace=True)]
+    cin = width
+    for i, c in enumerate(chans):
+        layers += [BasicBlock(cin, c, 1 if i == 0 else 2), BasicBlock(c, c, 1)]
+        cin = c
+    return nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten()), chans[-1]
+
+
+def make_trunk(cfg):
+    return (cnn_trunk if cfg.trunk == "cnn" else resnet_trunk)(cfg.width)
+
+
+def make_loss_and_miner(name, num_classes, embedding_size):
+    from pytorch_metric_learning import losses, miners
+
+    if name == "margin":  # the papers' loss: beta 1.2 fixed, margin 0.2, distance-weighted sampling
+        return (losses.MarginLoss(margin=0.2, beta=1.2, learn_beta=False),
+                miners.DistanceWeightedMiner(cutoff=0.5, nonzero_loss_cutoff=1.4))
+    if name == "triplet":
+        return losses.TripletMarginLoss(margin=0.1), miners.TripletMarginMiner(margin=0.1, type_of_triplets="semihard")
+    if name == "contrastive":
+        return losses.ContrastiveLoss(pos_margin=0.0, neg_margin=0.5), miners.PairMarginMiner(0.0, 0.5)
+    if name == "arcface":
+        return losses.ArcFaceLoss(num_classes=num_classes, embedding_size=embedding_size), None
+    raise ValueError(f"unknown loss {name!r}: one of {LOSSES}")
+
+
+# ----------------------------------------------------------------------------------------------------- data
+def load_splits(split, npz, device, sizes=None):
+    """The Han splits as whole-batch datasets on ``device``, labels of the training classes mapped to 0..C-1."""
+    from pml_divide_conquer import datasets
+
+    han = datasets.load_han(split, npz=npz, **(sizes or {}))
+    out = {}
+    for name, ds in zip(("pretrain", "train", "eval"), han):
+        labels = ds.labels if name == "eval" else np.unique(ds.labels, return_inverse=True)[1]
+        out[name] = datasets.BatchArrayDataset(ds.data, labels, device=device)
+    return out
+
+
+# ----------------------------------------------------------------------------------------------------- training
+def pretrain(cfg, data, device, out):
+    """The trunk, trained to classify the pretraining classes; cached in ``out`` per pretraining settings."""
+    path = Path(out) / f"pretrained_{cfg.pretrain_key()}.pt"
+    trunk, dim = make_trunk(cfg)
+    if cfg.pretrain_epochs == 0:  # from scratch (same initial weights for every run)
+        torch.manual_seed(1234)
+        return make_trunk(cfg) + (0.0,)
+    if path.exists():
+        trunk.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+        return trunk, dim, 0.0
+    start = time.perf_counter()
+    torch.manual_seed(1234)
+    ds = data["pretrain"]
+    classes = int(ds.label_tensor.max()) + 1
+    head = torch.nn.Linear(dim, classes)
+    trunk.to(device), head.to(device)
+    opt = torch.optim.Adam(list(trunk.parameters()) + list(head.parameters()), lr=cfg.pretrain_lr)
+    gen = torch.Generator().manual_seed(1234)
+    n, b = len(ds), cfg.pretrain_batch_size
+    for epoch in range(cfg.pretrain_epochs):
+        trunk.train()
+        perm = torch.randperm(n, generator=gen)
+        for i in range(0, n - b + 1, b):
+            x, y = ds.__getitems__(perm[i : i + b])
+            loss = torch.nn.functional.cross_entropy(head(trunk(x)), y.to(device))
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+    trunk.cpu()
+    tmp = path.with_suffix(f".{os.getpid()}.tmp")
+    torch.save(trunk.state_dict(), tmp)
+    os.replace(tmp, path)
+    return trunk, dim, time.perf_counter() - start
+
+
+class RandomClustersWrapper(DivideConquerWrapper):
+    """Ablation: learners on their subspaces, batches from clusters, but the clusters are random (no k-means)."""
+
+    def _cluster(self, emb, step):
+        return np.random.default_rng([self.seed, self.last_epoch + 1]).integers(0, step.num_clusters, len(emb))
+
+
+def finetune(cfg, data, trunk_state, device):
+    """Fine-tune a copy of the pretrained trunk with the metric loss; returns (trunk, embedder, seconds, stats)."""
+    import logging
+
+    from pytorch_metric_learning import samplers, trainers
+
+    logging.getLogger("PML").setLevel(logging.WARNING)
+    torch.manual_seed(cfg.seed)
+    np.random.seed(cfg.seed)  # PML's MPerClassSampler draws from numpy's global RNG
+    trunk, dim = make_trunk(cfg)
+    trunk.load_state_dict(trunk_state)
+    ds = data["train"]
+    if cfg.train_classes:  # a fixed subset of the training classes (the same for every seed and method)
+        from pml_divide_conquer.datasets import BatchArrayDataset
+
+        classes = np.random.default_rng(0).permutation(int(ds.labels.max()) + 1)[: cfg.train_classes]
+        keep = np.flatnonzero(np.isin(ds.labels, classes))
+        labels = np.unique(ds.labels[keep], return_inverse=True)[1]
+        ds = BatchArrayDataset(ds.data.cpu()[torch.as_tensor(keep)], labels, device=ds.device)
+    labels = ds.labels
+    num_learners = cfg.num_learners if cfg.method == "dc" else 1
+    mode = cfg.mode if cfg.method == "dc" else "fixed"
+    embedder = SubspaceMaskedEmbedder(cfg.embedding_size, num_learners, mode=mode,
+                                      embedder=torch.nn.Linear(dim, cfg.embedding_size))
+    trunk.to(device), embedder.to(device)
+    loss, miner = make_loss_and_miner(cfg.loss, len(np.unique(labels)), cfg.embedding_size)
+    optimizers = {
+        "trunk_optimizer": torch.optim.Adam(trunk.parameters(), lr=cfg.lr * cfg.trunk_lr_multiplier,
+                                            weight_decay=cfg.weight_decay),
+        "embedder_optimizer": torch.optim.Adam(embedder.parameter_groups(
+            lr=cfg.lr, weight_decay=cfg.weight_decay, mask_lr_multiplier=cfg.mask_lr_multiplier, mask_weight_decay=0)),
+    }
+    wrapper = None
+    if cfg.method == "dc":
+        sampler = ClusterSampler(labels, batch_size=cfg.batch_size, m=cfg.m, seed=cfg.seed)
+        full, all_data = cfg.phase_epochs()
+        wrapper = (RandomClustersWrapper if cfg.random_clusters else DivideConquerWrapper)(
+            loss, miner, embedder=embedder, sampler=sampler, recluster_every=cfg.recluster_every,
+            full_embedding_epoch=full, all_data_epoch=all_data, heads=cfg.heads, cluster_on=cfg.cluster_on,
+            orthogonality_weight=cfg.orthogonality_weight, freeze_trunk_epochs=cfg.freeze_trunk_epochs,
+            cluster_batch_size=512, faiss_gpu=False,
+        ).to(device)
+        loss_funcs, mining_funcs = {"metric_loss": wrapper}, {}
+        hook = wrapper.get_end_of_epoch_hook()
+    else:
+        sampler = samplers.MPerClassSampler(labels, cfg.m, batch_size=cfg.batch_size, length_before_new_iter=len(labels))
+        loss_funcs, mining_funcs = {"metric_loss": loss.to(device)}, ({"tuple_miner": miner} if miner else {})
+        hook = None
+    params = [p for p in loss_funcs["metric_loss"].parameters() if p.requires_grad]
+    if params:
+        optimizers["metric_loss_optimizer"] = torch.optim.Adam(params, lr=cfg.loss_lr)
+    trainer = trainers.MetricLossOnly(
+        models={"trunk": trunk, "embedder": embedder}, optimizers=optimizers, batch_size=cfg.batch_size,
+        loss_funcs=loss_funcs, mining_funcs=mining_funcs, dataset=ds, sampler=sampler, dataloader_num_workers=0,
+        data_device=device, collate_fn=ds.collate_fn, end_of_epoch_hook=hook,
+        iterations_per_epoch=len(labels) // cfg.batch_size, freeze_trunk_batchnorm=cfg.freeze_batchnorm,
+    )
+    stats = {}
+    start = time.perf_counter()
+    if wrapper is not None:
+        seconds = []
+        trainer.end_of_epoch_hook = wrapper.get_end_of_epoch_hook(
+            then=lambda t: seconds.append((wrapper.recluster_seconds, wrapper.clustering_seconds)) or True)
+        wrapper.prepare(trainer)
+        trainer.train(num_epochs=cfg.epochs)
+        stats = dict(reclusterings=len({s for s in seconds if s[0] > 0}),
+                     recluster_seconds=float(np.mean([s[0] for s in seconds if s[0] > 0] or [0])),
+                     kmeans_seconds=float(np.mean([s[1] for s in seconds if s[0] > 0] or [0])))
+    else:
+        trainer.train(num_epochs=cfg.epochs)
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return trunk, embedder, time.perf_counter() - start, stats
+
+
+@torch.no_grad()
+def evaluate(trunk, embedder, ds, device, ks=(1, 2, 4, 8)):
+    """R@k and MAP@R on ``ds`` (query = reference), full L2-normalised embedding, as PML's testers embed it."""
+    from pytorch_metric_learning import testers
+    from pytorch_metric_learning.utils.accuracy_calculator import AccuracyCalculator
+
+    tester = testers.BaseTester(batch_size=512, dataloader_num_workers=0, data_device=device)
+    emb, labels = tester.get_all_embeddings(ds, trunk, embedder, collate_fn=ds.collate_fn)
+    labels = labels[:, 0]
+    calc = AccuracyCalculator(include=("mean_average_precision_at_r",), k="max_bin_count", device=device)
+    out = {"mean_average_precision_at_r": float(calc.get_accuracy(emb, labels)["mean_average_precision_at_r"])}
+    x = torch.nn.functional.normalize(emb, dim=1)
+    hits = {k: 0 for k in ks}
+    for i in range(0, len(x), 2048):
+        sim = x[i : i + 2048] @ x.t()
+        rows = torch.arange(sim.shape[0], device=sim.device)
+        sim[rows, rows + i] = -float("inf")
+        match = labels[sim.topk(max(ks), dim=1).indices] == labels[i : i + 2048, None]
+        for k in ks:
+            hits[k] += int(match[:, :k].any(dim=1).sum())
+    out.update({f"recall_at_{k}": hits[k] / len(x) for k in ks})
+    return out
+
+
+# ----------------------------------------------------------------------------------------------------- jobs
+_DATA = {}
+
+
+def run_job(job):
+    """One fine-tuning run and its evaluation (in a worker process on CPUs)."""
+    cfg, split, npz, sizes, device_name, out, threads = job
+    if threads:
+        torch.set_num_threads(threads)
+    import warnings
+
+    warnings.filterwarnings("ignore", category=UserWarning)
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    device = torch.device(device_name)
+    key = (split, npz, repr(sizes), device_name)
+    if key not in _DATA:
+        _DATA.clear()
+        _DATA[key] = load_splits(split, npz, device, sizes)
+    data = _DATA[key]
+    trunk, _, _ = pretrain(cfg, data, device, out)
+    trunk, embedder, seconds, stats = finetune(cfg, data, trunk.state_dict(), device)
+    acc = evaluate(trunk, embedder, data["eval"], device)
+    return dict(**dataclasses.asdict(cfg), split=split, train_seconds=round(seconds, 1), **stats, **acc)
+
+
+def run_all(configs, args, progress_desc):
+    """Run every config (after the shared pretraining); returns the records in the order of ``configs``."""
+    from tqdm import tqdm
+
+    sizes = json.loads(args.sizes) if args.sizes else None
+    device = torch.device(args.device)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+    data = load_splits(args.split, args.npz, device, sizes)
+    _DATA[(args.split, args.npz, repr(sizes), args.device)] = data
+    threads = torch.get_num_threads()
+    torch.set_num_threads(os.cpu_count() or 1)  # pretraining runs alone: all cores
+    for key in dict.fromkeys(c.pretrain_key() for c in configs):  # pretrain once per setting, before the workers
+        cfg = next(c for c in configs if c.pretrain_key() == key)
+        _, _, secs = pretrain(cfg, data, device, args.out)
+        if secs:
+            print(f"pretrained the trunk on {len(np.unique(data['pretrain'].labels))} classes in {secs:.0f} s",
+                  flush=True)
+    torch.set_num_threads(threads)
+    jobs = [(c, args.split, args.npz, sizes, args.device, args.out, 1 if args.device == "cpu" else 0) for c in configs]
+    records = [None] * len(jobs)
+    bar = tqdm(total=len(jobs), desc=progress_desc, file=sys.stdout, disable=False)  # PML's own bars stay off
+    if args.device != "cpu" or args.jobs <= 1:
+        for i, job in enumerate(jobs):
+            records[i] = run_job(job)
+            keep_partial(records[i], args)
+            bar.update()
+            bar.write(describe(records[i]))
+    else:
+        ctx = multiprocessing.get_context("spawn")
+        with cf.ProcessPoolExecutor(args.jobs, mp_context=ctx) as pool:
+            futures = {pool.submit(run_job, job): i for i, job in enumerate(jobs)}
+            for f in cf.as_completed(futures):
+                records[futures[f]] = f.result()
+                keep_partial(records[futures[f]], args)
+                bar.update()
+                bar.write(describe(records[futures[f]]))
+    bar.close()
+    return records
+
+
+def keep_partial(record, args):
+    """Append each finished run to ``han_runs.jsonl`` in --out, so that an interrupted run keeps what it did."""
+    with open(Path(args.out) / "han_runs.jsonl", "a") as f:
+        f.write(json.dumps(record) + "\n")
+
+
+def describe(r):
+    name = variant_name(r)
+    return f"  {r['loss']:11s} {name:34s} seed {r['seed']}: R@1 {100 * r['recall_at_1']:.1f}  ({r['train_seconds']:.0f} s)"
+
+
+def variant_name(r):
+    if r["method"] == "baseline":
+        return "baseline"
+    heads = f", {r['heads'].replace('_', '-')} heads" if r["loss"] == "arcface" else ""
+    return f"D&C {r['mode']}, {r['schedule']} phases{heads}"
+
+
+# ----------------------------------------------------------------------------------------------------- tables
+T_975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262}
+
+
+def paired_difference(values, base):
+    """Mean and 95 % t-interval half-width of the per-seed differences (runs paired by seed)."""
+    d = 100 * (np.asarray(values) - np.asarray(base))
+    if len(d) < 2:
+        return d.mean(), float("nan")
+    return d.mean(), T_975.get(len(d) - 1, 1.96) * d.std(ddof=1) / np.sqrt(len(d))
+
+
+def table(records, group_keys=("loss",)):
+    rows = []
+    for group in dict.fromkeys(tuple(r[k] for k in group_keys) for r in records):
+        runs_g = [r for r in records if tuple(r[k] for k in group_keys) == group]
+        base = sorted((r for r in runs_g if r["method"] == "baseline"), key=lambda r: r["seed"])
+        for name in dict.fromkeys(r["setting"] for r in runs_g):
+            runs = sorted((r for r in runs_g if r["setting"] == name), key=lambda r: r["seed"])
+            cells = []
+            for m in METRICS:
+                v = 100 * np.array([r[m] for r in runs])
+                cells.append(f"{v.mean():.1f} ± {v.std():.1f}")
+            delta = ""
+            if base and runs[0]["method"] != "baseline" and [r["seed"] for r in runs] == [r["seed"] for r in base]:
+                mean, half = paired_difference([r["recall_at_1"] for r in runs], [r["recall_at_1"] for r in base])
+                delta = f"{mean:+.1f} ± {half:.1f}"
+            secs = np.mean([r["train_seconds"] for r in runs])
+            rows.append([*group, name, *cells, delta, f"{secs:.0f}"])
+    return markdown_table([*group_keys, "setting", *METRIC_NAMES, "ΔR@1 vs baseline (95 % CI)", "train s"], rows)
+
+
+def plot(records, path, title):
+    plt = pyplot()
+    key = "regime" if "regime" in records[0] else "loss"
+    groups = list(dict.fromkeys((r[key], r["setting"]) for r in records))
+    fig, ax = plt.subplots(figsize=(7, 0.3 * len(groups) + 1.2))
+    for i, (loss, name) in enumerate(groups):
+        v = [100 * r["recall_at_1"] for r in records if (r[key], r["setting"]) == (loss, name)]
+        ax.barh(i, np.mean(v), xerr=np.std(v), capsize=3, color="C0" if name == "baseline" else "C1")
+    ax.set_yticks(range(len(groups)), [f"{l}: {n}" for l, n in groups], fontsize=7)
+    ax.invert_yaxis()
+    lo = min(100 * r["recall_at_1"] for r in records)
+    ax.set_xlim(max(0, lo - 5), min(100, max(100 * r["recall_at_1"] for r in records) + 3))
+    ax.set_xlabel("R@1 (%)")
+    ax.set_title(title, fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+# ----------------------------------------------------------------------------------------------------- commands
+def gate_configs(base, seeds, losses=("margin",)):
+    out = []
+    for loss in losses:
+        for seed in range(seeds):
+            out.append(("baseline", base.but(loss=loss, seed=seed, method="baseline")))
+            out.append(("D&C (chosen)", base.but(loss=loss, seed=seed, **CHOSEN)))
+    return out
+
+
+def table_configs(base, seeds, losses=LOSSES):
+    variants = [("baseline", dict(method="baseline"))]
+    for mode in ("fixed", "learned"):
+        for schedule in ("journal", "old"):
+            variants.append((f"D&C {mode}, {schedule} phases", dict(CHOSEN, mode=mode, schedule=schedule)))
+    out = []
+    for loss in losses:
+        extra = []
+        if loss == "arcface":
+            extra = [(f"D&C {mode}, journal phases, per-learner heads",
+                      dict(CHOSEN, mode=mode, schedule="journal", heads="per_learner")) for mode in ("fixed", "learned")]
+        for name, changes in variants + extra:
+            out += [(name, base.but(loss=loss, seed=seed, **changes)) for seed in range(seeds)]
+    return out
+
+
+def ablation_configs(base, seeds, loss="margin"):
+    """What each part of D&C contributes (the chosen configuration, one part changed per row)."""
+    dc = base.but(loss=loss, **CHOSEN)
+    rows = [
+        ("baseline (PML: MPerClassSampler)", base.but(loss=loss, method="baseline")),
+        ("K=1: ClusterSampler over all data, full embedding", dc.but(num_learners=1, schedule="divide-only")),
+        ("cluster batches only: full embedding from epoch 1", dc.but(schedule="custom-full")),
+        ("subspaces on random clusters", dc.but(random_clusters=True)),
+        ("divide only (no full-embedding phase)", dc.but(schedule="divide-only")),
+        ("old phases (all data for the last 10 %)", dc.but(schedule="old")),
+        ("D&C (chosen)", dc),
+    ]
+    return [(name, cfg.but(seed=s)) for name, cfg in rows for s in range(seeds)]
+
+
+def sweep_configs(base, seeds, axis, loss="margin"):
+    """Baseline and D&C (chosen) across a regime axis: training classes, epochs, or pretrained vs from scratch."""
+    values = {
+        "classes": [(f"{n} training classes", dict(train_classes=n)) for n in (300, 1000, 3000)],
+        "epochs": [(f"{n} epochs", dict(epochs=n)) for n in (6, 12, 24)],
+        "pretrained": [("pretrained trunk", {}), ("trunk from scratch", dict(pretrain_epochs=0, freeze_batchnorm=False))],
+    }[axis]
+    out = []
+    for regime, changes in values:
+        for name, method in (("baseline", dict(method="baseline")), ("D&C (chosen)", CHOSEN)):
+            out += [(regime, name, base.but(loss=loss, seed=s, **changes, **method)) for s in range(seeds)]
+    return out
+
+
+# tuning: the baseline and D&C get the same number of settings (on top of the shared learning-rate search)
+TUNE_SHARED = {f"lr {lr:g}": dict(lr=lr) for lr in (1e-4, 3e-4, 1e-3)}
+TUNE_BASELINE = {
+    "m=2": dict(m=2), "m=8": dict(m=8), "batch 128": dict(batch_size=128), "trunk lr x0.1": dict(trunk_lr_multiplier=0.1),
+    "lr x0.5": dict(lr_factor=0.5), "lr x2": dict(lr_factor=2.0),
+}
+TUNE_DC = {
+    "K=4": dict(num_learners=4), "K=16": dict(num_learners=16), "T=1": dict(recluster_every=1),
+    "learned masks": dict(mode="learned"), "CVPR phases": dict(schedule="cvpr"), "trunk frozen after reclustering":
+    dict(freeze_trunk_epochs=1),
+}
+
+
+def tune_configs(base, seeds, best_lr=None):
+    """Stage 1 (no best_lr): the learning rate for the baseline (and D&C uses the same). Stage 2: the grids."""
+    out = []
+    if best_lr is None:
+        for name, ch in TUNE_SHARED.items():
+            out += [(f"baseline, {name}", base.but(seed=s, method="baseline", **ch)) for s in range(seeds)]
+        return out
+    base = base.but(lr=best_lr)
+    out += [("baseline", base.but(seed=s, method="baseline")) for s in range(seeds)]
+    for name, ch in TUNE_BASELINE.items():
+        ch = dict(ch)
+        if "lr_factor" in ch:
+            ch = {"lr": best_lr * ch.pop("lr_factor")}
+        out += [(f"baseline, {name}", base.but(seed=s, method="baseline", **ch)) for s in range(seeds)]
+    dc = base.but(**CHOSEN)
+    out += [("D&C (K=8, T=2, journal, fixed)", dc.but(seed=s)) for s in range(seeds)]
+    for name, ch in TUNE_DC.items():
+        out += [(f"D&C, {name}", dc.but(seed=s, **ch)) for s in range(seeds)]
+    return out
+
+
+def parser():
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("command", choices=["gate", "tune", "table", "ablation", "sweep"])
+    p.add_argument("--axis", default="classes", choices=["classes", "epochs", "pretrained"], help="sweep: the regime")
+    p.add_argument("--preset", default="cpu", choices=list(PRESETS))
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--npz", default=None, help="prebuilt arrays (benchmarks/setup_han.sh); default: render/cached")
+    p.add_argument("--sizes", default=None, help='JSON of load_han split sizes, e.g. {"num_train": 100}')
+    p.add_argument("--seeds", type=int, default=3)
+    p.add_argument("--losses", default=None, type=lambda s: s.split(","), help="default: margin (gate), all (table)")
+    p.add_argument("--jobs", type=int, default=2, help="parallel runs on the CPU (one torch thread each)")
+    p.add_argument("--set", default=None, help='JSON of Config changes for every run, e.g. {"epochs": 20}')
+    p.add_argument("--lr", type=float, default=None, help="tune: skip stage 1 and use this learning rate")
+    p.add_argument("--out", default="bench-out")
+    return p
+
+
+def main(argv=None):
+    args = parser().parse_args(argv)
+    args.split = "val" if args.command == "tune" else "test"
+    out = setup(args.out)
+    args.out = str(out)
+    base = PRESETS[args.preset]
+    if args.set:
+        base = base.but(**json.loads(args.set))
+    start = time.perf_counter()
+    regimes = None
+    if args.command == "gate":
+        named = gate_configs(base, args.seeds, tuple(args.losses or ("margin",)))
+    elif args.command == "ablation":
+        named = ablation_configs(base, args.seeds, (args.losses or ["margin"])[0])
+    elif args.command == "sweep":
+        triples = sweep_configs(base, args.seeds, args.axis, (args.losses or ["margin"])[0])
+        regimes = [t[0] for t in triples]
+        named = [(name, cfg) for _, name, cfg in triples]
+    elif args.command == "table":
+        named = table_configs(base, args.seeds, tuple(args.losses or LOSSES))
+    else:
+        named = []
+        best = args.lr
+        if best is None:
+            stage1 = tune_configs(base, args.seeds)
+            recs = run_all([c for _, c in stage1], args, "tuning the learning rate")
+            for (name, _), r in zip(stage1, recs):
+                r["setting"] = name
+            named_records = recs
+            means = {lr: np.mean([r["recall_at_1"] for r in recs if r["lr"] == lr]) for lr in {r["lr"] for r in recs}}
+            best = max(means, key=means.get)
+            print(f"best learning rate on the validation classes: {best:g}", flush=True)
+        else:
+            named_records = []
+        named = tune_configs(base, args.seeds, best)
+    records = run_all([c for _, c in named], args, f"han {args.command}")
+    for i, ((name, _), r) in enumerate(zip(named, records)):
+        r["setting"] = name
+        if regimes:
+            r["regime"] = regimes[i]
+    if args.command == "tune":
+        records = named_records + records
+    elapsed = time.perf_counter() - start
+    name = f"han_{args.command}" + (f"_{args.axis}" if regimes else "") + ("" if args.preset == "cpu" else f"_{args.preset}")
+    write_csv(out / f"{name}.csv", records)
+    title = (f"Han {('validation' if args.split == 'val' else 'test')} classes, {args.preset} preset "
+             f"({base.trunk}, {base.epochs} epochs, batch {base.batch_size}, m={base.m}, d={base.embedding_size}), "
+             f"{args.seeds} seeds, {args.device}")
+    plot(records, out / f"{name}.png", title)
+    command = "python benchmarks/han.py " + shlex.join(sys.argv[1:] if argv is None else argv)
+    groups = ("regime",) if regimes else ("loss",)
+    report(out, name, f"{title} — {elapsed / 60:.1f} min", table(records, groups), command)
+    return records
+
+
+if __name__ == "__main__":
+    main()
