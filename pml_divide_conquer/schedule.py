@@ -239,5 +239,5 @@ class DivideConquerSchedule:
 
 
 def _check_epochs(num_epochs):
-    if not isinstance(num_epochs, int) or num_epochs < 2:
-        raise ValueError(f"num_epochs must be an integer >= 2, got {num_epochs!r}")
+    if not isinstance(num_epochs, int) or isinstance(num_epochs, bool) or num_epochs < 1:
+        raise ValueError(f"num_epochs must be a positive integer, got {num_epochs!r}")

@@ -46,8 +46,10 @@ def test_the_authors_schedules_for_their_epochs_and_scaled():
     short = DivideConquerSchedule.cvpr(12, 4)
     assert short.all_data_epoch == 12 and short.full_embedding_epoch == 6
     assert DivideConquerSchedule.journal(12, 4, freeze_trunk_epochs=1).full_embedding_epoch == 6
+    one = DivideConquerSchedule.journal(1, 4)
+    assert one.full_embedding_epoch == 1  # a one-epoch run is all full embedding
     with pytest.raises(ValueError, match="num_epochs"):
-        DivideConquerSchedule.journal(1, 4)
+        DivideConquerSchedule.journal(0, 4)
 
 
 def test_trunk_frozen_in_the_first_epoch_of_every_cycle_like_mod_epoch_freeze():
