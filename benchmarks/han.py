@@ -531,37 +531,55 @@ def sweep_configs(base, seeds, axis, loss="margin"):
     return out
 
 
-# tuning: the baseline and D&C get the same number of settings (on top of the shared learning-rate search)
+# Tuning on the validation classes. Round 1: the learning rate, on the baseline (D&C uses the same). Rounds 2 and 3:
+# the baseline and D&C each get the same number of settings, each around its own best of the round before.
 TUNE_SHARED = {f"lr {lr:g}": dict(lr=lr) for lr in (1e-4, 3e-4, 1e-3)}
-TUNE_BASELINE = {
-    "m=2": dict(m=2), "m=8": dict(m=8), "batch 128": dict(batch_size=128), "trunk lr x0.1": dict(trunk_lr_multiplier=0.1),
-    "lr x0.5": dict(lr_factor=0.5), "lr x2": dict(lr_factor=2.0),
-}
-TUNE_DC = {
-    "K=4": dict(num_learners=4), "K=16": dict(num_learners=16), "T=1": dict(recluster_every=1),
-    "learned masks": dict(mode="learned"), "CVPR phases": dict(schedule="cvpr"), "trunk frozen after reclustering":
-    dict(freeze_trunk_epochs=1),
+TUNE_ROUNDS = {
+    2: dict(
+        baseline_base={}, dc_base=dict(CHOSEN, num_learners=8, recluster_every=2, schedule="journal", mode="fixed"),
+        dc_name="D&C (K=8, T=2, journal, fixed)",
+        baseline={"m=2": dict(m=2), "m=8": dict(m=8), "batch 128": dict(batch_size=128),
+                  "trunk lr x0.1": dict(trunk_lr_multiplier=0.1), "lr x0.5": dict(lr_factor=0.5),
+                  "lr x2": dict(lr_factor=2.0)},
+        dc={"K=4": dict(num_learners=4), "K=16": dict(num_learners=16), "T=1": dict(recluster_every=1),
+            "learned masks": dict(mode="learned"), "CVPR phases": dict(schedule="cvpr"),
+            "trunk frozen after reclustering": dict(freeze_trunk_epochs=1)},
+    ),
+    3: dict(  # around round 2's best: the baseline with m=2, D&C with the CVPR phases (m=2 for both: shared)
+        baseline_base=dict(m=2), dc_base=dict(CHOSEN, m=2, num_learners=8, schedule="cvpr", mode="fixed"),
+        dc_name="D&C (K=8, CVPR phases, fixed, m=2)",
+        baseline={"d=128": dict(embedding_size=128), "d=128, lr x0.5": dict(embedding_size=128, lr_factor=0.5),
+                  "batch 128": dict(batch_size=128), "lr x0.5": dict(lr_factor=0.5)},
+        dc={"K=4": dict(num_learners=4), "d=128": dict(embedding_size=128),
+            "K=4, d=128": dict(num_learners=4, embedding_size=128), "learned masks": dict(mode="learned")},
+    ),
 }
 
 
-def tune_configs(base, seeds, best_lr=None):
-    """Stage 1 (no best_lr): the learning rate for the baseline (and D&C uses the same). Stage 2: the grids."""
+def tune_configs(base, seeds, best_lr=None, round_=2):
+    """Round 1 (no best_lr): the learning rate on the baseline. Rounds 2, 3: the grids of TUNE_ROUNDS."""
     out = []
     if best_lr is None:
         for name, ch in TUNE_SHARED.items():
             out += [(f"baseline, {name}", base.but(seed=s, method="baseline", **ch)) for s in range(seeds)]
         return out
-    base = base.but(lr=best_lr)
-    out += [("baseline", base.but(seed=s, method="baseline")) for s in range(seeds)]
-    for name, ch in TUNE_BASELINE.items():
+    grid = TUNE_ROUNDS[round_]
+
+    def settle(ch):
         ch = dict(ch)
         if "lr_factor" in ch:
-            ch = {"lr": best_lr * ch.pop("lr_factor")}
-        out += [(f"baseline, {name}", base.but(seed=s, method="baseline", **ch)) for s in range(seeds)]
-    dc = base.but(**CHOSEN)
-    out += [("D&C (K=8, T=2, journal, fixed)", dc.but(seed=s)) for s in range(seeds)]
-    for name, ch in TUNE_DC.items():
-        out += [(f"D&C, {name}", dc.but(seed=s, **ch)) for s in range(seeds)]
+            ch["lr"] = best_lr * ch.pop("lr_factor")
+        return ch
+
+    base = base.but(lr=best_lr)
+    b0, d0 = base.but(method="baseline", **grid["baseline_base"]), base.but(**grid["dc_base"])
+    b_name = "baseline" + "".join(f", {k}={v}" for k, v in grid["baseline_base"].items())
+    out += [(b_name, b0.but(seed=s)) for s in range(seeds)]
+    for name, ch in grid["baseline"].items():
+        out += [(f"{b_name}, {name}", b0.but(seed=s, **settle(ch))) for s in range(seeds)]
+    out += [(grid["dc_name"], d0.but(seed=s)) for s in range(seeds)]
+    for name, ch in grid["dc"].items():
+        out += [(f"{grid['dc_name']}, {name}", d0.but(seed=s, **settle(ch))) for s in range(seeds)]
     return out
 
 
@@ -577,7 +595,8 @@ def parser():
     p.add_argument("--losses", default=None, type=lambda s: s.split(","), help="default: margin (gate), all (table)")
     p.add_argument("--jobs", type=int, default=2, help="parallel runs on the CPU (one torch thread each)")
     p.add_argument("--set", default=None, help='JSON of Config changes for every run, e.g. {"epochs": 20}')
-    p.add_argument("--lr", type=float, default=None, help="tune: skip stage 1 and use this learning rate")
+    p.add_argument("--lr", type=float, default=None, help="tune: skip round 1 and use this learning rate")
+    p.add_argument("--round", type=int, default=2, choices=sorted(TUNE_ROUNDS), help="tune: the grid after round 1")
     p.add_argument("--out", default="bench-out")
     return p
 
@@ -616,7 +635,7 @@ def main(argv=None):
             print(f"best learning rate on the validation classes: {best:g}", flush=True)
         else:
             named_records = []
-        named = tune_configs(base, args.seeds, best)
+        named = tune_configs(base, args.seeds, best, args.round)
     records = run_all([c for _, c in named], args, f"han {args.command}")
     for i, ((name, _), r) in enumerate(zip(named, records)):
         r["setting"] = name
@@ -625,7 +644,8 @@ def main(argv=None):
     if args.command == "tune":
         records = named_records + records
     elapsed = time.perf_counter() - start
-    name = f"han_{args.command}" + (f"_{args.axis}" if regimes else "") + ("" if args.preset == "cpu" else f"_{args.preset}")
+    name = f"han_{args.command}" + (f"_{args.axis}" if regimes else "") + (
+        f"_round{args.round}" if args.command == "tune" and args.round != 2 else "") + ("" if args.preset == "cpu" else f"_{args.preset}")
     write_csv(out / f"{name}.csv", records)
     title = (f"Han {('validation' if args.split == 'val' else 'test')} classes, {args.preset} preset "
              f"({base.trunk}, {base.epochs} epochs, batch {base.batch_size}, m={base.m}, d={base.embedding_size}), "

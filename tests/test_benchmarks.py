@@ -152,7 +152,8 @@ def test_han_paired_difference_and_equal_tuning_budgets(bench):
     assert mean == pytest.approx(100 * (0.1 + 0.1 + 0.0) / 3)
     d = 100 * np.array([0.1, 0.1, 0.0])
     assert half == pytest.approx(4.303 * d.std(ddof=1) / np.sqrt(3))
-    assert len(han.TUNE_BASELINE) == len(han.TUNE_DC)  # the baseline gets the same tuning budget as D&C
+    for grid in han.TUNE_ROUNDS.values():  # the baseline gets the same tuning budget as D&C
+        assert len(grid["baseline"]) == len(grid["dc"])
     cfg = han.PRESETS["cpu"]
     assert cfg.but(schedule="journal").phase_epochs() == (round(cfg.epochs * 80 / 180) + 1, None)
     assert cfg.but(schedule="old").phase_epochs() == (cfg.epochs, cfg.epochs)
