@@ -256,3 +256,21 @@ def test_recluster_keeps_K_and_missed_steps_are_refused(digits):
             t.train(start_epoch=4, num_epochs=4)  # a fresh wrapper, as if its state had not been loaded
     with pytest.raises(RuntimeError, match="never taken"):
         w.step(t, 3)
+
+
+@pytest.mark.parametrize("mode", ["fixed", "learned"])
+def test_full_embedding_phase_is_the_base_loss_on_the_whole_normalised_embedding_of_a_cluster_batch(mode):
+    labels = np.repeat(np.arange(8), 10)
+    emb = SubspaceMaskedEmbedder(8, 2, mode=mode, embedder=torch.nn.Linear(8, 8))
+    sampler = ClusterSampler(labels, batch_size=8, m=4, seed=0)
+    w = DivideConquerWrapper(losses.ContrastiveLoss(), embedder=emb, sampler=sampler, grow=False,
+                             full_embedding_epoch=1, orthogonality_weight=1.0)
+    trainer_for(w, labels)  # prepare(): clusters into K=2, then the full-embedding phase from epoch 1
+    assert str(w.phase) == "full_embedding" and sampler.num_clusters == 2
+    it = iter(sampler)
+    idx = [next(it) for _ in range(8)]
+    assert len(set(sampler.assignment[idx])) == 1  # a batch from one cluster
+    e = torch.randn(8, 8)
+    got = w(e, torch.as_tensor(labels[idx]))
+    expected = losses.ContrastiveLoss()(torch.nn.functional.normalize(e), torch.as_tensor(labels[idx]))
+    assert torch.allclose(got, expected) and w.current_learner == 2  # no orthogonality term either
