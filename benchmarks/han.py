@@ -121,8 +121,8 @@ PRESETS = {
     # one H100: ResNet-18-like trunk, more epochs, data kept on the GPU
     "gpu": Config(trunk="resnet", width=32, embedding_size=128, epochs=30, batch_size=128,
                   pretrain_epochs=12, pretrain_batch_size=256),
-    # the test suite: a tiny CNN, 2 epochs
-    "tiny": Config(width=4, embedding_size=16, epochs=2, batch_size=8, m=2, num_learners=2, recluster_every=1,
+    # the test suite: a tiny CNN, 4 epochs
+    "tiny": Config(width=4, embedding_size=16, epochs=4, batch_size=8, m=2, num_learners=2, recluster_every=1,
                    pretrain_epochs=1, pretrain_batch_size=32),
 }
 
