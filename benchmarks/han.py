@@ -119,7 +119,7 @@ PRESETS = {
     # 2 CPU cores: small CNN, 12 epochs
     "cpu": Config(),
     # one H100: ResNet-18-like trunk, more epochs, data kept on the GPU
-    "gpu": Config(trunk="resnet", width=32, embedding_size=128, epochs=30, batch_size=128,
+    "gpu": Config(trunk="resnet", width=32, embedding_size=128, epochs=24, batch_size=128,
                   pretrain_epochs=12, pretrain_batch_size=256),
     # the test suite: a tiny CNN, 4 epochs
     "tiny": Config(width=4, embedding_size=16, epochs=4, batch_size=8, m=2, num_learners=2, recluster_every=1,

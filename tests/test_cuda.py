@@ -37,7 +37,7 @@ def test_resume_from_a_checkpoint_loaded_onto_the_gpu(digits, variant, T):
     np.testing.assert_allclose([l for _, l in resumed], expected, rtol=1e-3, atol=1e-4)  # GPU kernels may differ
 
 
-@pytest.mark.parametrize("mode", ["fixed", "learned"])
+@pytest.mark.parametrize("mode", ["fixed"])  # learned masks: the classification losses, below
 def test_every_pml_loss_trains_on_cuda(digits, mode):
     from conftest import IndexedDataset, build
     from test_composition import LOSSES, UPSTREAM_BROKEN
@@ -54,6 +54,21 @@ def test_every_pml_loss_trains_on_cuda(digits, mode):
             parts["wrapper"].prepare(parts["trainer"])
             parts["trainer"].train(num_epochs=4)
         assert len(seen) == 12 and np.isfinite(seen).all(), name
+
+
+@pytest.mark.parametrize("heads", ["shared", "per_learner"])
+def test_classification_heads_with_learned_masks_on_cuda(digits, heads):
+    from conftest import build
+    from pytorch_metric_learning import losses
+
+    parts = build(digits, num_learners=2, mode="learned", heads=heads, recluster_every=1, full_embedding_epoch=3,
+                  all_data_epoch=4, loss=losses.ArcFaceLoss(10, 16), embedding_size=16, iterations_per_epoch=3,
+                  device=DEVICE)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        parts["wrapper"].prepare(parts["trainer"])
+        parts["trainer"].train(num_epochs=4)
+    assert parts["wrapper"].learners["full"].W.device.type == DEVICE
 
 
 def test_whole_batch_dataset_on_the_gpu_trains_and_reclusters(digits):
