@@ -10,16 +10,16 @@ The baseline is the loss and miner alone with PML's MPerClassSampler; D&C wraps 
 
 import argparse
 import shlex
-import textwrap
 import sys
+import textwrap
 import time
 
 import numpy as np
 
-from common import Timer, markdown_table, mean_std, pyplot, report, setup, write_csv
-
+from lab import experiment as ex
 from pml_divide_conquer import DivideConquerSchedule
-from pml_divide_conquer import experiment as ex
+
+from common import Timer, markdown_table, mean_std, pyplot, report, setup, write_csv
 
 METHODS = {  # row name -> RunConfig changes
     "baseline": dict(method="baseline"),
@@ -106,8 +106,17 @@ def run(args, train_set, test_set, log=print):
                 with Timer() as t:
                     trunk, embedder, _, _ = ex.train(train_set, cfg)
                 acc = ex.evaluate(trunk, embedder, test_set)
-                records.append(dict(dataset=args.dataset, split=args.split, loss=loss, method=name, seed=seed,
-                                    train_seconds=round(t.seconds, 2), **{k: acc[k] for k in COLUMNS}))
+                records.append(
+                    dict(
+                        dataset=args.dataset,
+                        split=args.split,
+                        loss=loss,
+                        method=name,
+                        seed=seed,
+                        train_seconds=round(t.seconds, 2),
+                        **{k: acc[k] for k in COLUMNS},
+                    )
+                )
                 log(f"  {loss:12s} {name:12s} seed {seed}: R@1 {100 * acc['recall_at_1']:.1f}  ({t.seconds:.0f} s)")
     return records
 
@@ -159,16 +168,24 @@ def parser():
     p.add_argument("--seeds", type=int, default=3)
     p.add_argument("--epochs", type=int, default=8)
     p.add_argument("--batch-size", type=int, default=None, help="default: 64 (glyphs), 32 (fashion, digits)")
-    p.add_argument("--m", type=int, default=None, help="samples per class in a batch; default: 4 (glyphs), "
-                   "16 (fashion: 5 training classes), 8 (digits)")
+    p.add_argument(
+        "--m",
+        type=int,
+        default=None,
+        help="samples per class in a batch; default: 4 (glyphs), 16 (fashion: 5 training classes), 8 (digits)",
+    )
     p.add_argument("--embedding-size", type=int, default=64)
     p.add_argument("--conv-width", type=int, default=16)
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--num-learners", type=int, default=None, help="K; default: 4 (glyphs), 2 (fashion, digits)")
     p.add_argument("--recluster-every", type=int, default=2, help="T, in epochs")
-    p.add_argument("--schedule", default="journal", choices=["journal", "cvpr", "divide-only", "custom"],
-                   help="phases: the journal's (full embedding from 44%% of the epochs), CVPR's (also all data for "
-                   "the last 5%%), divide only, or custom (--full-embedding-epoch, --all-data-epoch)")
+    p.add_argument(
+        "--schedule",
+        default="journal",
+        choices=["journal", "cvpr", "divide-only", "custom"],
+        help="phases: the journal's (full embedding from 44%% of the epochs), CVPR's (also all data for "
+        "the last 5%%), divide only, or custom (--full-embedding-epoch, --all-data-epoch)",
+    )
     p.add_argument("--full-embedding-epoch", type=int, default=None, help="with --schedule custom")
     p.add_argument("--all-data-epoch", type=int, default=None, help="with --schedule custom")
     p.add_argument("--heads", default="shared", choices=["shared", "per_learner"], help="classification heads")
@@ -185,20 +202,29 @@ def main(argv=None):
     out = setup(args.out)
     train_set, test_set = load(args)
     n_train, n_test = len(np.unique(train_set.labels)), len(np.unique(test_set.labels))
-    print(f"{args.dataset} ({args.split}): {len(train_set)} train images of {n_train} classes, "
-          f"{len(test_set)} {args.split} images of {n_test} other classes")
+    print(
+        f"{args.dataset} ({args.split}): {len(train_set)} train images of {n_train} classes, "
+        f"{len(test_set)} {args.split} images of {n_test} other classes"
+    )
     start = time.time()
     records = run(args, train_set, test_set)
     name = f"accuracy_{args.dataset}" + ("_val" if args.split == "val" else "")
     write_csv(out / f"{name}.csv", records)
     cfg = bench_config(args, args.losses[0])
-    title = (f"{args.dataset} ({args.split} classes): {args.epochs} epochs, batch {args.batch_size}, m={args.m}, "
-             f"d={args.embedding_size}, K={args.num_learners}, T={args.recluster_every}, {args.schedule} phases "
-             f"(full embedding from epoch {cfg.full_embedding_epoch}, all data from {cfg.all_data_epoch}), "
-             f"{args.seeds} seeds")
+    title = (
+        f"{args.dataset} ({args.split} classes): {args.epochs} epochs, batch {args.batch_size}, m={args.m}, "
+        f"d={args.embedding_size}, K={args.num_learners}, T={args.recluster_every}, {args.schedule} phases "
+        f"(full embedding from epoch {cfg.full_embedding_epoch}, all data from {cfg.all_data_epoch}), "
+        f"{args.seeds} seeds"
+    )
     plot(records, out / f"{name}.png", title)
-    report(out, name, f"Accuracy, {title} ({time.time() - start:.0f} s)", table(records),
-           "python benchmarks/accuracy.py " + shlex.join(sys.argv[1:] if argv is None else argv))
+    report(
+        out,
+        name,
+        f"Accuracy, {title} ({time.time() - start:.0f} s)",
+        table(records),
+        "python benchmarks/accuracy.py " + shlex.join(sys.argv[1:] if argv is None else argv),
+    )
     return records
 
 

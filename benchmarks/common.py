@@ -22,7 +22,7 @@ def setup(out_dir):
     torch runs on ``$PML_DC_BENCH_THREADS`` threads (default 1): on a small shared machine, two torch threads
     competing with other processes were up to 20x slower than one in our runs.
     """
-    from pml_divide_conquer import experiment as ex
+    from lab import experiment as ex
 
     torch.set_num_threads(int(os.environ.get("PML_DC_BENCH_THREADS", "1")))
     ex.quiet_pml()

@@ -34,14 +34,13 @@ import sys
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Optional
 
 import numpy as np
 import torch
 
-from common import machine, markdown_table, pyplot, report, setup, write_csv
-
 from pml_divide_conquer import ClusterSampler, DivideConquerSchedule, DivideConquerWrapper, SubspaceMaskedEmbedder
+
+from common import markdown_table, pyplot, report, setup, write_csv
 
 METRICS = ("recall_at_1", "recall_at_2", "recall_at_4", "recall_at_8", "mean_average_precision_at_r")
 METRIC_NAMES = ("R@1", "R@2", "R@4", "R@8", "MAP@R")
@@ -119,17 +118,32 @@ PRESETS = {
     # 2 CPU cores: small CNN, 12 epochs
     "cpu": Config(),
     # one H100: ResNet-18-like trunk, more epochs, data kept on the GPU
-    "gpu": Config(trunk="resnet", width=32, embedding_size=128, epochs=24, batch_size=128,
-                  pretrain_epochs=12, pretrain_batch_size=256),
+    "gpu": Config(
+        trunk="resnet",
+        width=32,
+        embedding_size=128,
+        epochs=24,
+        batch_size=128,
+        pretrain_epochs=12,
+        pretrain_batch_size=256,
+    ),
     # the test suite: a tiny CNN, 4 epochs
-    "tiny": Config(width=4, embedding_size=16, epochs=4, batch_size=8, m=2, num_learners=2, recluster_every=1,
-                   pretrain_epochs=1, pretrain_batch_size=32),
+    "tiny": Config(
+        width=4,
+        embedding_size=16,
+        epochs=4,
+        batch_size=8,
+        m=2,
+        num_learners=2,
+        recluster_every=1,
+        pretrain_epochs=1,
+        pretrain_batch_size=32,
+    ),
 }
 
 # D&C configuration chosen on the validation classes (`han.py tune`, rounds 2 and 3; docs/benchmarks.md): the CVPR
 # paper's phase epochs, K grown by doubling as in the journal
-CHOSEN = dict(method="dc", num_learners=4, recluster_every=2, schedule="cvpr", grow=True, mode="fixed",
-              heads="shared")
+CHOSEN = dict(method="dc", num_learners=4, recluster_every=2, schedule="cvpr", grow=True, mode="fixed", heads="shared")
 
 
 # ----------------------------------------------------------------------------------------------------- models
@@ -139,8 +153,11 @@ def cnn_trunk(width):
     chans = [1, width, 2 * width, 4 * width, 8 * width]
     layers = []
     for i in range(4):
-        layers += [nn.Conv2d(chans[i], chans[i + 1], 3, padding=1, bias=False), nn.BatchNorm2d(chans[i + 1]),
-                   nn.ReLU(inplace=True)]
+        layers += [
+            nn.Conv2d(chans[i], chans[i + 1], 3, padding=1, bias=False),
+            nn.BatchNorm2d(chans[i + 1]),
+            nn.ReLU(inplace=True),
+        ]
         layers += [nn.MaxPool2d(2)] if i < 3 else []
     return nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten()), chans[-1]
 
@@ -150,11 +167,17 @@ class BasicBlock(torch.nn.Module):
         super().__init__()
         nn = torch.nn
         self.body = nn.Sequential(
-            nn.Conv2d(cin, cout, 3, stride, 1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True),
-            nn.Conv2d(cout, cout, 3, 1, 1, bias=False), nn.BatchNorm2d(cout),
+            nn.Conv2d(cin, cout, 3, stride, 1, bias=False),
+            nn.BatchNorm2d(cout),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(cout, cout, 3, 1, 1, bias=False),
+            nn.BatchNorm2d(cout),
         )
-        self.skip = (nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
-                     if stride != 1 or cin != cout else nn.Identity())
+        self.skip = (
+            nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
+            if stride != 1 or cin != cout
+            else nn.Identity()
+        )
 
     def forward(self, x):
         return torch.relu(self.body(x) + self.skip(x))
@@ -180,8 +203,10 @@ def make_loss_and_miner(name, num_classes, embedding_size):
     from pytorch_metric_learning import losses, miners
 
     if name == "margin":  # the papers' loss: beta 1.2 fixed, margin 0.2, distance-weighted sampling
-        return (losses.MarginLoss(margin=0.2, beta=1.2, learn_beta=False),
-                miners.DistanceWeightedMiner(cutoff=0.5, nonzero_loss_cutoff=1.4))
+        return (
+            losses.MarginLoss(margin=0.2, beta=1.2, learn_beta=False),
+            miners.DistanceWeightedMiner(cutoff=0.5, nonzero_loss_cutoff=1.4),
+        )
     if name == "triplet":
         return losses.TripletMarginLoss(margin=0.1), miners.TripletMarginMiner(margin=0.1, type_of_triplets="semihard")
     if name == "contrastive":
@@ -194,7 +219,7 @@ def make_loss_and_miner(name, num_classes, embedding_size):
 # ----------------------------------------------------------------------------------------------------- data
 def load_splits(split, npz, device, sizes=None):
     """The Han splits as whole-batch datasets on ``device``, labels of the training classes mapped to 0..C-1."""
-    from pml_divide_conquer import datasets
+    from lab import datasets
 
     han = datasets.load_han(split, npz=npz, **(sizes or {}))
     out = {}
@@ -224,7 +249,7 @@ def pretrain(cfg, data, device, out):
     opt = torch.optim.Adam(list(trunk.parameters()) + list(head.parameters()), lr=cfg.pretrain_lr)
     gen = torch.Generator().manual_seed(1234)
     n, b = len(ds), cfg.pretrain_batch_size
-    for epoch in range(cfg.pretrain_epochs):
+    for _epoch in range(cfg.pretrain_epochs):
         trunk.train()
         perm = torch.randperm(n, generator=gen)
         for i in range(0, n - b + 1, b):
@@ -260,7 +285,7 @@ def finetune(cfg, data, trunk_state, device):
     trunk.load_state_dict(trunk_state)
     ds = data["train"]
     if cfg.train_classes:  # a fixed subset of the training classes (the same for every seed and method)
-        from pml_divide_conquer.datasets import BatchArrayDataset
+        from lab.datasets import BatchArrayDataset
 
         classes = np.random.default_rng(0).permutation(int(ds.labels.max()) + 1)[: cfg.train_classes]
         keep = np.flatnonzero(np.isin(ds.labels, classes))
@@ -269,52 +294,81 @@ def finetune(cfg, data, trunk_state, device):
     labels = ds.labels
     num_learners = cfg.num_learners if cfg.method == "dc" else 1
     mode = cfg.mode if cfg.method == "dc" else "fixed"
-    embedder = SubspaceMaskedEmbedder(cfg.embedding_size, num_learners, mode=mode,
-                                      embedder=torch.nn.Linear(dim, cfg.embedding_size))
+    embedder = SubspaceMaskedEmbedder(
+        cfg.embedding_size, num_learners, mode=mode, embedder=torch.nn.Linear(dim, cfg.embedding_size)
+    )
     trunk.to(device), embedder.to(device)
     loss, miner = make_loss_and_miner(cfg.loss, len(np.unique(labels)), cfg.embedding_size)
     optimizers = {
-        "trunk_optimizer": torch.optim.Adam(trunk.parameters(), lr=cfg.lr * cfg.trunk_lr_multiplier,
-                                            weight_decay=cfg.weight_decay),
-        "embedder_optimizer": torch.optim.Adam(embedder.parameter_groups(
-            lr=cfg.lr, weight_decay=cfg.weight_decay, mask_lr_multiplier=cfg.mask_lr_multiplier, mask_weight_decay=0)),
+        "trunk_optimizer": torch.optim.Adam(
+            trunk.parameters(), lr=cfg.lr * cfg.trunk_lr_multiplier, weight_decay=cfg.weight_decay
+        ),
+        "embedder_optimizer": torch.optim.Adam(
+            embedder.parameter_groups(
+                lr=cfg.lr, weight_decay=cfg.weight_decay, mask_lr_multiplier=cfg.mask_lr_multiplier, mask_weight_decay=0
+            )
+        ),
     }
     wrapper = None
     if cfg.method == "dc":
         sampler = ClusterSampler(labels, batch_size=cfg.batch_size, m=cfg.m, seed=cfg.seed)
         full, all_data = cfg.phase_epochs()
         wrapper = (RandomClustersWrapper if cfg.random_clusters else DivideConquerWrapper)(
-            loss, miner, embedder=embedder, sampler=sampler, recluster_every=cfg.recluster_every,
-            full_embedding_epoch=full, all_data_epoch=all_data, grow=cfg.grow, heads=cfg.heads, cluster_on=cfg.cluster_on,
-            orthogonality_weight=cfg.orthogonality_weight, freeze_trunk_epochs=cfg.freeze_trunk_epochs,
-            cluster_batch_size=512, faiss_gpu=False,
+            loss,
+            miner,
+            embedder=embedder,
+            sampler=sampler,
+            recluster_every=cfg.recluster_every,
+            full_embedding_epoch=full,
+            all_data_epoch=all_data,
+            grow=cfg.grow,
+            heads=cfg.heads,
+            cluster_on=cfg.cluster_on,
+            orthogonality_weight=cfg.orthogonality_weight,
+            freeze_trunk_epochs=cfg.freeze_trunk_epochs,
+            cluster_batch_size=512,
+            faiss_gpu=False,
         ).to(device)
         loss_funcs, mining_funcs = {"metric_loss": wrapper}, {}
         hook = wrapper.get_end_of_epoch_hook()
     else:
-        sampler = samplers.MPerClassSampler(labels, cfg.m, batch_size=cfg.batch_size, length_before_new_iter=len(labels))
+        sampler = samplers.MPerClassSampler(
+            labels, cfg.m, batch_size=cfg.batch_size, length_before_new_iter=len(labels)
+        )
         loss_funcs, mining_funcs = {"metric_loss": loss.to(device)}, ({"tuple_miner": miner} if miner else {})
         hook = None
     params = [p for p in loss_funcs["metric_loss"].parameters() if p.requires_grad]
     if params:
         optimizers["metric_loss_optimizer"] = torch.optim.Adam(params, lr=cfg.loss_lr)
     trainer = trainers.MetricLossOnly(
-        models={"trunk": trunk, "embedder": embedder}, optimizers=optimizers, batch_size=cfg.batch_size,
-        loss_funcs=loss_funcs, mining_funcs=mining_funcs, dataset=ds, sampler=sampler, dataloader_num_workers=0,
-        data_device=device, collate_fn=ds.collate_fn, end_of_epoch_hook=hook,
-        iterations_per_epoch=len(labels) // cfg.batch_size, freeze_trunk_batchnorm=cfg.freeze_batchnorm,
+        models={"trunk": trunk, "embedder": embedder},
+        optimizers=optimizers,
+        batch_size=cfg.batch_size,
+        loss_funcs=loss_funcs,
+        mining_funcs=mining_funcs,
+        dataset=ds,
+        sampler=sampler,
+        dataloader_num_workers=0,
+        data_device=device,
+        collate_fn=ds.collate_fn,
+        end_of_epoch_hook=hook,
+        iterations_per_epoch=len(labels) // cfg.batch_size,
+        freeze_trunk_batchnorm=cfg.freeze_batchnorm,
     )
     stats = {}
     start = time.perf_counter()
     if wrapper is not None:
         seconds = []
         trainer.end_of_epoch_hook = wrapper.get_end_of_epoch_hook(
-            then=lambda t: seconds.append((wrapper.recluster_seconds, wrapper.clustering_seconds)) or True)
+            then=lambda t: seconds.append((wrapper.recluster_seconds, wrapper.clustering_seconds)) or True
+        )
         wrapper.prepare(trainer)
         trainer.train(num_epochs=cfg.epochs)
-        stats = dict(reclusterings=len({s for s in seconds if s[0] > 0}),
-                     recluster_seconds=float(np.mean([s[0] for s in seconds if s[0] > 0] or [0])),
-                     kmeans_seconds=float(np.mean([s[1] for s in seconds if s[0] > 0] or [0])))
+        stats = dict(
+            reclusterings=len({s for s in seconds if s[0] > 0}),
+            recluster_seconds=float(np.mean([s[0] for s in seconds if s[0] > 0] or [0])),
+            kmeans_seconds=float(np.mean([s[1] for s in seconds if s[0] > 0] or [0])),
+        )
     else:
         trainer.train(num_epochs=cfg.epochs)
     if device.type == "cuda":
@@ -387,8 +441,9 @@ def run_all(configs, args, progress_desc):
         cfg = next(c for c in configs if c.pretrain_key() == key)
         _, _, secs = pretrain(cfg, data, device, args.out)
         if secs:
-            print(f"pretrained the trunk on {len(np.unique(data['pretrain'].labels))} classes in {secs:.0f} s",
-                  flush=True)
+            print(
+                f"pretrained the trunk on {len(np.unique(data['pretrain'].labels))} classes in {secs:.0f} s", flush=True
+            )
     torch.set_num_threads(threads)
     jobs = [(c, args.split, args.npz, sizes, args.device, args.out, 1 if args.device == "cpu" else 0) for c in configs]
     records = [None] * len(jobs)
@@ -420,7 +475,9 @@ def keep_partial(record, args):
 
 def describe(r):
     name = variant_name(r)
-    return f"  {r['loss']:11s} {name:34s} seed {r['seed']}: R@1 {100 * r['recall_at_1']:.1f}  ({r['train_seconds']:.0f} s)"
+    return (
+        f"  {r['loss']:11s} {name:34s} seed {r['seed']}: R@1 {100 * r['recall_at_1']:.1f}  ({r['train_seconds']:.0f} s)"
+    )
 
 
 def variant_name(r):
@@ -471,7 +528,7 @@ def plot(records, path, title):
     for i, (loss, name) in enumerate(groups):
         v = [100 * r["recall_at_1"] for r in records if (r[key], r["setting"]) == (loss, name)]
         ax.barh(i, np.mean(v), xerr=np.std(v), capsize=3, color="C0" if name == "baseline" else "C1")
-    ax.set_yticks(range(len(groups)), [f"{l}: {n}" for l, n in groups], fontsize=7)
+    ax.set_yticks(range(len(groups)), [f"{x}: {n}" for x, n in groups], fontsize=7)
     ax.invert_yaxis()
     lo = min(100 * r["recall_at_1"] for r in records)
     ax.set_xlim(max(0, lo - 5), min(100, max(100 * r["recall_at_1"] for r in records) + 3))
@@ -507,8 +564,10 @@ def table_configs(base, seeds, losses=LOSSES):
     for loss in losses:
         extra = []
         if loss == "arcface":
-            extra = [(f"D&C {mode}, CVPR phases, per-learner heads", dict(CHOSEN, mode=mode, heads="per_learner"))
-                     for mode in ("fixed", "learned")]
+            extra = [
+                (f"D&C {mode}, CVPR phases, per-learner heads", dict(CHOSEN, mode=mode, heads="per_learner"))
+                for mode in ("fixed", "learned")
+            ]
         for name, changes in variants + extra:
             out += [(name, base.but(loss=loss, seed=seed, **changes)) for seed in range(seeds)]
     return out
@@ -534,7 +593,10 @@ def sweep_configs(base, seeds, axis, loss="margin"):
     values = {
         "classes": [(f"{n} training classes", dict(train_classes=n)) for n in (300, 1000, 3000)],
         "epochs": [(f"{n} epochs", dict(epochs=n)) for n in (6, 12, 24)],
-        "pretrained": [("pretrained trunk", {}), ("trunk from scratch", dict(pretrain_epochs=0, freeze_batchnorm=False))],
+        "pretrained": [
+            ("pretrained trunk", {}),
+            ("trunk from scratch", dict(pretrain_epochs=0, freeze_batchnorm=False)),
+        ],
     }[axis]
     out = []
     for regime, changes in values:
@@ -548,22 +610,42 @@ def sweep_configs(base, seeds, axis, loss="margin"):
 TUNE_SHARED = {f"lr {lr:g}": dict(lr=lr) for lr in (1e-4, 3e-4, 1e-3)}
 TUNE_ROUNDS = {
     2: dict(
-        baseline_base={}, dc_base=dict(CHOSEN, num_learners=8, recluster_every=2, schedule="journal", mode="fixed"),
+        baseline_base={},
+        dc_base=dict(CHOSEN, num_learners=8, recluster_every=2, schedule="journal", mode="fixed"),
         dc_name="D&C (K=8, T=2, journal, fixed)",
-        baseline={"m=2": dict(m=2), "m=8": dict(m=8), "batch 128": dict(batch_size=128),
-                  "trunk lr x0.1": dict(trunk_lr_multiplier=0.1), "lr x0.5": dict(lr_factor=0.5),
-                  "lr x2": dict(lr_factor=2.0)},
-        dc={"K=4": dict(num_learners=4), "K=16": dict(num_learners=16), "T=1": dict(recluster_every=1),
-            "learned masks": dict(mode="learned"), "CVPR phases": dict(schedule="cvpr"),
-            "trunk frozen after reclustering": dict(freeze_trunk_epochs=1)},
+        baseline={
+            "m=2": dict(m=2),
+            "m=8": dict(m=8),
+            "batch 128": dict(batch_size=128),
+            "trunk lr x0.1": dict(trunk_lr_multiplier=0.1),
+            "lr x0.5": dict(lr_factor=0.5),
+            "lr x2": dict(lr_factor=2.0),
+        },
+        dc={
+            "K=4": dict(num_learners=4),
+            "K=16": dict(num_learners=16),
+            "T=1": dict(recluster_every=1),
+            "learned masks": dict(mode="learned"),
+            "CVPR phases": dict(schedule="cvpr"),
+            "trunk frozen after reclustering": dict(freeze_trunk_epochs=1),
+        },
     ),
     3: dict(  # around round 2's best: the baseline with m=2, D&C with the CVPR phases (m=2 for both: shared)
-        baseline_base=dict(m=2), dc_base=dict(CHOSEN, m=2, num_learners=8, schedule="cvpr", mode="fixed"),
+        baseline_base=dict(m=2),
+        dc_base=dict(CHOSEN, m=2, num_learners=8, schedule="cvpr", mode="fixed"),
         dc_name="D&C (K=8, CVPR phases, fixed, m=2)",
-        baseline={"d=128": dict(embedding_size=128), "d=128, lr x0.5": dict(embedding_size=128, lr_factor=0.5),
-                  "batch 128": dict(batch_size=128), "lr x0.5": dict(lr_factor=0.5)},
-        dc={"K=4": dict(num_learners=4), "d=128": dict(embedding_size=128),
-            "K=4, d=128": dict(num_learners=4, embedding_size=128), "learned masks": dict(mode="learned")},
+        baseline={
+            "d=128": dict(embedding_size=128),
+            "d=128, lr x0.5": dict(embedding_size=128, lr_factor=0.5),
+            "batch 128": dict(batch_size=128),
+            "lr x0.5": dict(lr_factor=0.5),
+        },
+        dc={
+            "K=4": dict(num_learners=4),
+            "d=128": dict(embedding_size=128),
+            "K=4, d=128": dict(num_learners=4, embedding_size=128),
+            "learned masks": dict(mode="learned"),
+        },
     ),
 }
 
@@ -660,12 +742,18 @@ def main(argv=None):
     if args.command == "tune":
         records = named_records + records
     elapsed = time.perf_counter() - start
-    name = f"han_{args.command}" + (f"_{args.axis}" if regimes else "") + (
-        f"_round{args.round}" if args.command == "tune" and args.round != 2 else "") + ("" if args.preset == "cpu" else f"_{args.preset}")
+    name = (
+        f"han_{args.command}"
+        + (f"_{args.axis}" if regimes else "")
+        + (f"_round{args.round}" if args.command == "tune" and args.round != 2 else "")
+        + ("" if args.preset == "cpu" else f"_{args.preset}")
+    )
     write_csv(out / f"{name}.csv", records)
-    title = (f"Han {('validation' if args.split == 'val' else 'test')} classes, {args.preset} preset "
-             f"({base.trunk}, {base.epochs} epochs, batch {base.batch_size}, m={base.m}, d={base.embedding_size}), "
-             f"{args.seeds} seeds, {args.device}")
+    title = (
+        f"Han {('validation' if args.split == 'val' else 'test')} classes, {args.preset} preset "
+        f"({base.trunk}, {base.epochs} epochs, batch {base.batch_size}, m={base.m}, d={base.embedding_size}), "
+        f"{args.seeds} seeds, {args.device}"
+    )
     plot(records, out / f"{name}.png", title)
     command = "python benchmarks/han.py " + shlex.join(sys.argv[1:] if argv is None else argv)
     groups = ("regime",) if regimes else ("loss",)

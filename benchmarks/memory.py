@@ -2,16 +2,17 @@
 
     python benchmarks/memory.py --epochs 4 --num-learners 8 --out bench-out
 
-Every variant runs in its own Python process (so peaks do not mix; the processes run concurrently): "idle" loads the data and builds the model
-without training (the floor: Python, torch, PML, data), then the baseline and D&C train with the accuracy
-benchmark's settings (K grows 1, 2, 4, 8 with T=1 by default). Reports peak RSS (``ru_maxrss``), the ratio to the
-baseline, and the ratio of the part above the idle floor. Writes ``memory.csv`` and ``memory.png``.
+Every variant runs in its own Python process (so peaks do not mix; the processes run concurrently): "idle" loads
+the data and builds the model without training (the floor: Python, torch, PML, data), then the baseline and D&C
+train with the accuracy benchmark's settings (K grows 1, 2, 4, 8 with T=1 by default). Reports peak RSS
+(``ru_maxrss``), the ratio to the baseline, and the ratio of the part above the idle floor. Writes ``memory.csv``
+and ``memory.png``.
 """
 
 import argparse
-import shlex
 import json
 import resource
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -22,15 +23,28 @@ VARIANTS = {"idle": None, "baseline": "baseline", "D&C fixed": "D&C fixed", "D&C
 
 
 def child(args):
-    import accuracy
+    from lab import experiment as ex
 
-    from pml_divide_conquer import experiment as ex
+    import accuracy
 
     setup(args.out)
     acc_args = accuracy.parser().parse_args(
-        ["--dataset", args.dataset, "--epochs", str(args.epochs), "--num-learners", str(args.num_learners),
-         "--recluster-every", str(args.recluster_every), "--schedule", "divide-only", "--batch-size",
-         str(args.batch_size), "--m", str(args.m)]
+        [
+            "--dataset",
+            args.dataset,
+            "--epochs",
+            str(args.epochs),
+            "--num-learners",
+            str(args.num_learners),
+            "--recluster-every",
+            str(args.recluster_every),
+            "--schedule",
+            "divide-only",
+            "--batch-size",
+            str(args.batch_size),
+            "--m",
+            str(args.m),
+        ]
     )
     train_set, _ = accuracy.load(acc_args)
     cfg = accuracy.bench_config(acc_args, args.loss)
@@ -50,8 +64,12 @@ def main(argv=None):
     p.add_argument("--recluster-every", type=int, default=1)
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--m", type=int, default=4)
-    p.add_argument("--variants", default=",".join(VARIANTS), type=lambda v: v.split(","),
-                   help="processes to run; idle and baseline are needed for the ratios")
+    p.add_argument(
+        "--variants",
+        default=",".join(VARIANTS),
+        type=lambda v: v.split(","),
+        help="processes to run; idle and baseline are needed for the ratios",
+    )
     p.add_argument("--child", default=None, help=argparse.SUPPRESS)
     p.add_argument("--out", default="bench-out")
     args = p.parse_args(argv)
@@ -61,9 +79,15 @@ def main(argv=None):
     argv = sys.argv[1:] if argv is None else list(argv)
     records = []
     # one process per variant, run at the same time (each one's peak RSS is its own)
-    procs = {name: subprocess.Popen([sys.executable, str(Path(__file__).resolve()), *argv, "--child", name],
-                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-             for name in args.variants}
+    procs = {
+        name: subprocess.Popen(
+            [sys.executable, str(Path(__file__).resolve()), *argv, "--child", name],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for name in args.variants
+    }
     for name, proc in procs.items():
         stdout, stderr = proc.communicate()
         if proc.returncode:
@@ -88,8 +112,10 @@ def main(argv=None):
     fig.savefig(out / "memory.png", dpi=120)
     plt.close(fig)
     table = markdown_table(["process", "peak RSS, MB", "ratio to baseline", "ratio above the idle floor"], rows)
-    title = (f"Peak memory ({args.dataset}, {args.loss}, {args.epochs} epochs, K up to {args.num_learners}, "
-             f"T={args.recluster_every}, batch {args.batch_size})")
+    title = (
+        f"Peak memory ({args.dataset}, {args.loss}, {args.epochs} epochs, K up to {args.num_learners}, "
+        f"T={args.recluster_every}, batch {args.batch_size})"
+    )
     report(out, "memory", title, table, "python benchmarks/memory.py " + shlex.join(argv))
     return records
 

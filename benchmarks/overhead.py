@@ -10,18 +10,18 @@ Prints the median step times and their ratio; writes ``overhead.csv`` and ``over
 """
 
 import argparse
-import shlex
 import itertools
+import shlex
 import sys
 
 import numpy as np
 import torch
+from pytorch_metric_learning import trainers
+
+from lab import experiment as ex
+from pml_divide_conquer import ClusterSampler, DivideConquerWrapper, SubspaceMaskedEmbedder
 
 from common import Timer, markdown_table, pyplot, report, setup, write_csv
-
-from pml_divide_conquer import ClusterSampler, DivideConquerWrapper, SubspaceMaskedEmbedder
-from pml_divide_conquer import experiment as ex
-from pytorch_metric_learning import trainers
 
 
 def load(args):
@@ -32,25 +32,44 @@ def load(args):
 
 
 def _concat(a, b):
-    from pml_divide_conquer.datasets import ArrayDataset
+    from lab.datasets import ArrayDataset
 
     return ArrayDataset(torch.cat([a.data, b.data]).numpy(), np.concatenate([a.labels, b.labels]))
 
 
 def measure(dataset, k, args):
-    cfg = ex.RunConfig(loss=args.loss, trunk="conv" if dataset.data.dim() == 4 else "mlp", conv_width=args.conv_width,
-                       embedding_size=args.embedding_size, hidden=128, batch_size=args.batch_size, m=args.m, seed=0)
+    cfg = ex.RunConfig(
+        loss=args.loss,
+        trunk="conv" if dataset.data.dim() == 4 else "mlp",
+        conv_width=args.conv_width,
+        embedding_size=args.embedding_size,
+        hidden=128,
+        batch_size=args.batch_size,
+        m=args.m,
+        seed=0,
+    )
     trunk, _ = ex.build_models(tuple(dataset[0][0].shape), cfg.but(num_learners=1))
-    embedder = SubspaceMaskedEmbedder(args.embedding_size, k, mode="fixed", embedder=torch.nn.Linear(128, args.embedding_size))
+    embedder = SubspaceMaskedEmbedder(
+        args.embedding_size, k, mode="fixed", embedder=torch.nn.Linear(128, args.embedding_size)
+    )
     loss, miner = ex.make_loss_and_miner(args.loss, len(np.unique(dataset.labels)), args.embedding_size)
     sampler = ClusterSampler(dataset.labels, batch_size=args.batch_size, m=args.m, seed=0)
     wrapper = DivideConquerWrapper(loss, miner, embedder=embedder, sampler=sampler, grow=False, recluster_every=1000)
-    params = list(trunk.parameters()) + list(embedder.parameters()) + list(loss.parameters()) + list(wrapper.parameters())
+    params = (
+        list(trunk.parameters()) + list(embedder.parameters()) + list(loss.parameters()) + list(wrapper.parameters())
+    )
     opt = torch.optim.Adam([p for p in params if p.requires_grad], lr=1e-4)
     trainer = trainers.MetricLossOnly(
-        models={"trunk": trunk, "embedder": embedder}, optimizers={"trunk_optimizer": opt}, batch_size=args.batch_size,
-        loss_funcs={"metric_loss": wrapper}, mining_funcs={}, dataset=dataset, sampler=sampler,
-        data_device=torch.device("cpu"), end_of_epoch_hook=wrapper.get_end_of_epoch_hook())
+        models={"trunk": trunk, "embedder": embedder},
+        optimizers={"trunk_optimizer": opt},
+        batch_size=args.batch_size,
+        loss_funcs={"metric_loss": wrapper},
+        mining_funcs={},
+        dataset=dataset,
+        sampler=sampler,
+        data_device=torch.device("cpu"),
+        end_of_epoch_hook=wrapper.get_end_of_epoch_hook(),
+    )
     wrapper.prepare(trainer)  # clusters the data into K
     wrapper.train(), trunk.train(), embedder.train()
     indices = itertools.chain.from_iterable(iter(sampler) for _ in itertools.count())  # a new pass when one ends
@@ -70,7 +89,7 @@ def measure(dataset, k, args):
     times = {True: [], False: []}
     for s in range(args.warmup + args.steps):
         idx = list(itertools.islice(indices, args.batch_size))
-        for use_wrapper in ((True, False) if s % 2 else (False, True)):
+        for use_wrapper in (True, False) if s % 2 else (False, True):
             with Timer() as t:
                 step(use_wrapper, idx)
             if s >= args.warmup:
@@ -98,12 +117,29 @@ def main(argv=None):
     for k in args.ks:
         bare, wrapped = measure(dataset, k, args)
         ratio = np.median(wrapped) / np.median(bare)
-        records.append(dict(K=k, bare_median_ms=1e3 * np.median(bare), wrapper_median_ms=1e3 * np.median(wrapped),
-                            ratio_of_medians=ratio, ratio_of_means=wrapped.mean() / bare.mean(), steps=len(bare)))
-        rows.append([k, f"{1e3 * np.median(bare):.1f}", f"{1e3 * np.median(wrapped):.1f}", f"{ratio:.3f}",
-                     f"{wrapped.mean() / bare.mean():.3f}"])
-        print(f"  K={k}: bare {1e3 * np.median(bare):.1f} ms, wrapper {1e3 * np.median(wrapped):.1f} ms, ×{ratio:.3f}",
-              flush=True)
+        records.append(
+            dict(
+                K=k,
+                bare_median_ms=1e3 * np.median(bare),
+                wrapper_median_ms=1e3 * np.median(wrapped),
+                ratio_of_medians=ratio,
+                ratio_of_means=wrapped.mean() / bare.mean(),
+                steps=len(bare),
+            )
+        )
+        rows.append(
+            [
+                k,
+                f"{1e3 * np.median(bare):.1f}",
+                f"{1e3 * np.median(wrapped):.1f}",
+                f"{ratio:.3f}",
+                f"{wrapped.mean() / bare.mean():.3f}",
+            ]
+        )
+        print(
+            f"  K={k}: bare {1e3 * np.median(bare):.1f} ms, wrapper {1e3 * np.median(wrapped):.1f} ms, ×{ratio:.3f}",
+            flush=True,
+        )
     write_csv(out / "overhead.csv", records)
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(4.5, 3))
@@ -116,10 +152,20 @@ def main(argv=None):
     fig.tight_layout()
     fig.savefig(out / "overhead.png", dpi=120)
     plt.close(fig)
-    table = markdown_table(["K", "bare loss, ms/step", "D&C wrapper, ms/step", "ratio (medians)", "ratio (means)"], rows)
-    title = (f"Training overhead ({args.loss} + its miner, {args.dataset}, batch {args.batch_size}, m={args.m}, "
-             f"d={args.embedding_size}, {args.steps} steps per K, interleaved)")
-    report(out, "overhead", title, table, "python benchmarks/overhead.py " + shlex.join(sys.argv[1:] if argv is None else argv))
+    table = markdown_table(
+        ["K", "bare loss, ms/step", "D&C wrapper, ms/step", "ratio (medians)", "ratio (means)"], rows
+    )
+    title = (
+        f"Training overhead ({args.loss} + its miner, {args.dataset}, batch {args.batch_size}, m={args.m}, "
+        f"d={args.embedding_size}, {args.steps} steps per K, interleaved)"
+    )
+    report(
+        out,
+        "overhead",
+        title,
+        table,
+        "python benchmarks/overhead.py " + shlex.join(sys.argv[1:] if argv is None else argv),
+    )
     return records
 
 

@@ -25,24 +25,31 @@ import torch
 from pytorch_metric_learning import losses, miners, testers, trainers
 from pytorch_metric_learning.utils.accuracy_calculator import AccuracyCalculator
 
-from common import setup
-
+from lab import experiment as ex
 from pml_divide_conquer import ClusterSampler, DivideConquerSchedule, DivideConquerWrapper, SubspaceMaskedEmbedder
-from pml_divide_conquer import experiment as ex
+
+from common import setup
 
 # dataset -> settings; recall_ks as reported in the papers
 PRESETS = {
-    "cub": dict(num_learners=4, embedding_size=512, recluster_every=2, epochs=180,
-                recall_ks=(1, 2, 4, 8)),
-    "cars": dict(num_learners=8, embedding_size=512, recluster_every=2, epochs=180,
-                 recall_ks=(1, 2, 4, 8)),
-    "sop": dict(num_learners=32, embedding_size=512, recluster_every=2, epochs=180,
-                recall_ks=(1, 10, 100, 1000)),
+    "cub": dict(num_learners=4, embedding_size=512, recluster_every=2, epochs=180, recall_ks=(1, 2, 4, 8)),
+    "cars": dict(num_learners=8, embedding_size=512, recluster_every=2, epochs=180, recall_ks=(1, 2, 4, 8)),
+    "sop": dict(num_learners=32, embedding_size=512, recluster_every=2, epochs=180, recall_ks=(1, 10, 100, 1000)),
 }
 # the journal README's run: batch 80, m=2 (--num-samples-per-class=2), masks at 100x lr, lambda 0.01, the backbone
 # frozen every other epoch (--mod-epoch-freeze=1); clustering on the trunk's (penultimate) features; BatchNorm frozen
-COMMON = dict(batch_size=80, m=2, lr=1e-5, weight_decay=1e-4, mask_lr_multiplier=100.0, orthogonality_weight=0.01,
-              mode="learned", cluster_on="trunk", freeze_trunk_epochs=1, num_workers=8)
+COMMON = dict(
+    batch_size=80,
+    m=2,
+    lr=1e-5,
+    weight_decay=1e-4,
+    mask_lr_multiplier=100.0,
+    orthogonality_weight=0.01,
+    mode="learned",
+    cluster_on="trunk",
+    freeze_trunk_epochs=1,
+    num_workers=8,
+)
 
 
 def pml_datasets(name, root, download):
@@ -68,7 +75,7 @@ def resnet50_trunk():
 
 def stand_in(n_classes=12, per_class=8, size=32, seed=0):
     """A tiny random image dataset shaped like the real ones (3 x size x size), for --dry-run."""
-    from pml_divide_conquer.datasets import ArrayDataset
+    from lab.datasets import ArrayDataset
 
     rng = np.random.default_rng(seed)
     protos = rng.random((n_classes, 3, size, size), dtype=np.float32)
@@ -83,36 +90,60 @@ def build(cfg, trunk, trunk_dim, train_set, cluster_set, device):
     """The D&C run: trunk, learned-mask embedder, margin loss + distance-weighted miner, ClusterSampler, trainer."""
     labels = np.asarray(train_set.labels)
     trunk = trunk.to(device)
-    embedder = SubspaceMaskedEmbedder(cfg["embedding_size"], cfg["num_learners"], mode=cfg["mode"],
-                                      embedder=torch.nn.Linear(trunk_dim, cfg["embedding_size"])).to(device)
+    embedder = SubspaceMaskedEmbedder(
+        cfg["embedding_size"],
+        cfg["num_learners"],
+        mode=cfg["mode"],
+        embedder=torch.nn.Linear(trunk_dim, cfg["embedding_size"]),
+    ).to(device)
     sampler = ClusterSampler(labels, batch_size=cfg["batch_size"], m=cfg["m"], seed=cfg["seed"])
     dc = DivideConquerWrapper(
-        losses.MarginLoss(margin=0.2, beta=1.2), miners.DistanceWeightedMiner(cutoff=0.5, nonzero_loss_cutoff=1.4),
-        embedder=embedder, sampler=sampler,
-        schedule=DivideConquerSchedule.journal(cfg["epochs"], cfg["num_learners"], cfg["recluster_every"],
-                                               freeze_trunk_epochs=cfg["freeze_trunk_epochs"]),
+        losses.MarginLoss(margin=0.2, beta=1.2),
+        miners.DistanceWeightedMiner(cutoff=0.5, nonzero_loss_cutoff=1.4),
+        embedder=embedder,
+        sampler=sampler,
+        schedule=DivideConquerSchedule.journal(
+            cfg["epochs"], cfg["num_learners"], cfg["recluster_every"], freeze_trunk_epochs=cfg["freeze_trunk_epochs"]
+        ),
         orthogonality_weight=cfg["orthogonality_weight"],
-        cluster_on=cfg["cluster_on"], cluster_dataset=cluster_set).to(device)
+        cluster_on=cfg["cluster_on"],
+        cluster_dataset=cluster_set,
+    ).to(device)
     optimizers = {
         "trunk_optimizer": torch.optim.Adam(trunk.parameters(), lr=cfg["lr"], weight_decay=cfg["weight_decay"]),
-        "embedder_optimizer": torch.optim.Adam(embedder.parameter_groups(
-            lr=cfg["lr"], weight_decay=cfg["weight_decay"], mask_lr_multiplier=cfg["mask_lr_multiplier"])),
+        "embedder_optimizer": torch.optim.Adam(
+            embedder.parameter_groups(
+                lr=cfg["lr"], weight_decay=cfg["weight_decay"], mask_lr_multiplier=cfg["mask_lr_multiplier"]
+            )
+        ),
     }
     if any(p.requires_grad for p in dc.parameters()):
         optimizers["metric_loss_optimizer"] = torch.optim.Adam(dc.parameters(), lr=cfg["lr"])
     trainer = trainers.MetricLossOnly(
-        models={"trunk": trunk, "embedder": embedder}, optimizers=optimizers, batch_size=cfg["batch_size"],
-        loss_funcs={"metric_loss": dc}, mining_funcs={}, dataset=train_set, sampler=sampler,
-        dataloader_num_workers=cfg["num_workers"], data_device=device, end_of_epoch_hook=dc.get_end_of_epoch_hook(),
-        freeze_trunk_batchnorm=True)  # running statistics of the pretrained trunk stay fixed, as in the reference
+        models={"trunk": trunk, "embedder": embedder},
+        optimizers=optimizers,
+        batch_size=cfg["batch_size"],
+        loss_funcs={"metric_loss": dc},
+        mining_funcs={},
+        dataset=train_set,
+        sampler=sampler,
+        dataloader_num_workers=cfg["num_workers"],
+        data_device=device,
+        end_of_epoch_hook=dc.get_end_of_epoch_hook(),
+        freeze_trunk_batchnorm=True,
+    )  # running statistics of the pretrained trunk stay fixed, as in the reference
     dc.prepare(trainer)
     return trainer, dc
 
 
 def evaluate(trainer, test_set, recall_ks, device, batch_size=128):
     calc = AccuracyCalculator(include=("NMI", "mean_average_precision_at_r"), k="max_bin_count", device=device)
-    tester = testers.GlobalEmbeddingSpaceTester(accuracy_calculator=calc, batch_size=batch_size, data_device=device,
-                                                dataloader_num_workers=trainer.dataloader_num_workers)
+    tester = testers.GlobalEmbeddingSpaceTester(
+        accuracy_calculator=calc,
+        batch_size=batch_size,
+        data_device=device,
+        dataloader_num_workers=trainer.dataloader_num_workers,
+    )
     models = trainer.models
     acc = tester.test({"test": test_set}, 0, models["trunk"], models["embedder"])["test"]
     emb, labels = tester.get_all_embeddings(test_set, models["trunk"], models["embedder"], return_as_numpy=True)
@@ -138,8 +169,17 @@ def main(argv=None):
         cfg["epochs"] = args.epochs
     device = torch.device("cuda" if torch.cuda.is_available() and not args.dry_run else "cpu")
     if args.dry_run:
-        cfg.update(epochs=3, recluster_every=1, freeze_trunk_epochs=0, num_learners=2, embedding_size=16, batch_size=16,
-                   m=4, num_workers=0, lr=1e-3)
+        cfg.update(
+            epochs=3,
+            recluster_every=1,
+            freeze_trunk_epochs=0,
+            num_learners=2,
+            embedding_size=16,
+            batch_size=16,
+            m=4,
+            num_workers=0,
+            lr=1e-3,
+        )
         train_set, cluster_set, test_set = stand_in()
         trunk, trunk_dim = ex.conv_trunk(3, 32, width=8), 32
     else:
@@ -148,17 +188,30 @@ def main(argv=None):
         train_set, cluster_set, test_set = pml_datasets(args.dataset, args.root, args.download)
         trunk, trunk_dim = resnet50_trunk()
     torch.manual_seed(args.seed)
-    print(f"{args.dataset}{' (dry run)' if args.dry_run else ''}: {len(train_set)} train / {len(test_set)} test "
-          f"images on {device}; settings {json.dumps(cfg)}", flush=True)
+    print(
+        f"{args.dataset}{' (dry run)' if args.dry_run else ''}: {len(train_set)} train / {len(test_set)} test "
+        f"images on {device}; settings {json.dumps(cfg)}",
+        flush=True,
+    )
     start = time.time()
     trainer, dc = build(cfg, trunk, trunk_dim, train_set, cluster_set, device)
     trainer.train(num_epochs=cfg["epochs"])
     result = evaluate(trainer, test_set, cfg["recall_ks"], device)
-    result.update(dataset=args.dataset, dry_run=args.dry_run, epochs=cfg["epochs"], phase=str(dc.phase),
-                  num_learners=dc.num_active, seconds=round(time.time() - start, 1))
+    result.update(
+        dataset=args.dataset,
+        dry_run=args.dry_run,
+        epochs=cfg["epochs"],
+        phase=str(dc.phase),
+        num_learners=dc.num_active,
+        seconds=round(time.time() - start, 1),
+    )
     (out / f"paper_{args.dataset}{'_dry_run' if args.dry_run else ''}.json").write_text(json.dumps(result, indent=1))
     print("| " + " | ".join(k for k in result) + " |\n|" + "---|" * len(result))
-    print("| " + " | ".join(f"{100 * v:.1f}" if k.startswith(("R@", "NMI", "MAP")) else str(v) for k, v in result.items()) + " |")
+    print(
+        "| "
+        + " | ".join(f"{100 * v:.1f}" if k.startswith(("R@", "NMI", "MAP")) else str(v) for k, v in result.items())
+        + " |"
+    )
     return result
 
 

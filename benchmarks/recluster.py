@@ -14,24 +14,35 @@ import shlex
 import sys
 
 import numpy as np
-import torch
+
+from lab import experiment as ex
+from pml_divide_conquer import clustering
+from pml_divide_conquer.reclustering import embed_dataset
 
 from common import Timer, markdown_table, pyplot, report, setup, write_csv
-
-from pml_divide_conquer import clustering, hooks
-from pml_divide_conquer import experiment as ex
 
 
 def training_set_part(args):
     train_set, _ = ex.load_dataset(args.dataset, **({"progress": False} if args.dataset == "glyphs" else {}))
-    cfg = ex.RunConfig(method="dc", loss="triplet", trunk="conv" if train_set.data.dim() == 4 else "mlp",
-                       conv_width=args.conv_width, num_learners=args.k, grow=False, recluster_every=1000,
-                       batch_size=args.batch_size, m=4, embedding_size=64, hidden=128, epochs=1)
+    cfg = ex.RunConfig(
+        method="dc",
+        loss="triplet",
+        trunk="conv" if train_set.data.dim() == 4 else "mlp",
+        conv_width=args.conv_width,
+        num_learners=args.k,
+        grow=False,
+        recluster_every=1000,
+        batch_size=args.batch_size,
+        m=4,
+        embedding_size=64,
+        hidden=128,
+        epochs=1,
+    )
     trainer, wrapper = ex.build_trainer(train_set, cfg)  # prepare() has clustered once already (warm-up)
     forward, recluster = [], []
     for _ in range(args.repeats):
         with Timer() as t:
-            hooks.embed_dataset(trainer, train_set, False, wrapper.cluster_batch_size, 0)
+            embed_dataset(trainer, train_set, False, wrapper.reclusterer.batch_size, 0)
         forward.append(t.seconds)
         with Timer() as t:
             wrapper.recluster(trainer)
@@ -61,8 +72,11 @@ def main(argv=None):
     out = setup(args.out)
     records = []
     n, fwd, rec = training_set_part(args)
-    records.append(dict(part="training set", n=n, dim=64, k=args.k, forward_s=fwd, recluster_s=rec,
-                        kmeans_s=np.nan, split_s=np.nan))
+    records.append(
+        dict(
+            part="training set", n=n, dim=64, k=args.k, forward_s=fwd, recluster_s=rec, kmeans_s=np.nan, split_s=np.nan
+        )
+    )
     print(f"  training set ({n} images): forward {fwd:.2f} s, recluster {rec:.2f} s, ×{rec / fwd:.2f}", flush=True)
     rng = np.random.default_rng(0)
     for size in args.sizes:
@@ -73,8 +87,18 @@ def main(argv=None):
             clustering.match_clusters(old, new, args.k)
         with Timer() as s:
             clustering.split_clusters(x, np.arange(size) % max(1, args.k // 2), seed=3)
-        records.append(dict(part="k-means alone", n=size, dim=args.dim, k=args.k, forward_s=np.nan, recluster_s=np.nan,
-                            kmeans_s=t.seconds, split_s=s.seconds))
+        records.append(
+            dict(
+                part="k-means alone",
+                n=size,
+                dim=args.dim,
+                k=args.k,
+                forward_s=np.nan,
+                recluster_s=np.nan,
+                kmeans_s=t.seconds,
+                split_s=s.seconds,
+            )
+        )
         print(f"  N={size}: k-means+matching {t.seconds:.2f} s, splits {s.seconds:.2f} s", flush=True)
         del x
     write_csv(out / "recluster.csv", records)
@@ -82,7 +106,9 @@ def main(argv=None):
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(4.5, 3))
     ax.plot([r["n"] for r in synth], [r["kmeans_s"] for r in synth], "o-", label=f"k-means K={args.k} + matching")
-    ax.plot([r["n"] for r in synth], [r["split_s"] for r in synth], "s-", label=f"2-means splits {args.k // 2}→{args.k}")
+    ax.plot(
+        [r["n"] for r in synth], [r["split_s"] for r in synth], "s-", label=f"2-means splits {args.k // 2}→{args.k}"
+    )
     ax.set_xscale("log")
     ax.set_yscale("log")
     ax.set_xlabel(f"N embeddings (d={args.dim})")
@@ -92,14 +118,29 @@ def main(argv=None):
     fig.savefig(out / "recluster.png", dpi=120)
     plt.close(fig)
     r0 = records[0]
-    rows = [[f"{args.dataset} training set, {r0['n']} images, conv trunk", f"{r0['forward_s']:.2f}",
-             f"{r0['recluster_s']:.2f}", f"{r0['recluster_s'] / r0['forward_s']:.2f}×", ""]]
-    rows += [[f"N={r['n']:,} random embeddings, d={args.dim}", "", "", "", f"{r['kmeans_s']:.2f} / {r['split_s']:.2f}"]
-             for r in synth]
-    table = markdown_table(["data", "no-grad forward pass, s", "one reclustering, s", "ratio",
-                            "k-means+matching / splits alone, s"], rows)
-    report(out, "recluster", f"Reclustering cost (K={args.k}, median of {args.repeats} for the training set)", table,
-           "python benchmarks/recluster.py " + shlex.join(sys.argv[1:] if argv is None else argv))
+    rows = [
+        [
+            f"{args.dataset} training set, {r0['n']} images, conv trunk",
+            f"{r0['forward_s']:.2f}",
+            f"{r0['recluster_s']:.2f}",
+            f"{r0['recluster_s'] / r0['forward_s']:.2f}×",
+            "",
+        ]
+    ]
+    rows += [
+        [f"N={r['n']:,} random embeddings, d={args.dim}", "", "", "", f"{r['kmeans_s']:.2f} / {r['split_s']:.2f}"]
+        for r in synth
+    ]
+    table = markdown_table(
+        ["data", "no-grad forward pass, s", "one reclustering, s", "ratio", "k-means+matching / splits alone, s"], rows
+    )
+    report(
+        out,
+        "recluster",
+        f"Reclustering cost (K={args.k}, median of {args.repeats} for the training set)",
+        table,
+        "python benchmarks/recluster.py " + shlex.join(sys.argv[1:] if argv is None else argv),
+    )
     return records
 
 

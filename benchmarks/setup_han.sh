@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Builds the Han glyph benchmark set once (pml_divide_conquer.datasets.load_han): installs Debian's CJK font
+# Builds the Han glyph benchmark set once (lab.datasets.load_han): installs Debian's CJK font
 # packages (HAN_FONT_PACKAGES: 51 packages, about 1.2 GB installed, 0.6 GB downloaded), renders the set
 # (a few minutes on one core) and writes its arrays to a compressed .npz that load_han reads on a machine
 # without the fonts (load_han(npz=PATH), or PML_DC_HAN_NPZ=PATH).
@@ -13,7 +13,7 @@ OUT="$(realpath -m "${1:-han.npz}")"
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 PYTHON="${PYTHON:-$ROOT/.venv/bin/python}"
 export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"
-PACKAGES=$("$PYTHON" -c "from pml_divide_conquer.datasets import HAN_FONT_PACKAGES; print(HAN_FONT_PACKAGES)")
+PACKAGES=$("$PYTHON" -c "from lab.datasets import HAN_FONT_PACKAGES; print(HAN_FONT_PACKAGES)")
 missing=$(for p in $PACKAGES; do dpkg -s "$p" >/dev/null 2>&1 || echo "$p"; done)
 if [ -n "$missing" ]; then
   if command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then
@@ -29,7 +29,7 @@ fi
 "$PYTHON" - "$OUT" <<PY
 import os, sys, time
 import numpy as np
-from pml_divide_conquer import datasets
+from lab import datasets
 
 t = time.time()
 glyphs = datasets.save_han_npz(sys.argv[1], cache=False, ${HAN_KWARGS:-})

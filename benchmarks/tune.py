@@ -12,10 +12,8 @@ import sys
 
 import numpy as np
 
-from common import markdown_table, mean_std, pyplot, report, setup, write_csv
-
 import accuracy
-from pml_divide_conquer import experiment as ex
+from common import markdown_table, mean_std, pyplot, report, setup, write_csv
 
 GRID = {  # row -> (accuracy.py arguments, methods)
     "baseline": ([], "baseline"),
@@ -40,8 +38,20 @@ def main(argv=None):
     p.add_argument("--out", default="bench-out")
     args, extra = p.parse_known_args(argv)
     out = setup(args.out)
-    common = ["--dataset", "glyphs", "--split", "val", "--losses", "triplet", "--seeds", str(args.seeds),
-              "--epochs", str(args.epochs), "--orthogonality-weight", "0.01"] + extra
+    common = [
+        "--dataset",
+        "glyphs",
+        "--split",
+        "val",
+        "--losses",
+        "triplet",
+        "--seeds",
+        str(args.seeds),
+        "--epochs",
+        str(args.epochs),
+        "--orthogonality-weight",
+        "0.01",
+    ] + extra
     train_set, val_set = accuracy.load(accuracy.parser().parse_args(common))
     records, rows = [], []
     for row, (changes, method) in GRID.items():
@@ -52,7 +62,9 @@ def main(argv=None):
         for r in recs:
             r["setting"] = row
         records += recs
-        rows.append([row, *(mean_std([r[c] for r in recs]) for c in ("recall_at_1", "NMI", "mean_average_precision_at_r"))])
+        rows.append(
+            [row, *(mean_std([r[c] for r in recs]) for c in ("recall_at_1", "NMI", "mean_average_precision_at_r"))]
+        )
         print(f"  {row}: R@1 {rows[-1][1]}", flush=True)
     write_csv(out / "tune.csv", records)
     plt = pyplot()
@@ -69,8 +81,13 @@ def main(argv=None):
     fig.savefig(out / "tune.png", dpi=120)
     plt.close(fig)
     table = markdown_table(["setting", "R@1", "NMI", "MAP@R"], rows)
-    report(out, "tune", f"Tuning on glyph validation classes (triplet, {args.epochs} epochs, {args.seeds} seeds)",
-           table, "python benchmarks/tune.py " + shlex.join(sys.argv[1:] if argv is None else argv))
+    report(
+        out,
+        "tune",
+        f"Tuning on glyph validation classes (triplet, {args.epochs} epochs, {args.seeds} seeds)",
+        table,
+        "python benchmarks/tune.py " + shlex.join(sys.argv[1:] if argv is None else argv),
+    )
 
 
 if __name__ == "__main__":

@@ -16,18 +16,21 @@ from all ranks; reclustering embeds one shard per rank, gathers, clusters on ran
 import argparse
 import logging
 import os
+import sys
 import warnings
+from pathlib import Path
 
-import numpy as np
 import torch
 import torch.distributed as dist
 from pytorch_metric_learning import losses, miners, trainers
 from pytorch_metric_learning.utils.distributed import DistributedLossWrapper, DistributedMinerWrapper
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from pml_divide_conquer import (ClusterSampler, DivideConquerSchedule, DivideConquerWrapper, SubspaceMaskedEmbedder,
-                                datasets)
-from pml_divide_conquer.experiment import evaluate
+from pml_divide_conquer import ClusterSampler, DivideConquerSchedule, DivideConquerWrapper, SubspaceMaskedEmbedder
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository's lab/: the examples' data
+from lab import datasets  # noqa: E402
+from lab.experiment import evaluate  # noqa: E402
 
 
 def main():
@@ -80,7 +83,9 @@ def main():
     if rank == 0:
         trunk.cpu(), embedder.cpu()
         result = evaluate(trunk, embedder, test_set)
-        print(f"{world} ranks, {args.epochs} epochs, K={dc.num_active}: test R@1 = {100 * result['precision_at_1']:.1f}")
+        print(
+            f"{world} ranks, {args.epochs} epochs, K={dc.num_active}: test R@1 = {100 * result['precision_at_1']:.1f}"
+        )
     dist.destroy_process_group()
 
 

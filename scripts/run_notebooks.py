@@ -41,7 +41,8 @@ def problems(nb):
             if out.get("name") == "stderr":
                 found.append(f"cell {i}: stderr: {out.get('text', '')[:200]!r}")
             text = json.dumps({k: v for k, v in out.items() if k != "data"}) + json.dumps(
-                {k: v for k, v in out.get("data", {}).items() if not k.startswith("image/")})
+                {k: v for k, v in out.get("data", {}).items() if not k.startswith("image/")}
+            )
             for pattern in FORBIDDEN:
                 if pattern.search(text):
                     found.append(f"cell {i}: {pattern.pattern!r} in an output")
@@ -50,16 +51,17 @@ def problems(nb):
 
 def run(path, threads):
     nb = nbformat.read(path, as_version=4)
-    env = {"PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
-           "PML_DC_THREADS": str(threads)}
+    env = {
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
+        "PML_DC_THREADS": str(threads),
+    }
     saved = {k: os.environ.get(k) for k in list(env) + ["PML_DC_SMALL"]}
     os.environ.update(env)
     os.environ.pop("PML_DC_SMALL", None)  # the full configuration
     start = time.time()
     try:
         with tempfile.TemporaryDirectory() as scratch:
-            NotebookClient(nb, timeout=1800, kernel_name="python3",
-                           resources={"metadata": {"path": scratch}}).execute()
+            NotebookClient(nb, timeout=1800, kernel_name="python3", resources={"metadata": {"path": scratch}}).execute()
     finally:
         for k, v in saved.items():
             if v is None:

@@ -28,7 +28,16 @@ from torch.utils.data import Dataset
 
 FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
 FASHION_MNIST_CLASSES = (
-    "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
+    "T-shirt/top",
+    "Trouser",
+    "Pullover",
+    "Dress",
+    "Coat",
+    "Sandal",
+    "Shirt",
+    "Sneaker",
+    "Bag",
+    "Ankle boot",
 )
 
 
@@ -303,50 +312,76 @@ _OPENED = {}
 # fonts whose letters are pictures (dingbats, symbols, keyboard caps), not glyphs of the character
 EXCLUDED_FONTS = ("D050000L", "StandardSymbols", "LinBiolinum_K", "Dingbat", "Symbol", "LastResort")
 GLYPH_FONT_FILES = {
-    "fonts-croscore": ("/usr/share/fonts/truetype/croscore", """
+    "fonts-croscore": (
+        "/usr/share/fonts/truetype/croscore",
+        """
         Arimo-Bold.ttf Arimo-BoldItalic.ttf Arimo-Italic.ttf Arimo-Regular.ttf Cousine-Bold.ttf
         Cousine-BoldItalic.ttf Cousine-Italic.ttf Cousine-Regular.ttf Tinos-Bold.ttf Tinos-BoldItalic.ttf
         Tinos-Italic.ttf Tinos-Regular.ttf
-    """),
-    "fonts-dejavu-core": ("/usr/share/fonts/truetype/dejavu", """
+    """,
+    ),
+    "fonts-dejavu-core": (
+        "/usr/share/fonts/truetype/dejavu",
+        """
         DejaVuSans-Bold.ttf DejaVuSans.ttf DejaVuSansMono-Bold.ttf DejaVuSansMono.ttf DejaVuSerif-Bold.ttf
         DejaVuSerif.ttf
-    """),
-    "fonts-dejavu-extra": ("/usr/share/fonts/truetype/dejavu", """
+    """,
+    ),
+    "fonts-dejavu-extra": (
+        "/usr/share/fonts/truetype/dejavu",
+        """
         DejaVuMathTeXGyre.ttf DejaVuSans-BoldOblique.ttf DejaVuSans-ExtraLight.ttf DejaVuSans-Oblique.ttf
         DejaVuSansCondensed-Bold.ttf DejaVuSansCondensed-BoldOblique.ttf DejaVuSansCondensed-Oblique.ttf
         DejaVuSansCondensed.ttf DejaVuSansMono-BoldOblique.ttf DejaVuSansMono-Oblique.ttf DejaVuSerif-BoldItalic.ttf
         DejaVuSerif-Italic.ttf DejaVuSerifCondensed-Bold.ttf DejaVuSerifCondensed-BoldItalic.ttf
         DejaVuSerifCondensed-Italic.ttf DejaVuSerifCondensed.ttf
-    """),
-    "fonts-freefont-ttf": ("/usr/share/fonts/truetype/freefont", """
+    """,
+    ),
+    "fonts-freefont-ttf": (
+        "/usr/share/fonts/truetype/freefont",
+        """
         FreeMono.ttf FreeMonoBold.ttf FreeMonoBoldOblique.ttf FreeMonoOblique.ttf FreeSans.ttf FreeSansBold.ttf
         FreeSansBoldOblique.ttf FreeSansOblique.ttf FreeSerif.ttf FreeSerifBold.ttf FreeSerifBoldItalic.ttf
         FreeSerifItalic.ttf
-    """),
-    "fonts-go": ("/usr/share/fonts/fonts-go", """
+    """,
+    ),
+    "fonts-go": (
+        "/usr/share/fonts/fonts-go",
+        """
         Go-Bold-Italic.ttf Go-Bold.ttf Go-Italic.ttf Go-Medium-Italic.ttf Go-Medium.ttf Go-Mono-Bold-Italic.ttf
         Go-Mono-Bold.ttf Go-Mono-Italic.ttf Go-Mono.ttf Go-Regular.ttf Go-Smallcaps-Italic.ttf Go-Smallcaps.ttf
-    """),
-    "fonts-liberation": ("/usr/share/fonts/truetype/liberation", """
+    """,
+    ),
+    "fonts-liberation": (
+        "/usr/share/fonts/truetype/liberation",
+        """
         LiberationMono-Bold.ttf LiberationMono-BoldItalic.ttf LiberationMono-Italic.ttf LiberationMono-Regular.ttf
         LiberationSans-Bold.ttf LiberationSans-BoldItalic.ttf LiberationSans-Italic.ttf LiberationSans-Regular.ttf
         LiberationSansNarrow-Bold.ttf LiberationSansNarrow-BoldItalic.ttf LiberationSansNarrow-Italic.ttf
         LiberationSansNarrow-Regular.ttf LiberationSerif-Bold.ttf LiberationSerif-BoldItalic.ttf
         LiberationSerif-Italic.ttf LiberationSerif-Regular.ttf
-    """),
-    "fonts-linuxlibertine": ("/usr/share/fonts/opentype/linux-libertine", """
+    """,
+    ),
+    "fonts-linuxlibertine": (
+        "/usr/share/fonts/opentype/linux-libertine",
+        """
         LinBiolinum_K.otf LinBiolinum_R.otf LinBiolinum_RB.otf LinBiolinum_RI.otf LinLibertine_DR.otf
         LinLibertine_I.otf LinLibertine_M.otf LinLibertine_R.otf LinLibertine_RB.otf LinLibertine_RBI.otf
         LinLibertine_RI.otf LinLibertine_RZ.otf LinLibertine_RZI.otf
-    """),
-    "fonts-open-sans": ("/usr/share/fonts/truetype/open-sans", """
+    """,
+    ),
+    "fonts-open-sans": (
+        "/usr/share/fonts/truetype/open-sans",
+        """
         OpenSans-Bold.ttf OpenSans-BoldItalic.ttf OpenSans-CondBold.ttf OpenSans-CondLight.ttf
         OpenSans-CondLightItalic.ttf OpenSans-ExtraBold.ttf OpenSans-ExtraBoldItalic.ttf OpenSans-Italic.ttf
         OpenSans-Light.ttf OpenSans-LightItalic.ttf OpenSans-Regular.ttf OpenSans-Semibold.ttf
         OpenSans-SemiboldItalic.ttf
-    """),
-    "fonts-texgyre": ("/usr/share/texmf/fonts/opentype/public/tex-gyre", """
+    """,
+    ),
+    "fonts-texgyre": (
+        "/usr/share/texmf/fonts/opentype/public/tex-gyre",
+        """
         texgyreadventor-bold.otf texgyreadventor-bolditalic.otf texgyreadventor-italic.otf
         texgyreadventor-regular.otf texgyrebonum-bold.otf texgyrebonum-bolditalic.otf texgyrebonum-italic.otf
         texgyrebonum-regular.otf texgyrechorus-mediumitalic.otf texgyrecursor-bold.otf texgyrecursor-bolditalic.otf
@@ -356,8 +391,11 @@ GLYPH_FONT_FILES = {
         texgyrepagella-italic.otf texgyrepagella-regular.otf texgyreschola-bold.otf texgyreschola-bolditalic.otf
         texgyreschola-italic.otf texgyreschola-regular.otf texgyretermes-bold.otf texgyretermes-bolditalic.otf
         texgyretermes-italic.otf texgyretermes-regular.otf
-    """),
-    "fonts-urw-base35": ("/usr/share/fonts/opentype/urw-base35", """
+    """,
+    ),
+    "fonts-urw-base35": (
+        "/usr/share/fonts/opentype/urw-base35",
+        """
         C059-BdIta.otf C059-Bold.otf C059-Italic.otf C059-Roman.otf D050000L.otf NimbusMonoPS-Bold.otf
         NimbusMonoPS-BoldItalic.otf NimbusMonoPS-Italic.otf NimbusMonoPS-Regular.otf NimbusRoman-Bold.otf
         NimbusRoman-BoldItalic.otf NimbusRoman-Italic.otf NimbusRoman-Regular.otf NimbusSans-Bold.otf
@@ -366,10 +404,14 @@ GLYPH_FONT_FILES = {
         P052-BoldItalic.otf P052-Italic.otf P052-Roman.otf StandardSymbolsPS.otf URWBookman-Demi.otf
         URWBookman-DemiItalic.otf URWBookman-Light.otf URWBookman-LightItalic.otf URWGothic-Book.otf
         URWGothic-BookOblique.otf URWGothic-Demi.otf URWGothic-DemiOblique.otf Z003-MediumItalic.otf
-    """),
-    "matplotlib": ("matplotlib:fonts/ttf", """
+    """,
+    ),
+    "matplotlib": (
+        "matplotlib:fonts/ttf",
+        """
         STIXGeneral.ttf STIXGeneralBol.ttf STIXGeneralBolIta.ttf STIXGeneralItalic.ttf
-    """),
+    """,
+    ),
 }
 GLYPH_FONT_PACKAGES = " ".join(p for p in GLYPH_FONT_FILES if p.startswith("fonts-"))
 
@@ -388,8 +430,17 @@ def glyph_fonts():
 
 def candidate_characters():
     """Letters, digits, punctuation and symbols of the Latin, Greek and Cyrillic blocks (plus a few others)."""
-    ranges = [(0x21, 0x7E), (0xA1, 0x24F), (0x370, 0x3FF), (0x400, 0x45F), (0x2010, 0x2044), (0x20A0, 0x20BF),
-              (0x2100, 0x2138), (0x2190, 0x21FF), (0x2200, 0x22FF)]
+    ranges = [
+        (0x21, 0x7E),
+        (0xA1, 0x24F),
+        (0x370, 0x3FF),
+        (0x400, 0x45F),
+        (0x2010, 0x2044),
+        (0x20A0, 0x20BF),
+        (0x2100, 0x2138),
+        (0x2190, 0x21FF),
+        (0x2200, 0x22FF),
+    ]
     chars = []
     for lo, hi in ranges:
         for cp in range(lo, hi + 1):
@@ -483,13 +534,15 @@ def render_glyphs(size=16, min_fonts=24, images_per_class=24, max_classes=400, s
         if j < images_per_class:
             raise RuntimeError(f"could not render {images_per_class} visible images of {ch!r}")
     if failed:
-        warnings.warn(f"some glyphs could not be drawn (Pillow error), left out: fonts {', '.join(sorted(failed))}",
-                      stacklevel=3)
+        warnings.warn(
+            f"some glyphs could not be drawn (Pillow error), left out: fonts {', '.join(sorted(failed))}", stacklevel=3
+        )
     return images, labels, [ch for ch, _ in kept]
 
 
-def load_glyphs(split="test", size=16, num_test_classes=None, val_fraction=0.2, seed=0, cache=True, progress=True,
-                **render_kwargs):
+def load_glyphs(
+    split="test", size=16, num_test_classes=None, val_fraction=0.2, seed=0, cache=True, progress=True, **render_kwargs
+):
     """Many-class zero-shot glyph retrieval: characters rendered from real fonts (rendered once, then cached).
 
     Classes are shuffled with a fixed seed: the first half trains, the other half tests (or
@@ -561,7 +614,6 @@ def _save_npz(path, **arrays):
     os.replace(tmp, path)
 
 
-
 # ---------------------------------------------------------------------------------------------- Han glyphs
 # Font files of Debian's CJK font packages for the Han set. Left out: copies of another listed font's Han outlines
 # (fonts-takao-* = IPA, fonts-ipamj-mincho ~ IPA Mincho, fonts-migmix and fonts-umeplus = M+ with IPA or Ume,
@@ -573,17 +625,23 @@ def _save_npz(path, **arrays):
 # Sans Fallback and WenQuanYi Micro Hei, IPA and IPAex, regional faces of Noto) are merged per character by
 # comparing renderings.
 HAN_FONT_FILES = {
-    "fonts-noto-cjk": ("/usr/share/fonts/opentype/noto", """
+    "fonts-noto-cjk": (
+        "/usr/share/fonts/opentype/noto",
+        """
         NotoSansCJK-Regular.ttc#0,1,2,3,4 NotoSansCJK-Bold.ttc#0,1,2,3,4 NotoSerifCJK-Regular.ttc#0,1,2,3,4
         NotoSerifCJK-Bold.ttc#0,1,2,3,4
-    """),
-    "fonts-noto-cjk-extra": ("/usr/share/fonts/opentype/noto", """
+    """,
+    ),
+    "fonts-noto-cjk-extra": (
+        "/usr/share/fonts/opentype/noto",
+        """
         NotoSansCJK-Thin.ttc#0,1,2,3,4 NotoSansCJK-Light.ttc#0,1,2,3,4 NotoSansCJK-DemiLight.ttc#0,1,2,3,4
         NotoSansCJK-Medium.ttc#0,1,2,3,4 NotoSansCJK-Black.ttc#0,1,2,3,4
         NotoSerifCJK-ExtraLight.ttc#0,1,2,3,4 NotoSerifCJK-Light.ttc#0,1,2,3,4
         NotoSerifCJK-Medium.ttc#0,1,2,3,4 NotoSerifCJK-SemiBold.ttc#0,1,2,3,4
         NotoSerifCJK-Black.ttc#0,1,2,3,4
-    """),
+    """,
+    ),
     "fonts-arphic-ukai": ("/usr/share/fonts/truetype/arphic", "ukai.ttc#0,1,2"),
     "fonts-arphic-uming": ("/usr/share/fonts/truetype/arphic", "uming.ttc#0,1,2"),
     "fonts-arphic-bkai00mp": ("/usr/share/fonts/truetype/arphic-bkai00mp", "bkai00mp.ttf"),
@@ -604,36 +662,54 @@ HAN_FONT_FILES = {
     "fonts-cwtex-kai": ("/usr/share/fonts/truetype/cwtex", "cwkai.ttf"),
     "fonts-cwtex-ming": ("/usr/share/fonts/truetype/cwtex", "cwming.ttf"),
     "fonts-cwtex-yen": ("/usr/share/fonts/truetype/cwtex", "cwyen.ttf"),
-    "fonts-lxgw-wenkai": ("/usr/share/fonts/truetype/lxgw-wenkai", """
+    "fonts-lxgw-wenkai": (
+        "/usr/share/fonts/truetype/lxgw-wenkai",
+        """
         LXGWWenKai-Light.ttf LXGWWenKai-Regular.ttf LXGWWenKai-Bold.ttf
-    """),
+    """,
+    ),
     "fonts-smiley-sans": ("/usr/share/fonts/truetype/smiley-sans", "SmileySans-Oblique.ttf"),
     "fonts-sawarabi-gothic": ("/usr/share/fonts/truetype/sawarabi-gothic", "sawarabi-gothic-medium.ttf"),
     "fonts-sawarabi-mincho": ("/usr/share/fonts/truetype/sawarabi-mincho", "sawarabi-mincho-medium.ttf"),
     "fonts-seto": ("/usr/share/fonts/truetype/seto", "setofont.ttf"),
     "fonts-kiloji": ("/usr/share/fonts/truetype/kiloji", "kiloji.ttf kiloji_b.ttf kiloji_d.ttf"),
     "fonts-baekmuk": ("/usr/share/fonts/truetype/baekmuk", "batang.ttf dotum.ttf gulim.ttf hline.ttf"),
-    "fonts-unfonts-core": ("/usr/share/fonts/truetype/unfonts-core", """
+    "fonts-unfonts-core": (
+        "/usr/share/fonts/truetype/unfonts-core",
+        """
         UnBatang.ttf UnBatangBold.ttf UnDotum.ttf UnDotumBold.ttf UnGungseo.ttf
-    """),
+    """,
+    ),
     "fonts-unfonts-extra": ("/usr/share/fonts/truetype/unfonts-extra", "UnShinmun.ttf UnYetgul.ttf"),
-    "fonts-nanum": ("/usr/share/fonts/truetype/nanum", """
+    "fonts-nanum": (
+        "/usr/share/fonts/truetype/nanum",
+        """
         NanumGothic.ttf NanumGothicBold.ttf NanumBarunGothic.ttf NanumBarunGothicBold.ttf
-    """),
-    "fonts-mplus": ("/usr/share/fonts/opentype/mplus", """
+    """,
+    ),
+    "fonts-mplus": (
+        "/usr/share/fonts/opentype/mplus",
+        """
         Mplus1-Thin.otf Mplus1-ExtraLight.otf Mplus1-Light.otf Mplus1-Regular.otf Mplus1-Medium.otf
         Mplus1-SemiBold.otf Mplus1-Bold.otf Mplus1-ExtraBold.otf Mplus1-Black.otf
-    """),
+    """,
+    ),
     "fonts-babelstone-han": ("/usr/share/fonts/truetype/babelstone", "BabelStoneHan.ttf"),
-    "fonts-morisawa-bizud-gothic": ("/usr/share/fonts/truetype/bizud-gothic", """
+    "fonts-morisawa-bizud-gothic": (
+        "/usr/share/fonts/truetype/bizud-gothic",
+        """
         BIZUDGothic-Regular.ttf BIZUDGothic-Bold.ttf
-    """),
+    """,
+    ),
     "fonts-morisawa-bizud-mincho": ("/usr/share/fonts/truetype/bizud-mincho", "BIZUDMincho-Regular.ttf"),
     "fonts-dejima-mincho": ("/usr/share/fonts/truetype/dejima-mincho", "dejima-mincho-r227.ttf"),
     "fonts-oradano-mincho-gsrr": ("/usr/share/fonts/truetype/oradano-mincho", "OradanoGSRR.ttf"),
-    "fonts-kouzan-mouhitsu": ("/usr/share/fonts/truetype/kouzan-mouhitsu", """
+    "fonts-kouzan-mouhitsu": (
+        "/usr/share/fonts/truetype/kouzan-mouhitsu",
+        """
         kouzan-mouhitsu.ttf kouzan-mouhitsu-gyosho.ttf
-    """),
+    """,
+    ),
     "fonts-aoyagi-kouzan-t": ("/usr/share/fonts/truetype/aoyagi-kouzan-t", "AoyagiKouzanT.ttf"),
     "fonts-aoyagi-soseki": ("/usr/share/fonts/truetype/aoyagi-soseki", "aoyagi-soseki.ttf"),
     "fonts-klee": ("/usr/share/fonts/truetype/klee", "KleeOne-Regular.ttf KleeOne-SemiBold.ttf"),
@@ -645,9 +721,12 @@ HAN_FONT_FILES = {
     "fonts-motoya-l-maruberi": ("/usr/share/fonts/truetype/motoya-l-maruberi", "MTLmr3m.ttf"),
     "fonts-konatu": ("/usr/share/fonts/truetype/konatu", "Konatu.ttf"),
     "fonts-mona": ("/usr/share/fonts/truetype/mona", "mona.ttf"),
-    "fonts-horai-umefont": ("/usr/share/fonts/truetype/horai-umefont", """
+    "fonts-horai-umefont": (
+        "/usr/share/fonts/truetype/horai-umefont",
+        """
         ume-tgo4.ttf ume-tgo5.ttf ume-tgs4.ttf ume-tmo3.ttf ume-tms3.ttf
-    """),
+    """,
+    ),
 }
 HAN_FONT_PACKAGES = " ".join(HAN_FONT_FILES)
 HAN_RANGES = ((0x4E00, 0x9FFF), (0x3400, 0x4DBF))  # CJK Unified Ideographs and Extension A
@@ -717,8 +796,9 @@ def _render_han(ch, font, size, rng=None):
         dx, dy = rng.uniform(-2, 2, size=2)
         img = img.rotate(angle, resample=Image.BILINEAR, center=(big / 2, big / 2))
         a, c = 1.0 / scale, big / 2
-        img = img.transform((big, big), Image.AFFINE, (a, 0, c - a * c - dx, 0, a, c - a * c - dy),
-                            resample=Image.BILINEAR)
+        img = img.transform(
+            (big, big), Image.AFFINE, (a, 0, c - a * c - dx, 0, a, c - a * c - dy), resample=Image.BILINEAR
+        )
     return np.asarray(img.resize((size, size), Image.BILINEAR), dtype=np.uint8)
 
 
@@ -753,8 +833,19 @@ def _pick_faces(face_ids, packages, cap, rng):
     return sorted(picked)
 
 
-def render_han_glyphs(size=32, num_classes=3200, min_faces=10, max_per_class=20, threshold=0.06, augment=True,
-                      levels=16, seed=0, fonts=None, ranges=HAN_RANGES, progress=True):
+def render_han_glyphs(
+    size=32,
+    num_classes=3200,
+    min_faces=10,
+    max_per_class=20,
+    threshold=0.06,
+    augment=True,
+    levels=16,
+    seed=0,
+    fonts=None,
+    ranges=HAN_RANGES,
+    progress=True,
+):
     """Render the Han set: the ``num_classes`` characters with the most distinct faces (at least ``min_faces``),
     up to ``max_per_class`` images each, every image from a different face. Returns :class:`HanGlyphs`.
 
@@ -820,8 +911,9 @@ def render_han_glyphs(size=32, num_classes=3200, min_faces=10, max_per_class=20,
     # a drawing that a face gives to several characters is a placeholder, not the glyph of either
     bad = {(k, cp) for (k, _), cps in drawn.items() if len(cps) > 1 for cp in cps}
     counts = {cp: [k for k in ids if (k, cp) not in bad] for cp, ids in kept.items()}
-    ranked = sorted((cp for cp, ids in counts.items() if len(ids) >= min_faces),
-                    key=lambda cp: (-len(counts[cp]), cp))[:num_classes]
+    ranked = sorted((cp for cp, ids in counts.items() if len(ids) >= min_faces), key=lambda cp: (-len(counts[cp]), cp))[
+        :num_classes
+    ]
     packages = [of.face.package for of in opened]
     images, labels, face_ids = [], [], []
     for c, cp in enumerate(tqdm(ranked, desc="drawing the selected faces", disable=not progress)):
@@ -844,17 +936,43 @@ def render_han_glyphs(size=32, num_classes=3200, min_faces=10, max_per_class=20,
 
 def _read_han_npz(path):
     with np.load(path) as z:
-        return HanGlyphs(z["images"], z["labels"], [str(c) for c in z["chars"]], z["faces"],
-                         [str(f) for f in z["face_names"]], z["num_faces"])
+        return HanGlyphs(
+            z["images"],
+            z["labels"],
+            [str(c) for c in z["chars"]],
+            z["faces"],
+            [str(f) for f in z["face_names"]],
+            z["num_faces"],
+        )
 
 
 def _write_han_npz(path, glyphs):
-    _save_npz(path, images=glyphs.images, labels=glyphs.labels, chars=np.array(glyphs.chars),
-              faces=glyphs.faces, face_names=np.array(glyphs.face_names), num_faces=glyphs.num_faces)
+    _save_npz(
+        path,
+        images=glyphs.images,
+        labels=glyphs.labels,
+        chars=np.array(glyphs.chars),
+        faces=glyphs.faces,
+        face_names=np.array(glyphs.face_names),
+        num_faces=glyphs.num_faces,
+    )
 
 
-def han_glyph_arrays(size=32, num_classes=3200, min_faces=10, max_per_class=20, threshold=0.06, augment=True,
-                     levels=16, seed=0, fonts=None, ranges=HAN_RANGES, cache=True, progress=True, npz=None):
+def han_glyph_arrays(
+    size=32,
+    num_classes=3200,
+    min_faces=10,
+    max_per_class=20,
+    threshold=0.06,
+    augment=True,
+    levels=16,
+    seed=0,
+    fonts=None,
+    ranges=HAN_RANGES,
+    cache=True,
+    progress=True,
+    npz=None,
+):
     """The Han glyph set as :class:`HanGlyphs` (see :func:`render_han_glyphs`), rendered once and cached.
 
     ``npz``: read prebuilt arrays (:func:`save_han_npz`) instead, on a machine without the fonts (the rendering
@@ -871,15 +989,35 @@ def han_glyph_arrays(size=32, num_classes=3200, min_faces=10, max_per_class=20, 
         return glyphs
     faces = han_fonts() if fonts is None else present_faces(_as_faces(fonts), "Han font")
     opened = open_faces(faces, int(2 * size * 0.8), "\u6c38\u4e00\u4eba\u5927", "Han font")
-    settings = (size, num_classes, min_faces, max_per_class, threshold, augment, levels, seed, tuple(ranges),
-                _HAN_VERSION)
+    settings = (
+        size,
+        num_classes,
+        min_faces,
+        max_per_class,
+        threshold,
+        augment,
+        levels,
+        seed,
+        tuple(ranges),
+        _HAN_VERSION,
+    )
     key = repr((settings, [f"{of.face.package}/{of.face.path}#{of.face.index}" for of in opened]))
     path = cache_dir() / f"han_{size}px_{hashlib.sha1(key.encode()).hexdigest()[:12]}.npz"
     if cache and path.exists():
         return _read_han_npz(path)
-    glyphs = render_han_glyphs(size=size, num_classes=num_classes, min_faces=min_faces, max_per_class=max_per_class,
-                               threshold=threshold, augment=augment, levels=levels, seed=seed, ranges=ranges,
-                               fonts=faces, progress=progress)
+    glyphs = render_han_glyphs(
+        size=size,
+        num_classes=num_classes,
+        min_faces=min_faces,
+        max_per_class=max_per_class,
+        threshold=threshold,
+        augment=augment,
+        levels=levels,
+        seed=seed,
+        ranges=ranges,
+        fonts=faces,
+        progress=progress,
+    )
     if cache:
         _write_han_npz(path, glyphs)
     return glyphs
@@ -893,8 +1031,7 @@ def save_han_npz(path, **kwargs):
     return glyphs
 
 
-def load_han(split="test", num_pretrain=1000, num_train=1000, num_val=200, num_test=1000, seed=0, npz=None,
-             **kwargs):
+def load_han(split="test", num_pretrain=1000, num_train=1000, num_val=200, num_test=1000, seed=0, npz=None, **kwargs):
     """Many-class zero-shot retrieval on Han characters (like Stanford Online Products: thousands of classes, few
     images each): class-disjoint ``pretrain``, ``train`` and ``eval`` sets as a :class:`HanSplits`.
 
@@ -924,7 +1061,7 @@ def load_han(split="test", num_pretrain=1000, num_train=1000, num_val=200, num_t
         )
     classes = np.random.default_rng(seed).permutation(sum(sizes))  # the best sum(sizes) classes, shuffled
     bounds = np.cumsum((0,) + sizes)
-    pretrain, train, val, test = (classes[bounds[i]:bounds[i + 1]] for i in range(4))
+    pretrain, train, val, test = (classes[bounds[i] : bounds[i + 1]] for i in range(4))
     x = glyphs.images
 
     def subset(cls):

@@ -1,6 +1,6 @@
 """One configurable training run (baseline or D&C) with PML's own trainers and testers.
 
-Used by the demo (``python -m pml_divide_conquer.demo``), the end-to-end tests and the benchmarks, so that all
+Used by the demo (``python -m lab.demo``), the end-to-end tests and the benchmarks, so that all
 of them measure the same thing. Every run is seeded; the baseline and D&C share trunk, loss, epochs and batches.
 
 Example:
@@ -19,9 +19,7 @@ import torch
 from pytorch_metric_learning import losses, miners, samplers, testers, trainers
 from pytorch_metric_learning.utils.accuracy_calculator import AccuracyCalculator
 
-from .embedder import SubspaceMaskedEmbedder
-from .sampler import ClusterSampler
-from .wrapper import DivideConquerWrapper
+from pml_divide_conquer import ClusterSampler, DivideConquerWrapper, SubspaceMaskedEmbedder
 
 METRICS = ("precision_at_1", "NMI", "mean_average_precision_at_r")
 RECALL_KS = (1, 2, 4, 8)
@@ -71,7 +69,9 @@ def make_loss_and_miner(name, num_classes=None, embedding_size=None):
     if name == "contrastive":
         return losses.ContrastiveLoss(pos_margin=0.0, neg_margin=0.5), miners.PairMarginMiner(0.0, 0.5)
     if name == "margin":
-        return losses.MarginLoss(margin=0.2, beta=1.2), miners.DistanceWeightedMiner(cutoff=0.5, nonzero_loss_cutoff=1.4)
+        return losses.MarginLoss(margin=0.2, beta=1.2), miners.DistanceWeightedMiner(
+            cutoff=0.5, nonzero_loss_cutoff=1.4
+        )
     raise ValueError(f"unknown loss {name!r}: use one of {LOSSES}")
 
 
@@ -223,7 +223,9 @@ def build_trainer(train_set, cfg, end_of_epoch_hook=None):
     elif cfg.method == "baseline":
         torch.manual_seed(cfg.seed)
         np.random.seed(cfg.seed)  # PML's MPerClassSampler draws from numpy's global RNG
-        sampler = samplers.MPerClassSampler(labels, cfg.m, batch_size=cfg.batch_size, length_before_new_iter=len(labels))
+        sampler = samplers.MPerClassSampler(
+            labels, cfg.m, batch_size=cfg.batch_size, length_before_new_iter=len(labels)
+        )
         loss_funcs, mining_funcs = {"metric_loss": loss}, ({"tuple_miner": miner} if miner is not None else {})
         hook = end_of_epoch_hook
     else:

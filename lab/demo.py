@@ -1,6 +1,6 @@
 """The main job: a short Divide & Conquer run on scikit-learn's digits, offline, with a results table.
 
-    python -m pml_divide_conquer.demo [--seeds 3] [--epochs 10] [--events first|all|none]
+    python -m lab.demo [--seeds 3] [--epochs 10] [--events first|all|none]
 
 Zero-shot protocol as in the papers: train on digit classes 0-4, test retrieval on classes 5-9 (query = reference,
 full L2-normalised embedding). Rows: the untrained model, the same loss and miner without D&C (PML's
@@ -30,9 +30,10 @@ import tqdm
 from pytorch_metric_learning.testers import base_tester
 from pytorch_metric_learning.trainers import base_trainer
 
+from pml_divide_conquer import DivideConquerSchedule
+
 from . import datasets
 from . import experiment as ex
-from .schedule import DivideConquerSchedule
 
 THREADS_VARIABLE = "PML_DC_THREADS"
 SHORT_METRICS = {"precision_at_1": "R@1", "NMI": "NMI", "mean_average_precision_at_r": "MAP@R"}
@@ -204,8 +205,9 @@ def main(argv=None):
                     bar.write(f"         {line}")
             events.lines.clear()
 
-        results, n_train, n_test = run(seeds=tuple(range(args.seeds)), epochs=args.epochs, on_epoch=on_epoch,
-                                       on_run=on_run)
+        results, n_train, n_test = run(
+            seeds=tuple(range(args.seeds)), epochs=args.epochs, on_epoch=on_epoch, on_run=on_run
+        )
     print(
         f"\nTest classes 5-9 ({n_test} images; {n_train} training images), mean ± std over {args.seeds} seed(s), "
         f"%, {time.time() - start:.0f} s:\n"
