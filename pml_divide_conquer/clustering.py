@@ -1,6 +1,6 @@
 """Cluster bookkeeping: faiss k-means, 2-way splits and Hungarian matching. Numpy in, numpy out.
 
-The torch/PML side (embedding the training set) lives in :mod:`pml_divide_conquer.hooks`.
+The torch/PML side (embedding the training set, ranks) lives in :mod:`pml_divide_conquer.reclustering`.
 """
 
 import warnings
@@ -56,11 +56,7 @@ def cluster_is_valid(cluster_labels, min_classes=2, min_per_class=2) -> bool:
 
 
 def invalid_clusters(assignment, labels, k, min_classes=2, min_per_class=2):
-    return [
-        c
-        for c in range(k)
-        if not cluster_is_valid(labels[assignment == c], min_classes, min_per_class)
-    ]
+    return [c for c in range(k) if not cluster_is_valid(labels[assignment == c], min_classes, min_per_class)]
 
 
 def kmeans_with_retries(x, k, labels, *, niter=100, seed=0, max_retries=30, gpu=None, max_points_per_centroid=None):
@@ -103,7 +99,12 @@ def split_clusters(
         tries = max_retries if labels is not None else 1
         for attempt in range(tries):
             sub = kmeans(
-                x[members], 2, niter=niter, seed=seed + attempt, gpu=gpu, max_points_per_centroid=max_points_per_centroid
+                x[members],
+                2,
+                niter=niter,
+                seed=seed + attempt,
+                gpu=gpu,
+                max_points_per_centroid=max_points_per_centroid,
             )
             if labels is None or not invalid_clusters(sub, np.asarray(labels)[members], 2):
                 break

@@ -46,7 +46,7 @@ class SubspaceMaskedEmbedder(torch.nn.Module):
             raise ValueError(
                 f"embedding_size={embedding_size} is not divisible by num_learners={num_learners}: fixed "
                 "subspaces are equal contiguous chunks. Choose an embedding size that is a multiple of "
-                f"num_learners, or use mode=\"{LEARNED}\"."
+                f'num_learners, or use mode="{LEARNED}".'
             )
         self.embedding_size = embedding_size
         self.num_learners = num_learners

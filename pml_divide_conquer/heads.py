@@ -20,6 +20,18 @@ import torch
 from pytorch_metric_learning.losses import CrossBatchMemory, P2SGradLoss
 from pytorch_metric_learning.utils import common_functions as c_f
 
+from .trainer_glue import carry_optimizer_state
+
+FULL_KEY = "full"  # the learner of the full-embedding and all-data phases
+SHARED = "shared"
+PER_LEARNER = "per_learner"
+
+
+def learner_key(k):
+    # name-like keys: record-keeper builds SQL table names from module paths, and "0" would break them
+    return f"learner{k}"
+
+
 # parameter name -> which of its two dimensions is the embedding dimension
 HEAD_PARAMS = {"W": 0, "fc": 0, "proxies": 1}
 # "weight" is too common a name to treat as a head everywhere: only in these losses
@@ -53,7 +65,7 @@ def has_heads(module):
 
 def check_fits(loss, embedding_size, num_train_classes):
     """Raise a clear error if ``loss`` was not built for the full embedding or has too few classes."""
-    for qual, sub, name, p, dim in head_params(loss):
+    for _qual, sub, name, p, dim in head_params(loss):
         if p.shape[dim] != embedding_size:
             raise ValueError(
                 f"{type(sub).__name__}.{name} has shape {tuple(p.shape)}: it was built with embedding_size="
@@ -79,7 +91,7 @@ def check_fits(loss, embedding_size, num_train_classes):
 
 def resize(module, size):
     """Give every head of ``module`` ``size`` embedding dims, freshly initialised (no-op where it fits)."""
-    for qual, sub, name, p, dim in head_params(module):
+    for _qual, sub, _name, p, dim in head_params(module):
         if p.shape[dim] == size:
             continue
         shape = list(p.shape)
@@ -102,16 +114,18 @@ def inherit(src, dst, dims=None, optimizers=()):
     ``src`` and ``dst`` may be the same module (a parent that becomes its own first child).
     """
     heads = {qual: dim for qual, _, _, _, dim in head_params(src)}
-    if dims is not None:
-        dims = torch.as_tensor(dims, dtype=torch.long)
-    # snapshot everything of src before dst (possibly src itself) is touched
+    index = None if dims is None else torch.as_tensor(dims, dtype=torch.long)
+    # the optimizer state first, while src's parameters have their old shapes (src may be dst)
+    src_params = dict(src.named_parameters())
+    for name, p_dst in dst.named_parameters():
+        restrict = index if name in heads else None
+        carry_optimizer_state(optimizers, src_params[name], p_dst, restrict, heads.get(name, 0))
     state = copy.deepcopy(src.state_dict())
-    opt_states = [{name: opt.state.get(p) for name, p in src.named_parameters()} for opt in optimizers]
     size = head_size(src)
-    if dims is not None:
+    if index is not None:
         for qual, dim in heads.items():
-            state[qual] = state[qual].index_select(dim, dims.to(state[qual].device))
-        size = dims.numel()
+            state[qual] = state[qual].index_select(dim, index.to(state[qual].device))
+        size = index.numel()
     if size is not None:
         resize(dst, size)
     for mem in memories(dst):
@@ -125,18 +139,6 @@ def inherit(src, dst, dims=None, optimizers=()):
                 ):
                     state[key] = fresh[key]
     dst.load_state_dict(state)
-    for opt, saved in zip(optimizers, opt_states):
-        for name, p_dst in dst.named_parameters():
-            old = saved[name]
-            if not old:
-                opt.state.pop(p_dst, None)
-                continue
-            new = {}
-            for k, v in old.items():
-                if torch.is_tensor(v) and name in heads and dims is not None and v.dim() == 2:
-                    v = v.index_select(heads[name], dims.to(v.device))
-                new[k] = v.clone() if torch.is_tensor(v) else copy.deepcopy(v)
-            opt.state[p_dst] = new
 
 
 def head_size(module):
@@ -212,3 +214,46 @@ def assemble(parts, dst, dims, class_owner):
             out.index_copy_(class_axis, cols.to(p.device), chosen.movedim(0, class_axis))
         p.copy_(out)
         p.grad = None
+
+
+# ------------------------------------------------------------------------------------------------ the learners
+def make_learners(loss, miner, num_learners, mode, first_size):
+    """(losses, miners): a copy of ``loss`` (and ``miner``) per learner plus the full-embedding learner, in
+    ``ModuleDict``s keyed ``learner0..`` and ``"full"``. With ``mode="shared"`` the full learner owns the loss's
+    parameters and the learners' copies borrow them at each call; learners' heads (and memories) start at
+    ``first_size`` dims."""
+    keys = [learner_key(k) for k in range(num_learners)] + [FULL_KEY]
+    losses = torch.nn.ModuleDict({k: copy.deepcopy(loss) for k in keys})
+    miners = torch.nn.ModuleDict({k: copy.deepcopy(miner) for k in keys}) if miner is not None else None
+    for k in keys[:-1]:
+        if mode == SHARED:
+            drop_parameters(losses[k])
+        resize(losses[k], first_size)  # (heads and CrossBatchMemory)
+    return losses, miners
+
+
+def learner_loss(losses, miners, key, x, labels, indices_tuple, mode, dims=None):
+    """Learner ``key``'s loss on its view ``x`` of the batch (mined in that view when it has a miner); with shared
+    heads, on the full learner's parameters, heads restricted to embedding ``dims`` (a slice; None: all)."""
+    if miners is not None:
+        indices_tuple = miners[key](x, labels)
+    owner = losses[FULL_KEY]
+    if mode == SHARED and key != FULL_KEY and has_parameters(owner):
+        loss = torch.func.functional_call(losses[key], borrowed_parameters(owner, dims), (x, labels, indices_tuple))
+    else:
+        loss = losses[key](x, labels, indices_tuple)
+    if not torch.is_tensor(loss):
+        loss = x.sum() * 0.0 + loss
+    return loss
+
+
+def split_learners(losses, miners, num_active, halves=None, optimizers=()):
+    """K -> 2K: learners 2c and 2c+1 start from learner c, heads restricted to ``halves[0]`` / ``halves[1]`` of
+    its dims (None: all, as with learned masks), optimizer state following."""
+    halves = halves or [None, None]
+    # from the last parent down, so that no parent is overwritten before its children are made
+    for c in reversed(range(num_active)):
+        for child, dims in ((2 * c + 1, halves[1]), (2 * c, halves[0])):
+            inherit(losses[learner_key(c)], losses[learner_key(child)], dims, optimizers)
+            if miners is not None and child != c:
+                inherit(miners[learner_key(c)], miners[learner_key(child)])

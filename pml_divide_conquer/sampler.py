@@ -16,7 +16,9 @@ import numpy as np
 import torch
 from torch.utils.data import Sampler
 
+from . import planning
 from .distributed import world_size_and_rank
+from .planning import as_int_array
 
 
 class Ticket(NamedTuple):
@@ -26,22 +28,6 @@ class Ticket(NamedTuple):
     cluster: int
     indices: np.ndarray  # this rank's share of the batch
     fingerprint: int  # of the whole cluster batch (all ranks): equal on all ranks when their plans agree
-
-
-def _to_numpy_labels(labels):
-    if isinstance(labels, torch.Tensor):
-        labels = labels.detach().cpu().numpy()
-    labels = np.asarray(labels)
-    if labels.ndim != 1:
-        raise ValueError(
-            f"ClusterSampler needs one label per sample (a 1-D array), got shape {labels.shape}. For hierarchical "
-            "labels pass the column the trainer uses (label_hierarchy_level)."
-        )
-    if labels.size == 0:
-        raise ValueError("ClusterSampler got an empty label array")
-    if not np.issubdtype(labels.dtype, np.integer):
-        raise ValueError(f"labels must be integers, got dtype {labels.dtype}")
-    return labels.astype(np.int64)
 
 
 class ClusterSampler(Sampler):
@@ -80,7 +66,14 @@ class ClusterSampler(Sampler):
                 "ClusterSampler takes batch_size and m as keywords: ClusterSampler(labels, batch_size=..., m=...) "
                 "(PML's MPerClassSampler takes (labels, m, batch_size), in the other order)"
             )
-        self.labels = _to_numpy_labels(labels)
+        self.labels = as_int_array(labels, "labels")
+        if self.labels.ndim != 1:
+            raise ValueError(
+                f"ClusterSampler needs one label per sample (a 1-D array), got shape {self.labels.shape}. For "
+                "hierarchical labels pass the column the trainer uses (label_hierarchy_level)."
+            )
+        if self.labels.size == 0:
+            raise ValueError("ClusterSampler got an empty label array")
         self.batch_size = int(batch_size)
         self.m = int(m)
         self.seed = int(seed)
@@ -107,8 +100,7 @@ class ClusterSampler(Sampler):
             fits = [d for d in range(need, self.batch_size + 1) if self.batch_size % d == 0]
             raise ValueError(
                 f"batch_size/m = {per_batch} classes per batch{ranks}, but the dataset has only {len(classes)} "
-                "classes. Lower batch_size or raise m"
-                + (f" (for example m={fits[0]})." if fits else ".")
+                "classes. Lower batch_size or raise m" + (f" (for example m={fits[0]})." if fits else ".")
             )
         if self.m > counts.max():
             raise ValueError(
@@ -135,15 +127,15 @@ class ClusterSampler(Sampler):
     # ---------------------------------------------------------------- assignment
     def set_assignment(self, assignment, num_clusters=None):
         """Give each sample its cluster id (0..K-1). Starts a new pass from the new assignment."""
-        a = np.asarray(assignment.detach().cpu() if isinstance(assignment, torch.Tensor) else assignment)
+        a = as_int_array(assignment, "the assignment (one cluster id per sample)")
         if a.shape != self.labels.shape:
             raise ValueError(f"assignment has shape {a.shape}, expected one id per sample {self.labels.shape}")
-        if not np.issubdtype(a.dtype, np.integer) or (a.size and a.min() < 0):
+        if a.size and a.min() < 0:
             raise ValueError("cluster ids must be non-negative integers")
         k = int(a.max()) + 1 if num_clusters is None else int(num_clusters)
         if a.max() >= k:
             raise ValueError(f"cluster id {a.max()} is out of range for num_clusters={k}")
-        self.assignment = a.astype(np.int64)
+        self.assignment = a
         self.num_clusters = k
         self.version += 1
         self._pass, self._pos = 0, 0
@@ -220,31 +212,21 @@ class ClusterSampler(Sampler):
             )
 
     # ---------------------------------------------------------------- planning
-    def _class_pools(self, c):
-        members = np.flatnonzero(self.assignment == c)
-        classes, inverse = np.unique(self.labels[members], return_inverse=True)
-        return [members[inverse == i] for i in range(len(classes))]
-
     def _pools(self):
         """{cluster: [samples of each class with >= m of them]} for the clusters that can fill a batch."""
-        if self._pools_cache[0] == self.version:
-            return self._pools_cache[1]
-        per_batch = self.global_batch_size // self.m
-        pools = {}
-        for c in np.flatnonzero(self.cluster_sizes() > 0):
-            usable = [p for p in self._class_pools(c) if len(p) >= self.m]
-            if sum(len(p) // self.m for p in usable) >= per_batch:
-                pools[int(c)] = usable
-        self._pools_cache = (self.version, pools)
-        return pools
+        if self._pools_cache[0] != self.version:
+            pools = planning.servable_pools(
+                self.labels, self.assignment, self.num_clusters, self.m, self.global_batch_size
+            )
+            self._pools_cache = (self.version, pools)
+        return self._pools_cache[1]
 
     def _fragments(self):
-        return [p for c in range(self.num_clusters) for p in self._class_pools(c) if len(p) < self.m]
+        return planning.fragments(self.labels, self.assignment, self.num_clusters, self.m)
 
     def batches_per_pass(self):
         pools = self._pools()
-        usable = max(sum(len(p) for p in ps) for ps in pools.values())
-        return len(pools) * max(1, usable // self.global_batch_size)
+        return len(pools) * planning.batches_per_cluster(pools, self.global_batch_size)
 
     def __len__(self):
         # PML sets an epoch to len(dataloader) = len(sampler) // batch_size steps (this counts indices, like
@@ -267,11 +249,7 @@ class ClusterSampler(Sampler):
         Deterministic in (seed, epoch, assignment version, pass), so every rank plans the same pass.
         """
         rng = np.random.default_rng([self.seed, self.epoch, self.version, pass_index])
-        pools = self._pools()
-        clusters = sorted(pools)
-        n_batches = self.batches_per_pass() // len(clusters)
-        per_cluster = [_cluster_batches(pools[c], n_batches, self.global_batch_size // self.m, self.m, rng) for c in clusters]
-        return [(c, per_cluster[j][i]) for i in range(n_batches) for j, c in enumerate(clusters)]
+        return planning.plan_pass(self._pools(), self.global_batch_size, self.m, rng)
 
     # ---------------------------------------------------------------- iteration and tickets
     def __iter__(self):
@@ -306,7 +284,7 @@ class ClusterSampler(Sampler):
                 "batches from another DataLoader while it is in train() mode."
             )
         ticket = self._tickets.popleft()
-        got = labels.detach().cpu().numpy() if isinstance(labels, torch.Tensor) else np.asarray(labels)
+        got = as_int_array(labels, "the batch's labels")
         if got.ndim != 1:
             raise ValueError(f"expected 1-D labels, got shape {got.shape}")
         if len(got) != len(ticket.indices):
@@ -364,9 +342,8 @@ class ClusterSampler(Sampler):
                 f"batch_size={self.batch_size}, m={self.m}"
             )
         self.seed = int(state["seed"])
-        a = state["assignment"]
-        # .cpu(): a checkpoint loaded with map_location="cuda" (PML's HookContainer on a GPU) holds CUDA tensors
-        self.assignment = (a.cpu().numpy() if torch.is_tensor(a) else np.asarray(a)).astype(np.int64).copy()
+        # (a checkpoint loaded with map_location="cuda" - PML's HookContainer on a GPU - holds CUDA tensors)
+        self.assignment = as_int_array(state["assignment"], "the saved assignment").copy()
         self.num_clusters = int(state["num_clusters"])
         self.epoch = int(state.get("epoch", 0))
         self.version = int(state["version"])
@@ -376,43 +353,3 @@ class ClusterSampler(Sampler):
         self._plan_cache = (None, None)
         self._pools_cache = (None, None)
         self._warned = set(state.get("warned", []))
-
-
-def _cluster_batches(pools, n_batches, per_batch, m, rng):
-    """``n_batches`` batches of ``per_batch`` groups of ``m`` samples from the classes ``pools`` (each >= m samples),
-    no sample twice in a batch.
-
-    Classes are drawn with probability proportional to their unused samples; each class is used without
-    replacement until fewer than m samples remain, then starts a new round (leftovers first). When there are
-    fewer classes than groups, some classes give several groups (never more than they hold).
-    """
-    counts = np.array([len(p) for p in pools])
-    capacity = counts // m
-    queues = [rng.permutation(p) for p in pools]
-    heads = np.zeros(len(pools), dtype=np.int64)
-    batches = []
-    for _ in range(n_batches):
-        left = counts - heads
-        weight = np.where(left < m, counts, left).astype(np.float64)  # a class about to start a new round is full
-        groups = np.zeros(len(pools), dtype=np.int64)
-        if per_batch <= len(pools):
-            groups[rng.choice(len(pools), per_batch, replace=False, p=weight / weight.sum())] = 1
-        else:  # every class once, then extra groups from classes that still have distinct samples to give
-            groups[:] = 1
-            for _ in range(per_batch - len(pools)):
-                w = np.where(groups < capacity, weight, 0.0)
-                groups[rng.choice(len(pools), p=w / w.sum())] += 1
-        parts = []
-        for i in np.flatnonzero(groups)[rng.permutation(int((groups > 0).sum()))]:
-            need = int(groups[i]) * m
-            if left[i] >= need:
-                parts.append(queues[i][heads[i] : heads[i] + need])
-                heads[i] += need
-                continue
-            rest = queues[i][heads[i] :]
-            fresh = rng.permutation(pools[i])
-            fresh = np.concatenate([fresh[~np.isin(fresh, rest)], fresh[np.isin(fresh, rest)]])
-            parts.append(np.concatenate([rest, fresh[: need - len(rest)]]))
-            queues[i], heads[i] = fresh, need - len(rest)
-        batches.append(np.concatenate(parts))
-    return batches

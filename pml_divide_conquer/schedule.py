@@ -118,14 +118,7 @@ class DivideConquerSchedule:
                     "conquer_epoch is the old name of full_embedding_epoch = all_data_epoch: give either "
                     "conquer_epoch or the new ones, not both"
                 )
-            warnings.warn(
-                f"conquer_epoch is deprecated: conquer_epoch={self.conquer_epoch} means "
-                f"full_embedding_epoch={self.conquer_epoch}, all_data_epoch={self.conquer_epoch} (full embedding on "
-                "all data from that epoch). The authors train on the full embedding with cluster batches for most "
-                "of the run first: see DivideConquerSchedule.journal() and .cvpr().",
-                FutureWarning,
-                stacklevel=3,
-            )
+            _warn_conquer_epoch(self.conquer_epoch, stacklevel=4)
             object.__setattr__(self, "full_embedding_epoch", self.conquer_epoch)
             object.__setattr__(self, "all_data_epoch", self.conquer_epoch)
             object.__setattr__(self, "conquer_epoch", None)
@@ -236,6 +229,43 @@ class DivideConquerSchedule:
         if epoch % self.recluster_every == 0 and k_next > 1:
             return Step(Action.RECLUSTER, k_next, phase, frozen)
         return Step(Action.NONE, k_next, phase, frozen)
+
+
+def make_schedule(schedule, num_learners, conquer_epoch=None, **kwargs):
+    """The schedule a wrapper runs: ``schedule`` itself (checked against ``num_learners``), or one built from the
+    individual arguments ``kwargs`` (recluster_every, full_embedding_epoch, all_data_epoch, grow,
+    freeze_trunk_epochs; the deprecated ``conquer_epoch`` mapped to the two phase epochs)."""
+    if conquer_epoch is not None:
+        if kwargs.get("full_embedding_epoch") is not None or kwargs.get("all_data_epoch") is not None:
+            raise ValueError(
+                "conquer_epoch is the old name of full_embedding_epoch = all_data_epoch: give one or the other"
+            )
+        _warn_conquer_epoch(conquer_epoch, stacklevel=4)
+        kwargs.update(full_embedding_epoch=conquer_epoch, all_data_epoch=conquer_epoch)
+    if schedule is None:
+        return DivideConquerSchedule(num_learners=num_learners, **kwargs)
+    if not isinstance(schedule, DivideConquerSchedule):
+        raise TypeError(f"schedule must be a DivideConquerSchedule, got {type(schedule).__name__}")
+    defaults = dict(recluster_every=2, full_embedding_epoch=None, all_data_epoch=None, grow=True, freeze_trunk_epochs=0)
+    changed = [k for k, v in kwargs.items() if v != defaults[k]]
+    if changed:
+        raise ValueError(f"give the schedule either as schedule= or as {changed}, not both")
+    if schedule.num_learners != num_learners:
+        raise ValueError(
+            f"the schedule has num_learners={schedule.num_learners}, the SubspaceMaskedEmbedder "
+            f"{num_learners}: build both with the same K"
+        )
+    return schedule
+
+
+def _warn_conquer_epoch(epoch, stacklevel):
+    warnings.warn(
+        f"conquer_epoch is deprecated: conquer_epoch={epoch} means full_embedding_epoch={epoch}, all_data_epoch="
+        f"{epoch} (full embedding on all data from that epoch). The authors train most of the run on the full "
+        "embedding with cluster batches first: see DivideConquerSchedule.journal() and .cvpr().",
+        FutureWarning,
+        stacklevel=stacklevel,
+    )
 
 
 def _check_epochs(num_epochs):

@@ -1,13 +1,13 @@
-"""Torch/PML glue for the end-of-epoch step: embedding the training set, checking the trainer, moving state."""
+"""Torch/PML glue: checking the loss, miner and trainer a wrapper is given, restarting the trainer's iterator,
+freezing its trunk, moving optimizer state with a reshaped parameter, loading state from any device."""
 
+import copy
 import inspect
 
-import numpy as np
 import torch
-from pytorch_metric_learning import testers, trainers
-from pytorch_metric_learning.utils import common_functions as c_f
-
-from . import distributed
+from pytorch_metric_learning import trainers
+from pytorch_metric_learning.miners import BaseMiner, EmbeddingsAlreadyPackagedAsTriplets
+from pytorch_metric_learning.utils.distributed import DistributedMinerWrapper
 
 # Trainers whose loss call is not ``loss(embeddings, labels, indices_tuple)`` on one batch of the sampler.
 UNSUPPORTED_TRAINERS = (
@@ -15,6 +15,44 @@ UNSUPPORTED_TRAINERS = (
     trainers.CascadedEmbeddings,
     trainers.DeepAdversarialMetricLearning,
 )
+
+
+def _declares_labels_not_supported(loss):
+    # PML marks label-free losses (VICRegLoss, ManifoldLoss) by calling c_f.labels_not_supported in compute_loss;
+    # look inside wrappers too (DistributedLossWrapper, MultipleLosses, ...)
+    for module in loss.modules():
+        method = getattr(type(module), "compute_loss", None)
+        try:
+            if method is not None and "labels_not_supported" in inspect.getsource(method):
+                return True
+        except (OSError, TypeError):
+            pass
+    return False
+
+
+def check_loss(loss):
+    """Raise a clear error unless ``loss`` is a PML loss that takes class labels."""
+    if not isinstance(loss, torch.nn.Module):
+        raise TypeError(f"loss must be a PML loss (a torch.nn.Module), got {type(loss).__name__}")
+    params = inspect.signature(loss.forward).parameters
+    if "labels" not in params or _declares_labels_not_supported(loss):
+        raise ValueError(
+            f"{type(loss).__name__} does not use class labels: Divide & Conquer builds batches of m samples per "
+            "class within a "
+            "cluster, so it needs a loss computed from class labels. Self-supervised losses on pairs of views "
+            "(SelfSupervisedLoss, VICRegLoss, ManifoldLoss) are not supported."
+        )
+
+
+def check_miner(miner):
+    """Raise a clear error unless ``miner`` is None or a PML tuple miner that fits m-per-class batches."""
+    if miner is not None and not isinstance(miner, (BaseMiner, DistributedMinerWrapper)):
+        raise TypeError(f"miner must be a PML miner (pytorch_metric_learning.miners), got {type(miner).__name__}")
+    if isinstance(getattr(miner, "miner", miner), EmbeddingsAlreadyPackagedAsTriplets):
+        raise ValueError(
+            "EmbeddingsAlreadyPackagedAsTriplets needs batches laid out as (anchor, positive, negative) triplets, "
+            "but ClusterSampler draws m samples per class: use another miner, e.g. TripletMarginMiner"
+        )
 
 
 def check_trainer_type(trainer):
@@ -73,47 +111,9 @@ def check_trainer(trainer, wrapper):
 
 def unwrap(model):
     """The module inside DistributedDataParallel / DataParallel, or the model itself."""
-    return model.module if isinstance(model, (torch.nn.parallel.DistributedDataParallel, torch.nn.DataParallel)) else model
-
-
-def embed_dataset(trainer, dataset, use_trunk_output, batch_size, num_workers):
-    """Embed ``dataset`` in eval mode, no grad, with PML's own tester machinery. Returns (embeddings, labels).
-
-    Embeddings are L2-normalised float32 numpy; labels are processed the way the trainer processes them. Under
-    torch.distributed each rank embeds every W-th sample and the shards are gathered, so every rank gets all.
-    """
-    n = len(dataset)
-    world, rank = distributed.world_size_and_rank()
-    if distributed.is_distributed():
-        dataset = torch.utils.data.Subset(dataset, distributed.shard_indices(n, world, rank).tolist())
-    tester = testers.BaseTester(
-        normalize_embeddings=True,
-        use_trunk_output=use_trunk_output,
-        batch_size=batch_size,
-        dataloader_num_workers=num_workers,
-        data_device=trainer.data_device,
-        dtype=trainer.dtype,
-        data_and_label_getter=trainer.data_and_label_getter,
+    return (
+        model.module if isinstance(model, (torch.nn.parallel.DistributedDataParallel, torch.nn.DataParallel)) else model
     )
-    was_training = {k: m.training for k, m in trainer.models.items()}
-    try:
-        # the plain modules, not their DDP wrappers: ranks embed shards of different lengths, and DDP's forward
-        # would start collectives (buffer broadcasts) that the ranks do not all reach
-        emb, labels = tester.get_all_embeddings(
-            dataset,
-            unwrap(trainer.models["trunk"]),
-            unwrap(trainer.models["embedder"]),
-            collate_fn=trainer.collate_fn,
-            return_as_numpy=True,
-        )
-    finally:
-        for k, m in trainer.models.items():
-            m.train(was_training[k])
-    labels = c_f.process_label(labels, trainer.label_hierarchy_level, trainer.label_mapper)
-    labels = np.asarray(labels).reshape(len(emb), -1)[:, 0] if np.ndim(labels) > 1 else np.asarray(labels)
-    emb = distributed.gather_shards(emb.astype(np.float32), n)
-    labels = distributed.gather_shards(labels.astype(np.int64), n)
-    return emb, labels
 
 
 def check_end_of_epoch_hook(trainer, wrapper):
@@ -187,14 +187,18 @@ def to_cpu(state):
     return state
 
 
-def gather_optimizer_rows(param, rows, optimizers=()):
-    """After ``param[:len(rows)] = param[rows]``, apply the same gather to the optimizer state of ``param``."""
-    rows = torch.as_tensor(rows, dtype=torch.long)
+def carry_optimizer_state(optimizers, src, dst, index=None, dim=0):
+    """Give parameter ``dst`` the optimizer state of ``src`` (e.g. Adam's moments), restricted the way ``dst`` was
+    made from ``src``: ``dst = src.index_select(dim, index)`` (``index=None``: a plain copy). ``src`` may be ``dst``
+    (a parameter reshaped in place, after its old state was read). A parameter without state gets none."""
     for opt in optimizers:
-        state = opt.state.get(param)
+        state = opt.state.get(src)
         if not state:
+            opt.state.pop(dst, None)
             continue
+        new = {}
         for key, value in state.items():
-            if torch.is_tensor(value) and value.shape == param.shape:
-                with torch.no_grad():
-                    value[: len(rows)] = value[rows.to(value.device)].clone()
+            if torch.is_tensor(value) and index is not None and value.shape == src.shape:
+                value = value.index_select(dim, torch.as_tensor(index, dtype=torch.long, device=value.device))
+            new[key] = value.clone() if torch.is_tensor(value) else copy.deepcopy(value)
+        opt.state[dst] = new

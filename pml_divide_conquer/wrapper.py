@@ -1,75 +1,19 @@
 """DivideConquerWrapper: PML's ``loss_funcs["metric_loss"]`` for Divide & Conquer training."""
 
-import copy
-import inspect
-import time
 import weakref
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from pytorch_metric_learning.losses import BaseMetricLossFunction
-from pytorch_metric_learning.miners import BaseMiner, EmbeddingsAlreadyPackagedAsTriplets
 from pytorch_metric_learning.utils import common_functions as c_f
-from pytorch_metric_learning.utils.distributed import DistributedMinerWrapper
 
-from . import clustering, distributed, heads, hooks
+from . import distributed, heads, trainer_glue
 from .embedder import LEARNED, SubspaceMaskedEmbedder
+from .heads import FULL_KEY, PER_LEARNER, SHARED, learner_key
+from .reclustering import Reclusterer
 from .sampler import ClusterSampler
-from .schedule import Action, DivideConquerSchedule, Phase, Step
-
-FULL_KEY = "full"  # the learner of the full-embedding and all-data phases
-SHARED = "shared"
-PER_LEARNER = "per_learner"
-CLUSTER_SPACES = ("trunk", "embedding")
-
-
-def learner_key(k):
-    # name-like keys: record-keeper builds SQL table names from module paths, and "0" would break them
-    return f"learner{k}"
-
-
-def _declares_labels_not_supported(loss):
-    # PML marks label-free losses (VICRegLoss, ManifoldLoss) by calling c_f.labels_not_supported in compute_loss;
-    # look inside wrappers too (DistributedLossWrapper, MultipleLosses, ...)
-    for module in loss.modules():
-        method = getattr(type(module), "compute_loss", None)
-        try:
-            if method is not None and "labels_not_supported" in inspect.getsource(method):
-                return True
-        except (OSError, TypeError):
-            pass
-    return False
-
-
-def _check_loss(loss):
-    if not isinstance(loss, torch.nn.Module):
-        raise TypeError(f"loss must be a PML loss (a torch.nn.Module), got {type(loss).__name__}")
-    params = inspect.signature(loss.forward).parameters
-    if "labels" not in params or _declares_labels_not_supported(loss):
-        raise ValueError(
-            f"{type(loss).__name__} does not use class labels: Divide & Conquer builds batches of m samples per "
-            "class within a "
-            "cluster, so it needs a loss computed from class labels. Self-supervised losses on pairs of views "
-            "(SelfSupervisedLoss, VICRegLoss, ManifoldLoss) are not supported."
-        )
-
-
-def _make_schedule(schedule, num_learners, **kwargs):
-    if schedule is None:
-        return DivideConquerSchedule(num_learners=num_learners, **kwargs)
-    if not isinstance(schedule, DivideConquerSchedule):
-        raise TypeError(f"schedule must be a DivideConquerSchedule, got {type(schedule).__name__}")
-    defaults = dict(recluster_every=2, full_embedding_epoch=None, all_data_epoch=None, grow=True, freeze_trunk_epochs=0)
-    changed = [k for k, v in kwargs.items() if v != defaults[k]]
-    if changed:
-        raise ValueError(f"give the schedule either as schedule= or as {changed}, not both")
-    if schedule.num_learners != num_learners:
-        raise ValueError(
-            f"the schedule has num_learners={schedule.num_learners}, the SubspaceMaskedEmbedder "
-            f"{num_learners}: build both with the same K"
-        )
-    return schedule
+from .schedule import Action, Phase, Step, make_schedule
 
 
 class DivideConquerWrapper(BaseMetricLossFunction):
@@ -169,11 +113,8 @@ class DivideConquerWrapper(BaseMetricLossFunction):
         conquer_epoch=None,
     ):
         super().__init__()
-        self._check_arguments(loss, miner, embedder, sampler, heads, cluster_on)
-        full_embedding_epoch, all_data_epoch = self._map_conquer_epoch(
-            conquer_epoch, full_embedding_epoch, all_data_epoch
-        )
-        self.schedule = _make_schedule(
+        self._check_arguments(loss, miner, embedder, sampler, heads)
+        self.schedule = make_schedule(
             schedule,
             embedder.num_learners,
             recluster_every=recluster_every,
@@ -181,6 +122,7 @@ class DivideConquerWrapper(BaseMetricLossFunction):
             all_data_epoch=all_data_epoch,
             grow=grow,
             freeze_trunk_epochs=freeze_trunk_epochs,
+            conquer_epoch=conquer_epoch,
         )
         # Held outside the module tree: the embedder is trained and saved as models["embedder"], and registering
         # it here would put its parameters in the metric loss optimizer too.
@@ -189,17 +131,17 @@ class DivideConquerWrapper(BaseMetricLossFunction):
         self.__dict__["_trainer_ref"] = None  # the trainer given to prepare(), as a weak reference
         self.heads = heads
         self.orthogonality_weight = float(orthogonality_weight)
-        self.cluster_on = cluster_on
-        self.cluster_dataset = cluster_dataset
-        self.cluster_batch_size = int(cluster_batch_size)
-        self.cluster_num_workers = cluster_num_workers
-        self.kmeans = dict(
-            niter=int(kmeans_niter),
+        self.reclusterer = Reclusterer(
+            cluster_on=cluster_on,
+            dataset=cluster_dataset,
+            batch_size=cluster_batch_size,
+            num_workers=cluster_num_workers,
+            niter=kmeans_niter,
             max_points_per_centroid=kmeans_max_points_per_centroid,
-            max_retries=int(kmeans_max_retries),
+            max_retries=kmeans_max_retries,
             gpu=faiss_gpu,
+            seed=seed,
         )
-        self.seed = int(seed)
         self._build_learners(loss, miner)
         self.num_active = 1
         self.last_epoch = -1  # last epoch whose end-of-epoch step has been taken (0: the step before training)
@@ -207,15 +149,9 @@ class DivideConquerWrapper(BaseMetricLossFunction):
 
     # ------------------------------------------------------------------ construction steps
     @staticmethod
-    def _check_arguments(loss, miner, embedder, sampler, heads_mode, cluster_on):
-        _check_loss(loss)
-        if miner is not None and not isinstance(miner, (BaseMiner, DistributedMinerWrapper)):
-            raise TypeError(f"miner must be a PML miner (pytorch_metric_learning.miners), got {type(miner).__name__}")
-        if isinstance(getattr(miner, "miner", miner), EmbeddingsAlreadyPackagedAsTriplets):
-            raise ValueError(
-                "EmbeddingsAlreadyPackagedAsTriplets needs batches laid out as (anchor, positive, negative) triplets, "
-                "but ClusterSampler draws m samples per class: use another miner, e.g. TripletMarginMiner"
-            )
+    def _check_arguments(loss, miner, embedder, sampler, heads_mode):
+        trainer_glue.check_loss(loss)
+        trainer_glue.check_miner(miner)
         if not isinstance(embedder, SubspaceMaskedEmbedder):
             raise TypeError(f"embedder must be a SubspaceMaskedEmbedder, got {type(embedder).__name__}")
         if not isinstance(sampler, ClusterSampler):
@@ -223,10 +159,8 @@ class DivideConquerWrapper(BaseMetricLossFunction):
                 f"sampler must be a ClusterSampler, got {type(sampler).__name__}: batches must come from one "
                 "cluster each, and the wrapper must know which"
             )
-        if heads_mode not in (SHARED, PER_LEARNER):
-            raise ValueError(f'heads must be "{SHARED}" or "{PER_LEARNER}", got {heads_mode!r}')
-        if cluster_on not in CLUSTER_SPACES:
-            raise ValueError(f'cluster_on must be "trunk" or "embedding", got {cluster_on!r}')
+        if heads_mode not in (heads.SHARED, heads.PER_LEARNER):
+            raise ValueError(f'heads must be "{heads.SHARED}" or "{heads.PER_LEARNER}", got {heads_mode!r}')
         num_classes = len(np.unique(sampler.labels))
         if embedder.num_learners > num_classes:
             raise ValueError(
@@ -235,38 +169,13 @@ class DivideConquerWrapper(BaseMetricLossFunction):
             )
         heads.check_fits(loss, embedder.embedding_size, num_classes)
 
-    @staticmethod
-    def _map_conquer_epoch(conquer_epoch, full_embedding_epoch, all_data_epoch):
-        if conquer_epoch is None:
-            return full_embedding_epoch, all_data_epoch
-        if full_embedding_epoch is not None or all_data_epoch is not None:
-            raise ValueError("conquer_epoch is the old name of full_embedding_epoch = all_data_epoch: give one or the other")
-        import warnings
-
-        warnings.warn(
-            f"conquer_epoch is deprecated: conquer_epoch={conquer_epoch} means full_embedding_epoch={conquer_epoch}, "
-            f"all_data_epoch={conquer_epoch}. The authors train most of the run on the full embedding with cluster "
-            "batches first: see DivideConquerSchedule.journal() and .cvpr().",
-            FutureWarning,
-            stacklevel=3,
-        )
-        return conquer_epoch, conquer_epoch
-
     def _build_learners(self, loss, miner):
         """One learner (a copy of the loss and miner) per cluster, plus the full-embedding learner."""
-        embedder = self.embedder
         # labels reach the learners mapped to 0..C-1, the range classification heads are built for
         # (kept on the CPU, where PML's trainers hand over labels: mapping them costs no device sync)
         self.class_ids = torch.as_tensor(np.unique(self.sampler.labels))
-        keys = [learner_key(k) for k in range(embedder.num_learners)] + [FULL_KEY]
-        self.learners = torch.nn.ModuleDict({k: copy.deepcopy(loss) for k in keys})
-        self.miners = torch.nn.ModuleDict({k: copy.deepcopy(miner) for k in keys}) if miner is not None else None
-        first_size = embedder.subspace_size(self.schedule.learners_in_epoch(1))
-        for k in keys[:-1]:
-            if self.heads == SHARED:
-                # the full learner owns the parameters; the others borrow them (sliced to their chunk) at each call
-                heads.drop_parameters(self.learners[k])
-            heads.resize(self.learners[k], first_size)  # (heads and CrossBatchMemory)
+        first_size = self.embedder.subspace_size(self.schedule.learners_in_epoch(1))
+        self.learners, self.miners = heads.make_learners(loss, miner, self.num_learners, self.heads, first_size)
 
     def _init_recordables(self):
         self.current_learner = -1
@@ -275,7 +184,12 @@ class DivideConquerWrapper(BaseMetricLossFunction):
         per_learner = [
             f"{what}{k}_{stat}"
             for k in range(self.num_learners)
-            for what, stat in (("learner", "loss"), ("cluster", "size"), ("cluster", "classes"), ("learner", "mask_usage"))
+            for what, stat in (
+                ("learner", "loss"),
+                ("cluster", "size"),
+                ("cluster", "classes"),
+                ("learner", "mask_usage"),
+            )
         ]
         for name in per_learner:
             setattr(self, name, 0.0)
@@ -283,8 +197,16 @@ class DivideConquerWrapper(BaseMetricLossFunction):
         self.recluster_seconds = 0.0  # the last reclustering: all of it, and the clustering (k-means, matching)
         self.clustering_seconds = 0.0
         self.add_to_recordable_attributes(
-            list_of_names=["num_active", "num_clusters", "current_learner", "orthogonality", "phase_id", "full_loss",
-                           "recluster_seconds", "clustering_seconds"]
+            list_of_names=[
+                "num_active",
+                "num_clusters",
+                "current_learner",
+                "orthogonality",
+                "phase_id",
+                "full_loss",
+                "recluster_seconds",
+                "clustering_seconds",
+            ]
             + per_learner,
             is_stat=False,
         )
@@ -368,9 +290,9 @@ class DivideConquerWrapper(BaseMetricLossFunction):
     def _check_prepared(self):
         trainer = self._trainer_ref() if self._trainer_ref is not None else None
         if trainer is None:
-            calling = hooks.calling_trainer()
+            calling = trainer_glue.calling_trainer()
             if calling is not None:
-                hooks.check_trainer_type(calling)
+                trainer_glue.check_trainer_type(calling)
             raise RuntimeError(
                 "DivideConquerWrapper was not prepared: call wrapper.prepare(trainer) before trainer.train() (it "
                 "checks the set-up and clusters the data when the schedule starts with K > 1)"
@@ -399,7 +321,7 @@ class DivideConquerWrapper(BaseMetricLossFunction):
         return pos if bool((self.class_ids[pos] == labels).all()) else None
 
     def _learner_loss(self, key, x, labels, indices_tuple, learner=None):
-        module = self.learners[key]
+        self.learners[key]
         mapped = self.map_labels(labels)
         if mapped is None and heads.has_heads(self.learners[FULL_KEY]):
             raise ValueError(
@@ -407,18 +329,8 @@ class DivideConquerWrapper(BaseMetricLossFunction):
                 "class): compute it only on training classes"
             )
         labels = labels if mapped is None else mapped.to(labels.device)
-        if self.miners is not None:
-            indices_tuple = self.miners[key](x, labels)
-        if self.heads == SHARED and key != FULL_KEY and heads.has_parameters(self.learners[FULL_KEY]):
-            params = heads.borrowed_parameters(
-                self.learners[FULL_KEY], self._learner_dims(learner, self.num_active)
-            )
-            loss = torch.func.functional_call(module, params, (x, labels, indices_tuple))
-        else:
-            loss = module(x, labels, indices_tuple)
-        if not torch.is_tensor(loss):
-            loss = x.sum() * 0.0 + loss
-        return loss
+        dims = None if key == FULL_KEY else self._learner_dims(learner, self.num_active)
+        return heads.learner_loss(self.learners, self.miners, key, x, labels, indices_tuple, self.heads, dims)
 
     def _learner_dims(self, learner, num_active):
         """The embedding dims of learner ``learner``'s subspace (None: all, as with learned masks)."""
@@ -435,9 +347,9 @@ class DivideConquerWrapper(BaseMetricLossFunction):
         embedder, optimizers or end-of-epoch hook do not fit, and clusters the data when the schedule starts with
         K > 1. When resuming, load the saved state first: a step already taken is not repeated.
         """
-        hooks.check_trainer(trainer, self)
-        hooks.check_end_of_epoch_hook(trainer, self)
-        hooks.check_optimizers(trainer, self)
+        trainer_glue.check_trainer(trainer, self)
+        trainer_glue.check_end_of_epoch_hook(trainer, self)
+        trainer_glue.check_optimizers(trainer, self)
         if self.schedule.freeze_trunk_epochs and "trunk_optimizer" not in trainer.optimizers:
             raise ValueError(
                 'freeze_trunk_epochs needs the trunk\'s optimizer under optimizers["trunk_optimizer"] (its learning '
@@ -448,7 +360,7 @@ class DivideConquerWrapper(BaseMetricLossFunction):
 
     def end_of_epoch_hook(self, trainer):
         """PML end-of-epoch hook: recluster, split or change phase as the schedule says. Returns True."""
-        hooks.check_trainer(trainer, self)
+        trainer_glue.check_trainer(trainer, self)
         self.step(trainer, trainer.epoch)
         return True
 
@@ -456,7 +368,7 @@ class DivideConquerWrapper(BaseMetricLossFunction):
         """An end-of-epoch hook that takes the D&C step, then calls ``then`` (e.g. HookContainer's hook).
 
         Examples:
-            >>> pml_hook = hooks.end_of_epoch_hook(tester, dataset_dict, model_folder)
+            >>> pml_hook = trainer_glue.end_of_epoch_hook(tester, dataset_dict, model_folder)
             >>> hook = dc.get_end_of_epoch_hook(then=pml_hook)
         """
 
@@ -489,7 +401,7 @@ class DivideConquerWrapper(BaseMetricLossFunction):
             )
         if step.action == Action.ALL_DATA:
             self.sampler.set_assignment(np.zeros(len(self.sampler.labels), dtype=np.int64), 1)
-            hooks.restart_iterator(trainer)
+            trainer_glue.restart_iterator(trainer)
         elif step.action in (Action.RECLUSTER, Action.SPLIT):
             self._divide(trainer, step)
             c_f.LOGGER.info(
@@ -506,7 +418,7 @@ class DivideConquerWrapper(BaseMetricLossFunction):
         was_frozen = epoch > 0 and self.schedule.trunk_frozen_in_epoch(epoch)
         if step.trunk_frozen != was_frozen:
             c_f.LOGGER.info("D&C: trunk %s in epoch %d", "frozen" if step.trunk_frozen else "trained", epoch + 1)
-        hooks.set_trunk_frozen(trainer, step.trunk_frozen)
+        trainer_glue.set_trunk_frozen(trainer, step.trunk_frozen)
         self.last_epoch = epoch
         self._update_cluster_stats()
 
@@ -544,72 +456,35 @@ class DivideConquerWrapper(BaseMetricLossFunction):
         self._update_cluster_stats()
 
     def _divide(self, trainer, step):
-        if step.action == Action.SPLIT and step.num_clusters != 2 * self.num_active:
-            raise RuntimeError(f"cannot split {self.num_active} clusters into {step.num_clusters}")
-        start = time.perf_counter()
-        emb = self.embed_training_set(trainer)
-        # one rank clusters, all ranks get its result (k-means need not agree bit for bit across processes)
-        clustering_start = time.perf_counter()
-        if distributed.world_size_and_rank()[1] == 0:
-            new = self._cluster(emb, step)
-        else:
-            new = np.zeros(len(emb), dtype=np.int64)
-        self.clustering_seconds = time.perf_counter() - clustering_start
-        new = distributed.broadcast_array(new)
-        if step.action == Action.SPLIT:
+        split = step.action == Action.SPLIT
+        new = self.reclusterer.assign(
+            trainer, self.sampler.labels, self.sampler.assignment, self.num_active, step.num_clusters, split
+        )
+        self.recluster_seconds = self.reclusterer.seconds
+        self.clustering_seconds = self.reclusterer.clustering_seconds
+        if split:
             optimizers = list(getattr(trainer, "optimizers", {}).values())
             self._split_learners(optimizers)
             if self.embedder.masks is not None:
-                rows = np.arange(2 * self.num_active) // 2
+                # learners 2c and 2c+1 start from mask c (rows beyond 2K unchanged), Adam moments too
+                rows = np.concatenate(
+                    [np.arange(2 * self.num_active) // 2, np.arange(2 * self.num_active, self.num_learners)]
+                )
+                trainer_glue.carry_optimizer_state(optimizers, self.embedder.masks, self.embedder.masks, rows)
                 self.embedder.split_masks(self.num_active)
-                hooks.gather_optimizer_rows(self.embedder.masks, rows, optimizers)
         self.num_active = step.num_clusters
         self.sampler.set_assignment(new, step.num_clusters)
-        hooks.restart_iterator(trainer)
-        self.recluster_seconds = time.perf_counter() - start
-
-    def _cluster(self, emb, step):
-        """The new assignment (numpy in, numpy out), as the journal code makes it: k-means at the current K
-        matched to the current clusters, then (for a split) every cluster split in two by 2-means."""
-        labels = self.sampler.labels
-        k = self.num_active if step.action == Action.SPLIT else step.num_clusters
-        if k == 1:
-            new = np.zeros(len(emb), dtype=np.int64)
-        else:
-            new = clustering.kmeans_with_retries(emb, k, labels, seed=self.seed, **self.kmeans)
-            if self.sampler.num_clusters == k:
-                new = clustering.match_clusters(self.sampler.assignment, new, k)
-        if step.action == Action.SPLIT:
-            new = clustering.split_clusters(emb, new, labels, seed=self.seed, **self.kmeans)
-        return new
+        trainer_glue.restart_iterator(trainer)
 
     def _split_learners(self, optimizers):
         """Learners 2c and 2c+1 start from learner c (its heads restricted to their own dims in fixed mode)."""
         size = self.embedder.subspace_size(self.num_active)
-        halves = [None, None]
-        if self.embedder.mode != LEARNED:
-            halves = [torch.arange(0, size // 2), torch.arange(size // 2, size)]
-        # from the last parent down, so that no parent is overwritten before its children are made
-        for c in reversed(range(self.num_active)):
-            for child, dims in ((2 * c + 1, halves[1]), (2 * c, halves[0])):
-                heads.inherit(self.learners[learner_key(c)], self.learners[learner_key(child)], dims, optimizers)
-                if self.miners is not None and child != c:
-                    heads.inherit(self.miners[learner_key(c)], self.miners[learner_key(child)])
+        halves = None if self.embedder.mode == LEARNED else [torch.arange(0, size // 2), torch.arange(size // 2, size)]
+        heads.split_learners(self.learners, self.miners, self.num_active, halves, optimizers)
 
     def embed_training_set(self, trainer):
-        """L2-normalised embeddings (or trunk features) of the training set, checked against the sampler's labels."""
-        dataset = trainer.dataset if self.cluster_dataset is None else self.cluster_dataset
-        workers = trainer.dataloader_num_workers if self.cluster_num_workers is None else self.cluster_num_workers
-        emb, labels = hooks.embed_dataset(
-            trainer, dataset, self.cluster_on == "trunk", self.cluster_batch_size, workers
-        )
-        if len(labels) != len(self.sampler.labels) or not np.array_equal(labels, self.sampler.labels):
-            raise ValueError(
-                "the dataset embedded for clustering does not have the sampler's labels in the same order "
-                f"({len(labels)} vs {len(self.sampler.labels)} samples): cluster_dataset must hold the training "
-                "samples in the training dataset's order"
-            )
-        return emb
+        """L2-normalised embeddings (or trunk features) of the training set, as reclustering sees them."""
+        return self.reclusterer.embed(trainer, self.sampler.labels)
 
     # ------------------------------------------------------------------ state
     def get_extra_state(self):
@@ -626,7 +501,7 @@ class DivideConquerWrapper(BaseMetricLossFunction):
 
     def set_extra_state(self, state):
         # a checkpoint loaded with map_location="cuda" (PML's HookContainer on a GPU) holds CUDA tensors
-        state = hooks.to_cpu(state)
+        state = trainer_glue.to_cpu(state)
         self.num_active = int(state["num_active"])
         self.last_epoch = int(state["last_epoch"])
         self.sampler.load_state_dict(state["sampler"])
