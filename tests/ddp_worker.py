@@ -11,8 +11,9 @@ from pytorch_metric_learning.utils.distributed import DistributedLossWrapper
 from sklearn.datasets import load_digits
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from conftest import IndexedDataset, Recorder
 from pml_divide_conquer import ClusterSampler, DivideConquerWrapper, SubspaceMaskedEmbedder
+
+from helpers import IndexedDataset, Recorder
 
 ITERS = 15
 
@@ -34,7 +35,9 @@ def make(ds, records, outer_distributed_wrapper=False, sampler_seed=0):
         wrapper = DivideConquerWrapper(inner, embedder=embedder, sampler=sampler, recluster_every=1)
         metric_loss = DistributedLossWrapper(wrapper)
     else:  # each learner's loss gathers its own subspace embeddings (recommended)
-        wrapper = DivideConquerWrapper(DistributedLossWrapper(inner), embedder=embedder, sampler=sampler, recluster_every=1)
+        wrapper = DivideConquerWrapper(
+            DistributedLossWrapper(inner), embedder=embedder, sampler=sampler, recluster_every=1
+        )
         metric_loss = wrapper
     optimizers = {
         "trunk_optimizer": torch.optim.Adam(trunk.parameters(), lr=1e-3),
@@ -70,7 +73,9 @@ def make(ds, records, outer_distributed_wrapper=False, sampler_seed=0):
             end_of_iteration_hook=after_iteration,
             end_of_epoch_hook=wrapper.get_end_of_epoch_hook(),
         )
-    return dict(trainer=trainer, wrapper=wrapper, sampler=sampler, trunk=trunk, embedder=embedder, optimizers=optimizers)
+    return dict(
+        trainer=trainer, wrapper=wrapper, sampler=sampler, trunk=trunk, embedder=embedder, optimizers=optimizers
+    )
 
 
 def train(parts, start_epoch, num_epochs):
@@ -130,8 +135,12 @@ def worker(rank, world, folder):
         if rank == 0:
             from pytorch_metric_learning import testers
 
-            tester = testers.BaseTester(dataloader_num_workers=0, data_device=torch.device("cpu"),
-                                        data_and_label_getter=lambda batch: batch[:2], use_trunk_output=True)
+            tester = testers.BaseTester(
+                dataloader_num_workers=0,
+                data_device=torch.device("cpu"),
+                data_and_label_getter=lambda batch: batch[:2],
+                use_trunk_output=True,
+            )
             emb, _ = tester.get_all_embeddings(ds, c["trunk"], c["embedder"], return_as_numpy=True)
             out["single_process_embeddings"] = emb
 

@@ -13,7 +13,7 @@ the machine has one).
 import numpy as np
 import torch
 
-from pml_divide_conquer.datasets import ArrayDataset
+from lab.datasets import ArrayDataset
 
 SHRUNK_EPOCHS = 6  # every "num_epochs = N" / "epochs=N" of a block becomes min(N, SHRUNK_EPOCHS)
 TRUNK_FEATURES = 512
@@ -36,8 +36,7 @@ def reader_blanks():
     val_set = blobs(16, 20, seed=1)
     test_set = blobs(16, 20, seed=2)
     trunk = torch.nn.Sequential(torch.nn.Linear(INPUT_DIM, TRUNK_FEATURES), torch.nn.ReLU())
-    return dict(trunk=trunk, train_set=train_set, train_labels=train_set.labels, val_set=val_set,
-                test_set=test_set)
+    return dict(trunk=trunk, train_set=train_set, train_labels=train_set.labels, val_set=val_set, test_set=test_set)
 
 
 def faq_blanks():
@@ -59,9 +58,9 @@ PAGE_BLANKS = {"docs/faq.md": faq_blanks}
 
 
 # ---------------------------------------------------------------------------------------------- stand-ins
-PAPER_RECIPE_DATA = '''
+PAPER_RECIPE_DATA = """
 import torch
-from pml_divide_conquer.datasets import ArrayDataset
+from lab.datasets import ArrayDataset
 
 # 64 classes of random 3x32x32 "images" instead of CUB-200-2011, a small CNN with batch norm and 2048 output
 # features instead of the ImageNet ResNet-50; the GPU when there is one
@@ -83,7 +82,7 @@ trunk = torch.nn.Sequential(
     torch.nn.Conv2d(3, 16, 3, padding=1), torch.nn.BatchNorm2d(16), torch.nn.ReLU(), torch.nn.MaxPool2d(4),
     torch.nn.Flatten(), torch.nn.Linear(16 * 8 * 8, 2048), torch.nn.ReLU(),
 ).to(device)
-'''
+"""
 
 # (page, index of the block among the page's python blocks) -> code run instead of it
 STAND_INS = {
@@ -93,5 +92,4 @@ STAND_INS = {
 
 def ddp_environment(port):
     """What torchrun would set for one process: the DDP page's code runs as a world of one (gloo, CPU)."""
-    return {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "RANK": "0", "LOCAL_RANK": "0",
-            "WORLD_SIZE": "1"}
+    return {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1"}

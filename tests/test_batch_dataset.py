@@ -7,8 +7,9 @@ import torch
 from pytorch_metric_learning import losses, samplers, testers, trainers
 from sklearn.datasets import load_digits
 
-from conftest import build
-from pml_divide_conquer.datasets import ArrayDataset, BatchArrayDataset, pass_through_collate
+from lab.datasets import ArrayDataset, BatchArrayDataset, pass_through_collate
+
+from helpers import build
 
 
 class CountingBatches(BatchArrayDataset):
@@ -75,8 +76,10 @@ def _train_mperclass(dataset, collate_fn):
     labels = dataset.labels
     trainer = trainers.MetricLossOnly(
         models={"trunk": trunk, "embedder": embedder},
-        optimizers={"trunk_optimizer": torch.optim.Adam(trunk.parameters(), lr=1e-3),
-                    "embedder_optimizer": torch.optim.Adam(embedder.parameters(), lr=1e-3)},
+        optimizers={
+            "trunk_optimizer": torch.optim.Adam(trunk.parameters(), lr=1e-3),
+            "embedder_optimizer": torch.optim.Adam(embedder.parameters(), lr=1e-3),
+        },
         batch_size=32,
         loss_funcs={"metric_loss": losses.TripletMarginLoss(margin=0.1)},
         dataset=dataset,
@@ -103,8 +106,9 @@ def test_tester_embeds_batches_exactly_as_items(digits_arrays):
     x, y = digits_arrays
     torch.manual_seed(0)
     trunk, embedder = torch.nn.Sequential(torch.nn.Linear(64, 32), torch.nn.ReLU()), torch.nn.Linear(32, 8)
-    tester = testers.GlobalEmbeddingSpaceTester(batch_size=100, dataloader_num_workers=0,
-                                                data_device=torch.device("cpu"), accuracy_calculator=None)
+    tester = testers.GlobalEmbeddingSpaceTester(
+        batch_size=100, dataloader_num_workers=0, data_device=torch.device("cpu"), accuracy_calculator=None
+    )
     batched = CountingBatches(x, y)
     emb_b, lab_b = tester.get_all_embeddings(batched, trunk, embedder, collate_fn=pass_through_collate)
     emb_i, lab_i = tester.get_all_embeddings(ArrayDataset(x, y), trunk, embedder)

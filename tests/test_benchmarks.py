@@ -50,11 +50,31 @@ def heads_available():
 
 def test_accuracy_benchmark_smoke(bench, tmp_path, capsys):
     losses = "triplet,arcface" if heads_available() else "triplet"
-    args = ["--dataset", "digits", "--losses", losses, "--seeds", "1", "--epochs", "2", "--batch-size", "20",
-            "--m", "4", "--num-learners", "2", "--out", str(tmp_path)]
+    args = [
+        "--dataset",
+        "digits",
+        "--losses",
+        losses,
+        "--seeds",
+        "1",
+        "--epochs",
+        "2",
+        "--batch-size",
+        "20",
+        "--m",
+        "4",
+        "--num-learners",
+        "2",
+        "--out",
+        str(tmp_path),
+    ]
     bench("accuracy").main(args)
-    records = check_outputs(tmp_path, "accuracy_digits", capsys,
-                            ["| triplet | baseline |", "| triplet | D&C fixed |", "| triplet | D&C learned |"])
+    records = check_outputs(
+        tmp_path,
+        "accuracy_digits",
+        capsys,
+        ["| triplet | baseline |", "| triplet | D&C fixed |", "| triplet | D&C learned |"],
+    )
     assert len(records) == 3 * len(losses.split(","))
     for r in records:
         for key in ("recall_at_1", "recall_at_2", "recall_at_4", "recall_at_8", "NMI", "mean_average_precision_at_r"):
@@ -64,9 +84,28 @@ def test_accuracy_benchmark_smoke(bench, tmp_path, capsys):
 
 
 def test_accuracy_benchmark_on_images_with_the_conv_trunk(bench, tmp_path, capsys):
-    args = ["--dataset", "fashion", "--max-per-class", "40", "--losses", "contrastive", "--methods",
-            "baseline,D&C fixed", "--seeds", "1", "--epochs", "2", "--batch-size", "20", "--m", "4",
-            "--num-learners", "2", "--out", str(tmp_path)]
+    args = [
+        "--dataset",
+        "fashion",
+        "--max-per-class",
+        "40",
+        "--losses",
+        "contrastive",
+        "--methods",
+        "baseline,D&C fixed",
+        "--seeds",
+        "1",
+        "--epochs",
+        "2",
+        "--batch-size",
+        "20",
+        "--m",
+        "4",
+        "--num-learners",
+        "2",
+        "--out",
+        str(tmp_path),
+    ]
     bench("accuracy").main(args)
     records = check_outputs(tmp_path, "accuracy_fashion", capsys, ["| contrastive | D&C fixed |"])
     assert [r["method"] for r in records] == ["baseline", "D&C fixed"]
@@ -79,27 +118,76 @@ def test_tuning_script_runs_on_validation_classes(bench, tmp_path, capsys):
 
 
 def test_overhead_benchmark_smoke(bench, tmp_path, capsys):
-    bench("overhead").main(["--dataset", "digits", "--ks", "1,2", "--steps", "4", "--warmup", "1", "--batch-size",
-                            "20", "--m", "4", "--embedding-size", "16", "--out", str(tmp_path)])
+    bench("overhead").main(
+        [
+            "--dataset",
+            "digits",
+            "--ks",
+            "1,2",
+            "--steps",
+            "4",
+            "--warmup",
+            "1",
+            "--batch-size",
+            "20",
+            "--m",
+            "4",
+            "--embedding-size",
+            "16",
+            "--out",
+            str(tmp_path),
+        ]
+    )
     records = check_outputs(tmp_path, "overhead", capsys, ["| 1 |", "| 2 |"])
     assert [int(r["K"]) for r in records] == [1, 2]
     for r in records:
         assert float(r["bare_median_ms"]) > 0 and float(r["wrapper_median_ms"]) > 0
-        assert math.isclose(float(r["ratio_of_medians"]), float(r["wrapper_median_ms"]) / float(r["bare_median_ms"]),
-                            rel_tol=1e-6)
+        assert math.isclose(
+            float(r["ratio_of_medians"]), float(r["wrapper_median_ms"]) / float(r["bare_median_ms"]), rel_tol=1e-6
+        )
 
 
 def test_recluster_benchmark_smoke(bench, tmp_path, capsys):
-    bench("recluster").main(["--dataset", "digits", "--k", "2", "--sizes", "500,2000", "--dim", "32",
-                             "--repeats", "1", "--batch-size", "20", "--out", str(tmp_path)])
+    bench("recluster").main(
+        [
+            "--dataset",
+            "digits",
+            "--k",
+            "2",
+            "--sizes",
+            "500,2000",
+            "--dim",
+            "32",
+            "--repeats",
+            "1",
+            "--batch-size",
+            "20",
+            "--out",
+            str(tmp_path),
+        ]
+    )
     records = check_outputs(tmp_path, "recluster", capsys, ["N=500 random embeddings", "N=2,000 random embeddings"])
     assert records[0]["part"] == "training set" and float(records[0]["recluster_s"]) > 0
     assert [int(r["n"]) for r in records[1:]] == [500, 2000]
 
 
 def test_memory_benchmark_smoke(bench, tmp_path, capsys):
-    bench("memory").main(["--dataset", "digits", "--epochs", "2", "--num-learners", "2", "--batch-size", "20",
-                          "--variants", "idle,baseline,D&C learned", "--out", str(tmp_path)])
+    bench("memory").main(
+        [
+            "--dataset",
+            "digits",
+            "--epochs",
+            "2",
+            "--num-learners",
+            "2",
+            "--batch-size",
+            "20",
+            "--variants",
+            "idle,baseline,D&C learned",
+            "--out",
+            str(tmp_path),
+        ]
+    )
     records = check_outputs(tmp_path, "memory", capsys, ["| idle |", "| baseline |", "| D&C learned |"])
     peaks = {r["variant"]: float(r["peak_rss_mb"]) for r in records}
     assert set(peaks) == {"idle", "baseline", "D&C learned"}
@@ -120,10 +208,13 @@ def test_paper_protocol_dry_run(bench, tmp_path, capsys):
 @pytest.fixture(scope="module")
 def tiny_han_npz(tmp_path_factory):
     """A tiny Han set from the two small font packages scripts/setup.sh installs."""
-    from pml_divide_conquer import datasets
+    from lab import datasets
 
-    faces = [f for f in datasets.font_faces(datasets.HAN_FONT_FILES)
-             if f.package in ("fonts-sawarabi-gothic", "fonts-sawarabi-mincho")]
+    faces = [
+        f
+        for f in datasets.font_faces(datasets.HAN_FONT_FILES)
+        if f.package in ("fonts-sawarabi-gothic", "fonts-sawarabi-mincho")
+    ]
     path = tmp_path_factory.mktemp("han") / "tiny.npz"
     datasets.save_han_npz(path, fonts=faces, num_classes=60, min_faces=2, max_per_class=4, progress=False, cache=False)
     return path
@@ -134,8 +225,23 @@ TINY_SIZES = '{"num_pretrain": 20, "num_train": 20, "num_val": 5, "num_test": 15
 
 def test_han_benchmark_gate_runs_pretraining_baseline_and_dc(bench, tmp_path, capsys, tiny_han_npz):
     han = bench("han")
-    records = han.main(["gate", "--preset", "tiny", "--npz", str(tiny_han_npz), "--sizes", TINY_SIZES,
-                        "--seeds", "2", "--jobs", "1", "--out", str(tmp_path)])
+    records = han.main(
+        [
+            "gate",
+            "--preset",
+            "tiny",
+            "--npz",
+            str(tiny_han_npz),
+            "--sizes",
+            TINY_SIZES,
+            "--seeds",
+            "2",
+            "--jobs",
+            "1",
+            "--out",
+            str(tmp_path),
+        ]
+    )
     rows = check_outputs(tmp_path, "han_gate_tiny", capsys, ["| margin | baseline |", "| margin | D&C (chosen) |"])
     assert len(records) == len(rows) == 4
     assert {r["method"] for r in records} == {"baseline", "dc"} and {r["seed"] for r in records} == {0, 1}

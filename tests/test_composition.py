@@ -7,7 +7,7 @@ import pytest
 import torch
 from pytorch_metric_learning import losses, miners, trainers
 
-from conftest import IndexedDataset, build
+from helpers import IndexedDataset, build
 
 D = 16  # full embedding size in these tests
 C = 10  # training classes (digits)
@@ -29,7 +29,9 @@ LOSSES = {
     "LiftedStructureLoss": lambda: losses.LiftedStructureLoss(),
     "MarginLoss": lambda: losses.MarginLoss(learn_beta=True, num_classes=C),
     "MultiSimilarityLoss": lambda: losses.MultiSimilarityLoss(),
-    "MultipleLosses": lambda: losses.MultipleLosses([losses.ContrastiveLoss(), losses.ArcFaceLoss(C, D)], weights=[1, 0.1]),
+    "MultipleLosses": lambda: losses.MultipleLosses(
+        [losses.ContrastiveLoss(), losses.ArcFaceLoss(C, D)], weights=[1, 0.1]
+    ),
     "NCALoss": lambda: losses.NCALoss(),
     "NPairsLoss": lambda: losses.NPairsLoss(),
     "NTXentLoss": lambda: losses.NTXentLoss(),
@@ -160,7 +162,9 @@ def test_losses_without_labels_are_refused_with_the_reason(name):
 
     with pytest.raises(ValueError, match="does not use class labels"):
         DivideConquerWrapper(
-            REFUSED[name](), embedder=SubspaceMaskedEmbedder(D, 2), sampler=ClusterSampler(np.repeat(np.arange(4), 5), batch_size=4, m=2)
+            REFUSED[name](),
+            embedder=SubspaceMaskedEmbedder(D, 2),
+            sampler=ClusterSampler(np.repeat(np.arange(4), 5), batch_size=4, m=2),
         )
 
 
@@ -274,7 +278,9 @@ def test_classification_heads_follow_pml_lr_schedulers(small_digits):
     loss = losses.ArcFaceLoss(C, D)
     parts = build(small_digits, num_learners=2, loss=loss, embedding_size=D, iterations_per_epoch=3, recluster_every=1)
     opt = parts["optimizers"]["metric_loss_optimizer"]
-    parts["trainer"].lr_schedulers = {"metric_loss_scheduler_by_epoch": torch.optim.lr_scheduler.StepLR(opt, 1, gamma=0.5)}
+    parts["trainer"].lr_schedulers = {
+        "metric_loss_scheduler_by_epoch": torch.optim.lr_scheduler.StepLR(opt, 1, gamma=0.5)
+    }
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         parts["wrapper"].prepare(parts["trainer"])

@@ -13,7 +13,9 @@ DEVICE = os.environ.get("PML_DC_TEST_DEVICE", "cuda")
 pytestmark = pytest.mark.skipif(DEVICE == "cuda" and not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
 
-@pytest.mark.parametrize("variant, T", [("masks", 1), ("arcface", 1), ("memory", 1), ("phases", 1), ("phases_frozen", 2)])
+@pytest.mark.parametrize(
+    "variant, T", [("masks", 1), ("arcface", 1), ("memory", 1), ("phases", 1), ("phases_frozen", 2)]
+)
 def test_resume_from_a_checkpoint_loaded_onto_the_gpu(digits, variant, T):
     """PML's HookContainer.load_latest_saved_models(trainer, folder, device) loads with map_location=device."""
     from test_resume import load, make, save
@@ -32,23 +34,33 @@ def test_resume_from_a_checkpoint_loaded_onto_the_gpu(digits, variant, T):
         c["wrapper"].prepare(c["trainer"])
         c["trainer"].train(start_epoch=3, num_epochs=4)
     assert np.array_equal(c["sampler"].assignment, a["sampler"].assignment)
-    expected = [l for e, l in full if e > 2]
+    expected = [x for e, x in full if e > 2]
     assert len(resumed) == len(expected) > 0
-    np.testing.assert_allclose([l for _, l in resumed], expected, rtol=1e-3, atol=1e-4)  # GPU kernels may differ
+    np.testing.assert_allclose([x for _, x in resumed], expected, rtol=1e-3, atol=1e-4)  # GPU kernels may differ
 
 
 @pytest.mark.parametrize("mode", ["fixed"])  # learned masks: the classification losses, below
 def test_every_pml_loss_trains_on_cuda(digits, mode):
-    from conftest import IndexedDataset, build
+    from helpers import IndexedDataset, build
     from test_composition import LOSSES, UPSTREAM_BROKEN
 
     keep = np.arange(0, len(digits), 3)
     small = IndexedDataset(digits.data[keep].numpy(), digits.labels[keep])
     for name in sorted(set(LOSSES) - UPSTREAM_BROKEN):
         seen = []
-        parts = build(small, num_learners=2, mode=mode, recluster_every=1, full_embedding_epoch=3, all_data_epoch=4,
-                      loss=LOSSES[name](), embedding_size=16, iterations_per_epoch=3, device=DEVICE,
-                      end_of_iteration_hook=lambda t: seen.append(float(t.losses["total_loss"])))
+        parts = build(
+            small,
+            num_learners=2,
+            mode=mode,
+            recluster_every=1,
+            full_embedding_epoch=3,
+            all_data_epoch=4,
+            loss=LOSSES[name](),
+            embedding_size=16,
+            iterations_per_epoch=3,
+            device=DEVICE,
+            end_of_iteration_hook=lambda t, seen=seen: seen.append(float(t.losses["total_loss"])),
+        )
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             parts["wrapper"].prepare(parts["trainer"])
@@ -58,12 +70,23 @@ def test_every_pml_loss_trains_on_cuda(digits, mode):
 
 @pytest.mark.parametrize("heads", ["shared", "per_learner"])
 def test_classification_heads_with_learned_masks_on_cuda(digits, heads):
-    from conftest import build
     from pytorch_metric_learning import losses
 
-    parts = build(digits, num_learners=2, mode="learned", heads=heads, recluster_every=1, full_embedding_epoch=3,
-                  all_data_epoch=4, loss=losses.ArcFaceLoss(10, 16), embedding_size=16, iterations_per_epoch=3,
-                  device=DEVICE)
+    from helpers import build
+
+    parts = build(
+        digits,
+        num_learners=2,
+        mode="learned",
+        heads=heads,
+        recluster_every=1,
+        full_embedding_epoch=3,
+        all_data_epoch=4,
+        loss=losses.ArcFaceLoss(10, 16),
+        embedding_size=16,
+        iterations_per_epoch=3,
+        device=DEVICE,
+    )
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         parts["wrapper"].prepare(parts["trainer"])
@@ -72,13 +95,20 @@ def test_classification_heads_with_learned_masks_on_cuda(digits, heads):
 
 
 def test_whole_batch_dataset_on_the_gpu_trains_and_reclusters(digits):
-    from conftest import build
+    from lab.datasets import BatchArrayDataset
 
-    from pml_divide_conquer.datasets import BatchArrayDataset
+    from helpers import build
 
     ds = BatchArrayDataset(digits.data.numpy(), digits.labels, device=DEVICE)
-    parts = build(ds, num_learners=2, recluster_every=1, device=DEVICE, iterations_per_epoch=5,
-                  collate_fn=ds.collate_fn, data_and_label_getter=None)
+    parts = build(
+        ds,
+        num_learners=2,
+        recluster_every=1,
+        device=DEVICE,
+        iterations_per_epoch=5,
+        collate_fn=ds.collate_fn,
+        data_and_label_getter=None,
+    )
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         parts["wrapper"].prepare(parts["trainer"])

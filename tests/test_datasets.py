@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pml_divide_conquer import datasets
+from lab import datasets
 
 
 def _classes(ds):

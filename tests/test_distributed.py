@@ -106,11 +106,19 @@ def test_torchrun_example_runs_on_cpu():
     import sys
 
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-           os.path.join(root, "examples", "ddp_digits.py"), "--epochs", "4"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node=2",
+        os.path.join(root, "examples", "ddp_digits.py"),
+        "--epochs",
+        "4",
+    ]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=root)
     assert done.returncode == 0, done.stderr[-3000:]
-    line = [l for l in done.stdout.splitlines() if "test R@1" in l]
+    line = [x for x in done.stdout.splitlines() if "test R@1" in x]
     assert line and line[0].startswith("2 ranks, 4 epochs, K=2")
 
 

@@ -3,8 +3,8 @@
 - Every ```python block of README.md and of docs/**/*.md runs as written, the blocks of a page one after the other
   in one namespace. The tests only fill the reader's blanks (``trunk``, ``train_set``, ``train_labels``, ...: see
   tests/doc_fixtures.py), shrink epoch counts, and run an offline stand-in for the blocks marked ``# Needs ...``
-  (a GPU, a download). Blocks written as doctests (``>>>``) are run as doctests, unchanged. A ```text block titled "Output"
-  must be what the python block before it prints ("…" stands for any text).
+  (a GPU, a download). Blocks written as doctests (``>>>``) are run as doctests, unchanged. A ```text block titled
+  "Output" must be what the python block before it prints ("…" stands for any text).
 - Code shown in the docs fits the content column (88 characters), in the Markdown and in the built site (API
   reference, notebooks).
 - The FAQ quotes the package's real messages (docs/faq_messages.py reads them from the source) and covers the main
@@ -77,7 +77,7 @@ def python_blocks(path):
     """[(index, line, code, output)]: the python blocks, each with the "Output" text block that follows it."""
     blocks = fenced_blocks(path)
     out = []
-    for j, (lang, attrs, code, line) in enumerate(blocks):
+    for j, (lang, _attrs, code, line) in enumerate(blocks):
         if lang != "python":
             continue
         following = blocks[j + 1] if j + 1 < len(blocks) else None
@@ -109,11 +109,10 @@ def free_port():
 def doc_environment(monkeypatch, tmp_path):
     """Where a page's code runs: a scratch folder, one torch thread, no per-epoch progress bars (tests only), a
     world of one process for torch.distributed, and deprecated API calls turned into errors."""
+    import torch.distributed as dist
+    import tqdm
     from pytorch_metric_learning.testers import base_tester
     from pytorch_metric_learning.trainers import base_trainer
-    import tqdm
-
-    import torch.distributed as dist
 
     quiet = type("quiet_tqdm", (), {"tqdm": staticmethod(functools.partial(tqdm.tqdm, disable=True))})
     monkeypatch.setattr(base_trainer, "tqdm", quiet)
@@ -162,7 +161,8 @@ def run_page(path):
                 exec(compile(code, where, "exec"), namespace)
         if output is not None and (page, index) not in doc_fixtures.STAND_INS:
             assert matches_output(output, printed.getvalue()), (
-                f"{where} printed:\n{printed.getvalue()}\nbut the page shows:\n{output}")
+                f"{where} printed:\n{printed.getvalue()}\nbut the page shows:\n{output}"
+            )
     return namespace
 
 
@@ -300,18 +300,44 @@ def test_faq_generator_reads_the_messages_from_the_source():
 
 
 # ---------------------------------------------------------------------------------------------- the site
-PUBLIC_API = ("SubspaceMaskedEmbedder", "ClusterSampler", "DivideConquerWrapper", "DivideConquerSchedule", "Phase",
-              "parameter_groups", "prepare", "get_end_of_epoch_hook", "journal", "cvpr", "set_assignment",
-              "evaluate_subspaces", "cluster_purity", "load_digits")
-INTERNALS = ("pop_ticket", "plan_pass", "check_rank", "map_labels", "split_masks", "embed_training_set",
-             "batches_per_pass", "faiss_gpu_available", "invalid_clusters", "overlap_matrix")
+PUBLIC_API = (
+    "SubspaceMaskedEmbedder",
+    "ClusterSampler",
+    "DivideConquerWrapper",
+    "DivideConquerSchedule",
+    "Phase",
+    "parameter_groups",
+    "prepare",
+    "get_end_of_epoch_hook",
+    "journal",
+    "cvpr",
+    "set_assignment",
+    "evaluate_subspaces",
+    "cluster_purity",
+)
+INTERNALS = (
+    "pop_ticket",
+    "plan_pass",
+    "check_rank",
+    "map_labels",
+    "split_masks",
+    "embed_training_set",
+    "batches_per_pass",
+    "faiss_gpu_available",
+    "invalid_clusters",
+    "overlap_matrix",
+)
 
 
 def code_lines_in_html(page):
     """Lines of the code blocks of a built page: Markdown fences, docstring examples, notebook input cells."""
     lines = []
-    for block in re.findall(r'<div class="(?:highlight|highlight-ipynb)[^"]*"[^>]*>\s*(?:<span[^>]*></span>)?'
-                            r"<pre[^>]*>(.*?)</pre>", page, re.S):
+    for block in re.findall(
+        r'<div class="(?:highlight|highlight-ipynb)[^"]*"[^>]*>\s*(?:<span[^>]*></span>)?'
+        r"<pre[^>]*>(.*?)</pre>",
+        page,
+        re.S,
+    ):
         text = html.unescape(re.sub(r"<[^>]+>", "", block))
         lines.extend(text.splitlines())
     return lines
@@ -362,9 +388,7 @@ def run_notebook(path, tmp_path, **env):
     os.environ.update(env)
     try:
         nb = nbformat.read(path, as_version=4)
-        client = NotebookClient(
-            nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}
-        )
+        client = NotebookClient(nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}})
         client.execute()  # raises CellExecutionError, with the cell and traceback, if any cell fails
     finally:
         for k, v in old.items():
@@ -442,7 +466,8 @@ def test_stored_outputs_come_from_the_stored_code(path):
         stored = cell.get("metadata", {}).get("pml_dc", {}).get("source_sha256")
         assert stored == source_hash(cell), (
             f"{path.name}: a cell was edited after the notebook was run; run python scripts/run_notebooks.py\n"
-            + "".join(cell["source"])[:200])
+            + "".join(cell["source"])[:200]
+        )
     text = json.dumps([c.get("outputs", []) for c in code])
     assert '"stderr"' not in text and '"error"' not in text
     assert "Warning" not in text

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from sklearn.datasets import load_digits
 
-from pml_divide_conquer import experiment as ex
-from pml_divide_conquer.datasets import ArrayDataset
+from lab import experiment as ex
+from lab.datasets import ArrayDataset
 
 
 @pytest.fixture(scope="module")
@@ -20,8 +20,17 @@ def split():
     return ArrayDataset(x[perm[:half]], y[perm[:half]]), ArrayDataset(x[perm[half:]], y[perm[half:]])
 
 
-CFG = ex.RunConfig(loss="triplet", epochs=6, full_embedding_epoch=5, all_data_epoch=6, num_learners=2, m=8,
-                   embedding_size=16, hidden=64, lr=1e-3)
+CFG = ex.RunConfig(
+    loss="triplet",
+    epochs=6,
+    full_embedding_epoch=5,
+    all_data_epoch=6,
+    num_learners=2,
+    m=8,
+    embedding_size=16,
+    hidden=64,
+    lr=1e-3,
+)
 
 
 @pytest.mark.parametrize("mode", ["fixed", "learned"])
@@ -49,8 +58,14 @@ def test_demo_console_one_bar_run_lines_events_table_and_no_warnings():
     env = {**os.environ, "PYTHONPATH": str(root)}  # this checkout's package, whatever is installed
     env.pop("TQDM_DISABLE", None)
     env.pop("PML_DC_THREADS", None)
-    result = subprocess.run([sys.executable, "-W", "default", "-m", "pml_divide_conquer.demo", "--seeds", "1",
-                             "--epochs", "4"], cwd=root, env=env, capture_output=True, text=True, timeout=600)
+    result = subprocess.run(
+        [sys.executable, "-W", "default", "-m", "lab.demo", "--seeds", "1", "--epochs", "4"],
+        cwd=root,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert result.returncode == 0, result.stdout + result.stderr
     out, err = result.stdout, result.stderr
     # stderr: one bar and nothing else: every frame is the same bar ("training", 12 epochs in all), its count
@@ -67,7 +82,11 @@ def test_demo_console_one_bar_run_lines_events_table_and_no_warnings():
     assert "1 torch thread" in out
     runs = [line for line in out.splitlines() if line.startswith("seed 0  ")]
     assert [line.split("  R@1")[0].split("  ", 1)[1].strip() for line in runs] == [
-        "untrained", "baseline (no D&C)", "D&C, fixed chunks", "D&C, learned masks"]
+        "untrained",
+        "baseline (no D&C)",
+        "D&C, fixed chunks",
+        "D&C, learned masks",
+    ]
     # the D&C steps, from the library's INFO records on PML's logger, and none of PML's own INFO lines
     assert len(re.findall(r"D&C: split every cluster in two after epoch 2\b.*: K=2\b", out)) == 2
     assert out.count("D&C: full embedding phase from epoch") == 2

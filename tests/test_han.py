@@ -8,7 +8,7 @@ import shutil
 import numpy as np
 import pytest
 
-from pml_divide_conquer import datasets
+from lab import datasets
 
 TINY = dict(num_classes=40, min_faces=2, max_per_class=4, ranges=((0x4E00, 0x52FF),), progress=False)
 SPLITS = dict(num_pretrain=10, num_train=10, num_val=5, num_test=10)
@@ -20,8 +20,11 @@ def no_prebuilt_npz(monkeypatch):
 
 
 def sawarabi():
-    faces = [f for f in datasets.font_faces(datasets.HAN_FONT_FILES)
-             if f.package in ("fonts-sawarabi-gothic", "fonts-sawarabi-mincho")]
+    faces = [
+        f
+        for f in datasets.font_faces(datasets.HAN_FONT_FILES)
+        if f.package in ("fonts-sawarabi-gothic", "fonts-sawarabi-mincho")
+    ]
     missing = [f.path for f in faces if not os.path.isfile(f.path)]
     assert len(faces) == 2 and not missing, (
         "install the test fonts: apt-get install -y fonts-sawarabi-gothic fonts-sawarabi-mincho (bash scripts/setup.sh)"

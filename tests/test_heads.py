@@ -7,8 +7,9 @@ import pytest
 import torch
 from pytorch_metric_learning import losses
 
-from conftest import IndexedDataset, build
 from pml_divide_conquer import heads
+
+from helpers import IndexedDataset, build
 
 D, C = 16, 10
 
@@ -128,8 +129,9 @@ def test_resize_drops_stale_gradients():
 @pytest.mark.parametrize("mode", ["fixed", "learned"])
 @pytest.mark.parametrize("heads_mode", ["shared", "per_learner"])
 def test_heads_without_metric_loss_optimizer_are_refused_at_prepare(small_digits, mode, heads_mode):
-    parts = build(small_digits, num_learners=2, mode=mode, heads=heads_mode, loss=losses.ArcFaceLoss(C, D),
-                  embedding_size=D)
+    parts = build(
+        small_digits, num_learners=2, mode=mode, heads=heads_mode, loss=losses.ArcFaceLoss(C, D), embedding_size=D
+    )
     del parts["trainer"].optimizers["metric_loss_optimizer"]
     with pytest.raises(ValueError, match="no optimizer of the trainer holds"):
         parts["wrapper"].prepare(parts["trainer"])
@@ -139,7 +141,9 @@ def test_per_learner_heads_train_through_a_split_without_a_loss_optimizer_when_f
     # heads kept fixed on purpose (requires_grad=False) train through a split: no stale gradient breaks a step
     loss = losses.ProxyAnchorLoss(C, D)
     loss.proxies.requires_grad_(False)
-    parts = build(small_digits, num_learners=2, heads="per_learner", loss=loss, embedding_size=D, iterations_per_epoch=3)
+    parts = build(
+        small_digits, num_learners=2, heads="per_learner", loss=loss, embedding_size=D, iterations_per_epoch=3
+    )
     parts["trainer"].optimizers.pop("metric_loss_optimizer", None)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")

@@ -12,8 +12,7 @@ from pytorch_metric_learning import testers
 from pytorch_metric_learning.utils import logging_presets
 from pytorch_metric_learning.utils.accuracy_calculator import AccuracyCalculator
 
-from conftest import IndexedDataset, build, drop_index
-from pml_divide_conquer.evaluation import cluster_purity, evaluate_subspaces
+from helpers import IndexedDataset, build, drop_index
 
 
 @pytest.fixture(scope="module")
@@ -53,7 +52,9 @@ def run_with_hooks(dataset, folder, epochs, start_fresh=True, losses_out=None):
     parts["trainer"].end_of_epoch_hook = parts["wrapper"].get_end_of_epoch_hook(
         then=hooks.end_of_epoch_hook(tester, {"val": dataset}, model_folder, test_interval=1, patience=None)
     )
-    start_epoch = 1 if start_fresh else hooks.load_latest_saved_models(parts["trainer"], model_folder, torch.device("cpu"))
+    start_epoch = (
+        1 if start_fresh else hooks.load_latest_saved_models(parts["trainer"], model_folder, torch.device("cpu"))
+    )
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         parts["wrapper"].prepare(parts["trainer"])  # after loading: a step already taken is not repeated
@@ -71,7 +72,16 @@ def test_record_keeper_logs_learners_clusters_phase_and_masks(small, tmp_path):
     with open(csvs[name]) as f:
         rows = list(csv.DictReader(f))
     assert rows, "nothing was logged for the wrapper"
-    for col in ("num_active", "num_clusters", "phase_id", "full_loss", "learner0_loss", "cluster0_size", "cluster0_classes", "learner0_mask_usage"):
+    for col in (
+        "num_active",
+        "num_clusters",
+        "phase_id",
+        "full_loss",
+        "learner0_loss",
+        "cluster0_size",
+        "cluster0_classes",
+        "learner0_mask_usage",
+    ):
         assert col in rows[0], col
     last = rows[-1]
     assert int(float(last["num_active"])) == 4
@@ -92,38 +102,14 @@ def test_hook_container_checkpoints_resume_the_run_exactly(small, tmp_path):
     c, _, _, start_epoch = run_with_hooks(small, str(tmp_path / "b"), epochs=4, start_fresh=False, losses_out=resumed)
     assert start_epoch == 3
     assert c["wrapper"].last_epoch == 4 and c["wrapper"].num_active == 4
-    np.testing.assert_allclose([l for _, l in resumed], [l for e, l in full if e > 2], rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose([x for _, x in resumed], [x for e, x in full if e > 2], rtol=1e-5, atol=1e-7)
     assert np.array_equal(c["sampler"].assignment, a["sampler"].assignment)
 
 
-def test_per_subspace_evaluation_and_cluster_purity(small):
-    parts, seen = build(small, num_learners=2, mode="fixed", recluster_every=1, iterations_per_epoch=20), None
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        parts["wrapper"].prepare(parts["trainer"])
-        parts["trainer"].train(num_epochs=2)
-    w = parts["wrapper"]
-    results = evaluate_subspaces(
-        parts["trunk"], parts["embedder"], small, w.num_active, data_and_label_getter=drop_index
-    )
-    assert set(results) == {"full", "learner0", "learner1"}
-    for r in results.values():
-        assert 0.0 < r["precision_at_1"] <= 1.0 and 0.0 <= r["NMI"] <= 1.0
-    assert results["learner0"] != results["learner1"]
-    per_cluster, overall = cluster_purity(parts["sampler"].assignment, small.labels, 2)
-    assert per_cluster.shape == (2,) and 0.1 <= overall <= 1.0
-    assert np.all((per_cluster > 0) & (per_cluster <= 1))
-
-
-def test_cluster_purity_by_hand():
-    per, overall = cluster_purity([0, 0, 0, 2, 2], [1, 1, 2, 3, 3], num_clusters=3)
-    assert np.allclose(per[[0, 2]], [2 / 3, 1.0]) and np.isnan(per[1])
-    assert overall == pytest.approx(4 / 5)
-
-
 def test_dc_events_go_to_the_pml_logger_at_info(small, caplog):
-    parts = build(small, num_learners=2, recluster_every=1, full_embedding_epoch=3, all_data_epoch=4,
-                  iterations_per_epoch=2)
+    parts = build(
+        small, num_learners=2, recluster_every=1, full_embedding_epoch=3, all_data_epoch=4, iterations_per_epoch=2
+    )
     with warnings.catch_warnings(), caplog.at_level(logging.INFO, logger="PML"):
         warnings.simplefilter("ignore")
         parts["wrapper"].prepare(parts["trainer"])

@@ -8,7 +8,7 @@ import pytest
 import torch
 from pytorch_metric_learning import losses
 
-from conftest import build
+from helpers import build
 
 
 def make(digits, losses_out, recluster_every, workers, variant="masks", device="cpu"):
@@ -20,16 +20,39 @@ def make(digits, losses_out, recluster_every, workers, variant="masks", device="
     if variant == "arcface":  # heads resized at each split; epoch length left to PML (len of the sampler)
         kw = dict(mode="fixed", loss=losses.ArcFaceLoss(10, 16))
     elif variant == "memory":  # per-learner CrossBatchMemory, fixed K
-        kw = dict(mode="fixed", grow=False, iterations_per_epoch=45,
-                  loss=losses.CrossBatchMemory(losses.ContrastiveLoss(), 16, memory_size=48))
+        kw = dict(
+            mode="fixed",
+            grow=False,
+            iterations_per_epoch=45,
+            loss=losses.CrossBatchMemory(losses.ContrastiveLoss(), 16, memory_size=48),
+        )
     elif variant == "phases":  # per-learner heads, resumed before the full-embedding and all-data phases
-        kw = dict(mode="fixed", heads="per_learner", loss=losses.ArcFaceLoss(10, 16), iterations_per_epoch=30,
-                  full_embedding_epoch=3, all_data_epoch=4)
+        kw = dict(
+            mode="fixed",
+            heads="per_learner",
+            loss=losses.ArcFaceLoss(10, 16),
+            iterations_per_epoch=30,
+            full_embedding_epoch=3,
+            all_data_epoch=4,
+        )
     elif variant == "phases_frozen":  # shared head and masks, resumed inside the full-embedding phase
-        kw = dict(mode="learned", loss=losses.ArcFaceLoss(10, 16), iterations_per_epoch=30,
-                  full_embedding_epoch=3, all_data_epoch=5, freeze_trunk_epochs=1)
-    parts = build(digits, num_learners=4, recluster_every=recluster_every, end_of_iteration_hook=record,
-                  workers=workers, device=device, **kw)
+        kw = dict(
+            mode="learned",
+            loss=losses.ArcFaceLoss(10, 16),
+            iterations_per_epoch=30,
+            full_embedding_epoch=3,
+            all_data_epoch=5,
+            freeze_trunk_epochs=1,
+        )
+    parts = build(
+        digits,
+        num_learners=4,
+        recluster_every=recluster_every,
+        end_of_iteration_hook=record,
+        workers=workers,
+        device=device,
+        **kw,
+    )
     parts["wrapper"].prepare(parts["trainer"])
     return parts
 
@@ -59,8 +82,14 @@ def load(parts, buf, map_location=None):
 
 @pytest.mark.parametrize(
     "stop_after, recluster_every, workers, variant",
-    [(2, 1, 0, "masks"), (3, 2, 2, "masks"), (2, 1, 0, "arcface"), (2, 1, 0, "memory"), (2, 1, 0, "phases"),
-     (3, 2, 0, "phases_frozen")],
+    [
+        (2, 1, 0, "masks"),
+        (3, 2, 2, "masks"),
+        (2, 1, 0, "arcface"),
+        (2, 1, 0, "memory"),
+        (2, 1, 0, "phases"),
+        (3, 2, 0, "phases_frozen"),
+    ],
 )
 def test_resume_gives_the_same_losses(digits, stop_after, recluster_every, workers, variant):
     total = stop_after + 2
@@ -83,10 +112,10 @@ def test_resume_gives_the_same_losses(digits, stop_after, recluster_every, worke
         assert c["wrapper"].phase == a["wrapper"].schedule.phase_in_epoch(stop_after + 1)
         c["trainer"].train(start_epoch=stop_after + 1, num_epochs=total)
 
-    assert [l for e, l in first] == [l for e, l in full if e <= stop_after]
-    expected = [l for e, l in full if e > stop_after]
+    assert [x for e, x in first] == [x for e, x in full if e <= stop_after]
+    expected = [x for e, x in full if e > stop_after]
     assert len(resumed) == len(expected) > 0
-    np.testing.assert_allclose([l for e, l in resumed], expected, rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose([x for e, x in resumed], expected, rtol=1e-5, atol=1e-7)
     if variant == "masks":
         assert torch.equal(c["embedder"].masks, a["embedder"].masks)
     assert np.array_equal(c["sampler"].assignment, a["sampler"].assignment)

@@ -7,7 +7,7 @@ import torch
 from pytorch_metric_learning import testers
 from pytorch_metric_learning.utils.accuracy_calculator import AccuracyCalculator
 
-from conftest import Recorder, build, drop_index
+from helpers import Recorder, build, drop_index
 
 
 def test_each_batch_goes_to_the_learner_of_its_cluster_with_two_workers(digits):
@@ -64,8 +64,8 @@ def test_each_batch_goes_to_the_learner_of_its_cluster_with_two_workers(digits):
             used.add((epoch, learner))
         else:  # the full-embedding learner, after the 4 cluster learners
             assert learner == 4 and phase == ("full_embedding" if 5 <= epoch <= 7 else "all_data")
-    assert {l for e, l in used if e <= 2} == {0}
-    assert {l for e, l in used if 3 <= e <= 4} == {0, 1}
+    assert {x for e, x in used if e <= 2} == {0}
+    assert {x for e, x in used if 3 <= e <= 4} == {0, 1}
     # full embedding: batches still come from one cluster at a time (4 clusters), and reclustering goes on
     assert all(clusters_seen[e] == {0, 1, 2, 3} for e in (5, 6, 7))
     assert versions[7] > versions[6] > versions[4]
@@ -74,37 +74,6 @@ def test_each_batch_goes_to_the_learner_of_its_cluster_with_two_workers(digits):
     # restarts really happened: PML's on exhaustion plus ours after each reclustering (with workers prefetching)
     assert parts["sampler"]._generation >= 8
     assert len(accuracies) == epochs and accuracies[-1] > 0.8
-
-
-def test_hungarian_matching_keeps_learners_on_their_data(digits, monkeypatch):
-    from pml_divide_conquer import clustering
-
-    parts = build(digits, num_learners=4, grow=False, recluster_every=1)
-    w, trainer, sampler = parts["wrapper"], parts["trainer"], parts["sampler"]
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        w.prepare(trainer)
-        first = sampler.assignment.copy()
-        # k-means finds the same clusters but numbers them differently (a 4-cycle, not its own inverse) ...
-        cycle = np.array([1, 2, 3, 0])
-        monkeypatch.setattr(clustering, "kmeans_with_retries", lambda *a, **k: cycle[first])
-        # ... and reclustering gives each learner back the cluster it trained on
-        w.recluster(trainer)
-    assert np.array_equal(sampler.assignment, first)
-
-
-def test_clustering_uses_pml_tester_embeddings(digits):
-    parts = build(digits, num_learners=2)
-    parts["wrapper"].cluster_on = "embedding"
-    emb = parts["wrapper"].embed_training_set(parts["trainer"])
-    tester = testers.BaseTester(data_device=torch.device("cpu"), dataloader_num_workers=0,
-                                data_and_label_getter=lambda b: b[:2])
-    ref, _ = tester.get_all_embeddings(digits, parts["trunk"], parts["embedder"], return_as_numpy=True)
-    assert np.allclose(emb, ref, atol=1e-6)
-    assert np.allclose(np.linalg.norm(emb, axis=1), 1.0, atol=1e-5)
-    trunk_parts = build(digits, num_learners=2)
-    assert trunk_parts["wrapper"].cluster_on == "trunk"  # the default, as in the reference code
-    assert trunk_parts["wrapper"].embed_training_set(trunk_parts["trainer"]).shape == (len(digits), 32)
 
 
 def test_reclustering_with_workers_leaves_no_tracebacks(digits, capfd):

@@ -85,7 +85,7 @@ def test_without_replacement_while_a_class_has_samples_left():
     for _, b in batches:
         for c in range(4):
             used[c].extend(b[labels[b] == c].tolist())
-    for c, seq in used.items():
+    for seq in used.values():
         for start in range(0, len(seq) - 11, 12):  # every full round of a class has no repeat
             assert len(set(seq[start : start + 12])) == 12
 

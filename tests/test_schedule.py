@@ -33,8 +33,23 @@ def test_full_embedding_phase_keeps_cluster_batches_and_reclustering():
 def test_cvpr_schedule_clusters_before_training_and_every_T():
     s = DivideConquerSchedule(num_learners=8, recluster_every=2, grow=False, full_embedding_epoch=4, all_data_epoch=7)
     assert s.step_after_epoch(0).action == RECLUSTER
-    assert [s.step_after_epoch(e).action for e in range(1, 9)] == [NONE, RECLUSTER, NONE, RECLUSTER, NONE, ALL_DATA, NONE, NONE]
-    assert [str(s.phase_in_epoch(e)) for e in (3, 4, 6, 7, 8)] == ["divide", "full_embedding", "full_embedding", "all_data", "all_data"]
+    assert [s.step_after_epoch(e).action for e in range(1, 9)] == [
+        NONE,
+        RECLUSTER,
+        NONE,
+        RECLUSTER,
+        NONE,
+        ALL_DATA,
+        NONE,
+        NONE,
+    ]
+    assert [str(s.phase_in_epoch(e)) for e in (3, 4, 6, 7, 8)] == [
+        "divide",
+        "full_embedding",
+        "full_embedding",
+        "all_data",
+        "all_data",
+    ]
 
 
 def test_the_authors_schedules_for_their_epochs_and_scaled():

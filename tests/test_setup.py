@@ -38,8 +38,9 @@ def run_setup(tmp_path, **env):
     _shim(bin_dir / "dpkg", "exit 0\n")
     base = {k: v for k, v in os.environ.items() if k not in ("TORCH_INDEX_URL", "TORCH_SPEC", "PYTHON")}
     env = {**base, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}", **env}
-    result = subprocess.run(["bash", str(repo / "scripts" / "setup.sh")], env=env, capture_output=True, text=True,
-                            timeout=60)
+    result = subprocess.run(
+        ["bash", str(repo / "scripts" / "setup.sh")], env=env, capture_output=True, text=True, timeout=60
+    )
     assert result.returncode == 0, result.stdout + result.stderr
     calls = [line.split("\t") for line in log.read_text().splitlines()]
     return [c for c in calls if c[:3] == ["-m", "pip", "install"]], calls

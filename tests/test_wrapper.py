@@ -7,9 +7,10 @@ import pytest
 import torch
 from pytorch_metric_learning import losses, miners, samplers, testers, trainers
 
-from conftest import build
+from lab.datasets import ArrayDataset
 from pml_divide_conquer import ClusterSampler, DivideConquerSchedule, DivideConquerWrapper, SubspaceMaskedEmbedder
-from pml_divide_conquer.datasets import ArrayDataset
+
+from helpers import build
 
 
 def wrapper_for(labels, loss=None, num_learners=2, **kw):
@@ -26,10 +27,16 @@ def trainer_for(wrapper, labels, dim=8):
     if any(p.requires_grad for p in wrapper.parameters()):
         optimizers["metric_loss_optimizer"] = torch.optim.Adam(wrapper.parameters(), lr=1e-3)
     trainer = trainers.MetricLossOnly(
-        models={"trunk": torch.nn.Identity(), "embedder": wrapper.embedder}, optimizers=optimizers,
-        batch_size=wrapper.sampler.batch_size, loss_funcs={"metric_loss": wrapper}, dataset=ds,
-        sampler=wrapper.sampler, dataloader_num_workers=0, data_device=torch.device("cpu"),
-        end_of_epoch_hook=wrapper.get_end_of_epoch_hook())
+        models={"trunk": torch.nn.Identity(), "embedder": wrapper.embedder},
+        optimizers=optimizers,
+        batch_size=wrapper.sampler.batch_size,
+        loss_funcs={"metric_loss": wrapper},
+        dataset=ds,
+        sampler=wrapper.sampler,
+        dataloader_num_workers=0,
+        data_device=torch.device("cpu"),
+        end_of_epoch_hook=wrapper.get_end_of_epoch_hook(),
+    )
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         wrapper.prepare(trainer)
@@ -61,13 +68,20 @@ def test_sampler_and_embedder_types_are_checked():
     with pytest.raises(TypeError, match="must be a ClusterSampler"):
         DivideConquerWrapper(losses.ContrastiveLoss(), embedder=emb, sampler=samplers.MPerClassSampler(LABELS, 4))
     with pytest.raises(TypeError, match="SubspaceMaskedEmbedder"):
-        DivideConquerWrapper(losses.ContrastiveLoss(), embedder=torch.nn.Identity(), sampler=ClusterSampler(LABELS, batch_size=8, m=4))
+        DivideConquerWrapper(
+            losses.ContrastiveLoss(), embedder=torch.nn.Identity(), sampler=ClusterSampler(LABELS, batch_size=8, m=4)
+        )
     with pytest.raises(TypeError, match="PML miner"):
-        DivideConquerWrapper(losses.ContrastiveLoss(), torch.nn.Identity(), embedder=emb, sampler=ClusterSampler(LABELS, batch_size=8, m=4))
+        DivideConquerWrapper(
+            losses.ContrastiveLoss(),
+            torch.nn.Identity(),
+            embedder=emb,
+            sampler=ClusterSampler(LABELS, batch_size=8, m=4),
+        )
 
 
 @pytest.mark.parametrize(
-    "loss", [losses.SelfSupervisedLoss(losses.TripletMarginLoss()), losses.VICRegLoss()], ids=lambda l: type(l).__name__
+    "loss", [losses.SelfSupervisedLoss(losses.TripletMarginLoss()), losses.VICRegLoss()], ids=lambda x: type(x).__name__
 )
 def test_losses_without_labels_are_refused(loss):
     with pytest.raises(ValueError, match="does not use class labels"):
@@ -107,7 +121,10 @@ def test_trainer_batch_size_differing_from_sampler_is_refused(digits):
 @pytest.mark.parametrize("grow", [True, False])
 def test_training_without_prepare_is_refused_at_the_first_batch(digits, grow):
     parts = build(digits, grow=grow)
-    with pytest.raises(RuntimeError, match=r"call wrapper.prepare\(trainer\) before trainer.train"), warnings.catch_warnings():
+    with (
+        pytest.raises(RuntimeError, match=r"call wrapper.prepare\(trainer\) before trainer.train"),
+        warnings.catch_warnings(),
+    ):
         warnings.simplefilter("ignore")
         parts["trainer"].train(num_epochs=1)
 
@@ -157,8 +174,14 @@ def test_a_hook_of_ones_own_that_skips_the_step_is_caught_at_the_next_epoch(digi
 
 def test_trunk_is_frozen_in_the_first_epoch_after_each_reclustering(digits):
     lrs = []
-    parts = build(digits, num_learners=2, recluster_every=2, freeze_trunk_epochs=1, iterations_per_epoch=3,
-                  end_of_iteration_hook=lambda t: lrs.append((t.epoch, t.optimizers["trunk_optimizer"].param_groups[0]["lr"])))
+    parts = build(
+        digits,
+        num_learners=2,
+        recluster_every=2,
+        freeze_trunk_epochs=1,
+        iterations_per_epoch=3,
+        end_of_iteration_hook=lambda t: lrs.append((t.epoch, t.optimizers["trunk_optimizer"].param_groups[0]["lr"])),
+    )
     trunk = parts["trunk"]
     snapshots = []
     w = parts["wrapper"]
@@ -263,8 +286,14 @@ def test_full_embedding_phase_is_the_base_loss_on_the_whole_normalised_embedding
     labels = np.repeat(np.arange(8), 10)
     emb = SubspaceMaskedEmbedder(8, 2, mode=mode, embedder=torch.nn.Linear(8, 8))
     sampler = ClusterSampler(labels, batch_size=8, m=4, seed=0)
-    w = DivideConquerWrapper(losses.ContrastiveLoss(), embedder=emb, sampler=sampler, grow=False,
-                             full_embedding_epoch=1, orthogonality_weight=1.0)
+    w = DivideConquerWrapper(
+        losses.ContrastiveLoss(),
+        embedder=emb,
+        sampler=sampler,
+        grow=False,
+        full_embedding_epoch=1,
+        orthogonality_weight=1.0,
+    )
     trainer_for(w, labels)  # prepare(): clusters into K=2, then the full-embedding phase from epoch 1
     assert str(w.phase) == "full_embedding" and sampler.num_clusters == 2
     it = iter(sampler)

@@ -1,0 +1,41 @@
+"""Looking inside a D&C model: retrieval per subspace, cluster purity."""
+
+import warnings
+
+import numpy as np
+import pytest
+
+from pml_divide_conquer.evaluation import cluster_purity, evaluate_subspaces
+
+from helpers import IndexedDataset, build, drop_index
+
+
+@pytest.fixture(scope="module")
+def small(digits):
+    keep = np.arange(0, len(digits), 3)
+    return IndexedDataset(digits.data[keep].numpy(), digits.labels[keep])
+
+
+def test_per_subspace_evaluation_and_cluster_purity(small):
+    parts, _seen = build(small, num_learners=2, mode="fixed", recluster_every=1, iterations_per_epoch=20), None
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        parts["wrapper"].prepare(parts["trainer"])
+        parts["trainer"].train(num_epochs=2)
+    w = parts["wrapper"]
+    results = evaluate_subspaces(
+        parts["trunk"], parts["embedder"], small, w.num_active, data_and_label_getter=drop_index
+    )
+    assert set(results) == {"full", "learner0", "learner1"}
+    for r in results.values():
+        assert 0.0 < r["precision_at_1"] <= 1.0 and 0.0 <= r["NMI"] <= 1.0
+    assert results["learner0"] != results["learner1"]
+    per_cluster, overall = cluster_purity(parts["sampler"].assignment, small.labels, 2)
+    assert per_cluster.shape == (2,) and 0.1 <= overall <= 1.0
+    assert np.all((per_cluster > 0) & (per_cluster <= 1))
+
+
+def test_cluster_purity_by_hand():
+    per, overall = cluster_purity([0, 0, 0, 2, 2], [1, 1, 2, 3, 3], num_clusters=3)
+    assert np.allclose(per[[0, 2]], [2 / 3, 1.0]) and np.isnan(per[1])
+    assert overall == pytest.approx(4 / 5)

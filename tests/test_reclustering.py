@@ -1,0 +1,67 @@
+"""Reclustering: the training set embedded through PML's tester, clustered, matched to the learners."""
+
+import warnings
+
+import numpy as np
+import pytest
+import torch
+from pytorch_metric_learning import testers
+
+from pml_divide_conquer.reclustering import Reclusterer
+
+from helpers import build
+
+
+def test_hungarian_matching_keeps_learners_on_their_data(digits, monkeypatch):
+    from pml_divide_conquer import clustering
+
+    parts = build(digits, num_learners=4, grow=False, recluster_every=1)
+    w, trainer, sampler = parts["wrapper"], parts["trainer"], parts["sampler"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        w.prepare(trainer)
+        first = sampler.assignment.copy()
+        # k-means finds the same clusters but numbers them differently (a 4-cycle, not its own inverse) ...
+        cycle = np.array([1, 2, 3, 0])
+        monkeypatch.setattr(clustering, "kmeans_with_retries", lambda *a, **k: cycle[first])
+        # ... and reclustering gives each learner back the cluster it trained on
+        w.recluster(trainer)
+    assert np.array_equal(sampler.assignment, first)
+
+
+def test_clustering_uses_pml_tester_embeddings(digits):
+    parts = build(digits, num_learners=2)
+    parts["wrapper"].reclusterer.cluster_on = "embedding"
+    emb = parts["wrapper"].embed_training_set(parts["trainer"])
+    tester = testers.BaseTester(
+        data_device=torch.device("cpu"), dataloader_num_workers=0, data_and_label_getter=lambda b: b[:2]
+    )
+    ref, _ = tester.get_all_embeddings(digits, parts["trunk"], parts["embedder"], return_as_numpy=True)
+    assert np.allclose(emb, ref, atol=1e-6)
+    assert np.allclose(np.linalg.norm(emb, axis=1), 1.0, atol=1e-5)
+    trunk_parts = build(digits, num_learners=2)
+    assert trunk_parts["wrapper"].reclusterer.cluster_on == "trunk"  # the default, as in the reference code
+    assert trunk_parts["wrapper"].embed_training_set(trunk_parts["trainer"]).shape == (len(digits), 32)
+
+
+def test_a_split_reclusters_at_the_current_K_matches_then_splits_every_cluster_in_two():
+    rng = np.random.default_rng(0)
+    centers = rng.normal(size=(8, 6))
+    labels = np.repeat(np.arange(16), 20)
+    emb = (centers[labels // 2] + 0.05 * rng.normal(size=(len(labels), 6))).astype(np.float32)
+    r = Reclusterer(seed=0)
+    current = r.cluster(emb, labels, np.zeros(len(labels), dtype=np.int64), current_k=1, k=2, split=True)
+    new = r.cluster(emb, labels, 1 - current, current_k=2, k=4, split=True)  # the same clusters, numbered 1, 0
+    assert set(np.unique(new)) == {0, 1, 2, 3}
+    assert np.array_equal(new // 2, 1 - current)  # children 2c and 2c+1 of (the match of) cluster c
+    with pytest.raises(ValueError, match="cannot split 2 clusters into 3"):
+        r.cluster(emb, labels, current, current_k=2, k=3, split=True)
+
+
+def test_cluster_space_and_the_time_of_each_part(digits):
+    with pytest.raises(ValueError, match='cluster_on must be "trunk" or "embedding"'):
+        Reclusterer(cluster_on="features")
+    parts = build(digits, num_learners=2)
+    r = parts["wrapper"].reclusterer
+    new = r.assign(parts["trainer"], parts["sampler"].labels, parts["sampler"].assignment, current_k=1, k=2, split=True)
+    assert sorted(np.unique(new)) == [0, 1] and 0 < r.clustering_seconds < r.seconds
