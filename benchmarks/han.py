@@ -29,6 +29,7 @@ import hashlib
 import json
 import multiprocessing
 import os
+import re
 import shlex
 import sys
 import time
@@ -607,6 +608,7 @@ def parser():
     p.add_argument("--losses", default=None, type=lambda s: s.split(","), help="default: margin (gate), all (table)")
     p.add_argument("--jobs", type=int, default=2, help="parallel runs on the CPU (one torch thread each)")
     p.add_argument("--methods", default="baseline,dc", type=lambda v: v.split(","), help="run only these methods")
+    p.add_argument("--only", default=None, help="run only the settings whose name matches this regular expression")
     p.add_argument("--set", default=None, help='JSON of Config changes for every run, e.g. {"epochs": 20}')
     p.add_argument("--lr", type=float, default=None, help="tune: skip round 1 and use this learning rate")
     p.add_argument("--round", type=int, default=2, choices=sorted(TUNE_ROUNDS), help="tune: the grid after round 1")
@@ -649,7 +651,8 @@ def main(argv=None):
         else:
             named_records = []
         named = tune_configs(base, args.seeds, best, args.round)
-    keep = [i for i, (_, c) in enumerate(named) if c.method in args.methods]
+    keep = [i for i, (n, c) in enumerate(named)
+            if c.method in args.methods and (args.only is None or re.search(args.only, n))]
     named = [named[i] for i in keep]
     regimes = [regimes[i] for i in keep] if regimes else None
     records = run_all([c for _, c in named], args, f"han {args.command}")
