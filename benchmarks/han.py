@@ -372,7 +372,7 @@ def run_job(job):
     return dict(**dataclasses.asdict(cfg), split=split, train_seconds=round(seconds, 1), **stats, **acc)
 
 
-def run_all(configs, args, progress_desc):
+def run_all(configs, args, progress_desc, names=None):
     """Run every config (after the shared pretraining); returns the records in the order of ``configs``."""
     from tqdm import tqdm
 
@@ -397,7 +397,7 @@ def run_all(configs, args, progress_desc):
     if args.device != "cpu" or args.jobs <= 1:
         for i, job in enumerate(jobs):
             records[i] = run_job(job)
-            keep_partial(records[i], args)
+            keep_partial(records[i], args, names and names[i])
             bar.update()
             bar.write(describe(records[i]))
     else:
@@ -406,15 +406,18 @@ def run_all(configs, args, progress_desc):
             futures = {pool.submit(run_job, job): i for i, job in enumerate(jobs)}
             for f in cf.as_completed(futures):
                 records[futures[f]] = f.result()
-                keep_partial(records[futures[f]], args)
+                keep_partial(records[futures[f]], args, names and names[futures[f]])
                 bar.update()
                 bar.write(describe(records[futures[f]]))
     bar.close()
     return records
 
 
-def keep_partial(record, args):
-    """Append each finished run to ``han_runs.jsonl`` in --out, so that an interrupted run keeps what it did."""
+def keep_partial(record, args, name=None):
+    """Append each finished run to ``han_runs.jsonl`` in --out, so that an interrupted run keeps what it did
+    (``han.py report --from`` makes a table of such files)."""
+    if name:
+        record["setting"] = name
     with open(Path(args.out) / "han_runs.jsonl", "a") as f:
         f.write(json.dumps(record) + "\n")
 
@@ -429,7 +432,22 @@ def variant_name(r):
         return "baseline"
     heads = f", {r['heads'].replace('_', '-')} heads" if r["loss"] == "arcface" else ""
     grow = "" if r["grow"] else " K fixed"
-    return f"D&C K={r['num_learners']} {r['mode']}, {r['schedule']}{grow} phases{heads}"
+    random = ", random clusters" if r.get("random_clusters") else ""
+    return f"D&C K={r['num_learners']} {r['mode']}, {r['schedule']}{grow} phases{heads}{random}"
+
+
+def load_records(paths):
+    """Records of ``han_runs.jsonl`` files (one per finished run), named, each (setting, loss, seed) once."""
+    out = {}
+    for path in paths:
+        for line in Path(path).read_text().splitlines():
+            r = json.loads(line)
+            r.setdefault("setting", variant_name(r))
+            out.setdefault((r["setting"], r["loss"], r["seed"]), r)
+    records = list(out.values())
+    # per loss: the baseline first, then the settings in the order they were first met
+    order = {loss: i for i, loss in enumerate(dict.fromkeys(r["loss"] for r in records))}
+    return sorted(records, key=lambda r: (order[r["loss"]], r["method"] != "baseline"))
 
 
 # ----------------------------------------------------------------------------------------------------- tables
@@ -598,7 +616,8 @@ def tune_configs(base, seeds, best_lr=None, round_=2):
 
 def parser():
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("command", choices=["gate", "tune", "table", "ablation", "sweep"])
+    p.add_argument("command", choices=["gate", "tune", "table", "ablation", "sweep", "report"])
+    p.add_argument("--from", dest="sources", nargs="+", default=[], help="report: han_runs.jsonl files to tabulate")
     p.add_argument("--axis", default="classes", choices=["classes", "epochs", "pretrained"], help="sweep: the regime")
     p.add_argument("--preset", default="cpu", choices=list(PRESETS))
     p.add_argument("--device", default="cpu")
@@ -626,6 +645,15 @@ def main(argv=None):
         base = base.but(**json.loads(args.set))
     start = time.perf_counter()
     regimes = None
+    if args.command == "report":
+        if not args.sources:
+            raise SystemExit("han.py report: give the han_runs.jsonl files to tabulate with --from")
+        records = load_records(args.sources)
+        seeds = len({r["seed"] for r in records})
+        title = f"Han test classes, runs of {', '.join(args.sources)} ({seeds} seeds)"
+        command = "python benchmarks/han.py " + shlex.join(sys.argv[1:] if argv is None else argv)
+        report(out, "han_report", title, table(records), command)
+        return records
     if args.command == "gate":
         named = gate_configs(base, args.seeds, tuple(args.losses or ("margin",)))
     elif args.command == "ablation":
@@ -655,7 +683,7 @@ def main(argv=None):
             if c.method in args.methods and (args.only is None or re.search(args.only, n))]
     named = [named[i] for i in keep]
     regimes = [regimes[i] for i in keep] if regimes else None
-    records = run_all([c for _, c in named], args, f"han {args.command}")
+    records = run_all([c for _, c in named], args, f"han {args.command}", [n for n, _ in named])
     for i, ((name, _), r) in enumerate(zip(named, records)):
         r["setting"] = name
         if regimes:
