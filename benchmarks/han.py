@@ -430,6 +430,8 @@ def describe(r):
 def variant_name(r):
     if r["method"] == "baseline":
         return "baseline"
+    if all(r.get(k) == v for k, v in CHOSEN.items()) and not r.get("random_clusters"):
+        return "D&C (chosen)"
     heads = f", {r['heads'].replace('_', '-')} heads" if r["loss"] == "arcface" else ""
     grow = "" if r["grow"] else " K fixed"
     random = ", random clusters" if r.get("random_clusters") else ""
@@ -443,11 +445,9 @@ def load_records(paths):
         for line in Path(path).read_text().splitlines():
             r = json.loads(line)
             r.setdefault("setting", variant_name(r))
-            out.setdefault((r["setting"], r["loss"], r["seed"]), r)
-    records = list(out.values())
-    # per loss: the baseline first, then the settings in the order they were first met
-    order = {loss: i for i, loss in enumerate(dict.fromkeys(r["loss"] for r in records))}
-    return sorted(records, key=lambda r: (order[r["loss"]], r["method"] != "baseline"))
+            regime = tuple(r.get(k) for k in ("loss", "epochs", "train_classes", "pretrain_epochs", "trunk"))
+            out.setdefault((r["setting"], r["seed"], regime), r)
+    return list(out.values())
 
 
 # ----------------------------------------------------------------------------------------------------- tables
@@ -465,7 +465,8 @@ def paired_difference(values, base):
 def table(records, group_keys=("loss",)):
     rows = []
     for group in dict.fromkeys(tuple(r[k] for k in group_keys) for r in records):
-        runs_g = [r for r in records if tuple(r[k] for k in group_keys) == group]
+        runs_g = sorted((r for r in records if tuple(r[k] for k in group_keys) == group),
+                        key=lambda r: r["method"] != "baseline")  # the baseline first, then in the order given
         base = sorted((r for r in runs_g if r["method"] == "baseline"), key=lambda r: r["seed"])
         for name in dict.fromkeys(r["setting"] for r in runs_g):
             runs = sorted((r for r in runs_g if r["setting"] == name), key=lambda r: r["seed"])
@@ -478,7 +479,8 @@ def table(records, group_keys=("loss",)):
                 mean, half = paired_difference([r["recall_at_1"] for r in runs], [r["recall_at_1"] for r in base])
                 delta = f"{mean:+.1f} ± {half:.1f}"
             secs = np.mean([r["train_seconds"] for r in runs])
-            rows.append([*group, name, *cells, delta, f"{secs:.0f}"])
+            shown = [("all" if k == "train_classes" and v == 0 else v) for k, v in zip(group_keys, group)]
+            rows.append([*shown, name, *cells, delta, f"{secs:.0f}"])
     return markdown_table([*group_keys, "setting", *METRIC_NAMES, "ΔR@1 vs baseline (95 % CI)", "train s"], rows)
 
 
@@ -548,13 +550,19 @@ def ablation_configs(base, seeds, loss="margin"):
     return [(name, cfg.but(seed=s)) for name, cfg in rows for s in range(seeds)]
 
 
-def sweep_configs(base, seeds, axis, loss="margin"):
-    """Baseline and D&C (chosen) across a regime axis: training classes, epochs, or pretrained vs from scratch."""
-    values = {
-        "classes": [(f"{n} training classes", dict(train_classes=n)) for n in (300, 1000, 3000)],
-        "epochs": [(f"{n} epochs", dict(epochs=n)) for n in (6, 12, 24)],
-        "pretrained": [("pretrained trunk", {}), ("trunk from scratch", dict(pretrain_epochs=0, freeze_batchnorm=False))],
+SWEEP_VALUES = {"classes": (300, 1000, 3000), "epochs": (6, 12, 24), "pretrained": ("pretrained", "scratch")}
+
+
+def sweep_configs(base, seeds, axis, loss="margin", values=None):
+    """Baseline and D&C (chosen) across a regime axis: training classes, epochs, or pretrained vs from scratch
+    (``values``: a subset of ``SWEEP_VALUES[axis]``)."""
+    regimes = {
+        "classes": lambda n: (f"{n} training classes", dict(train_classes=int(n))),
+        "epochs": lambda n: (f"{n} epochs", dict(epochs=int(n))),
+        "pretrained": lambda v: {"pretrained": ("pretrained trunk", {}),
+                                 "scratch": ("trunk from scratch", dict(pretrain_epochs=0, freeze_batchnorm=False))}[v],
     }[axis]
+    values = [regimes(v) for v in (values or SWEEP_VALUES[axis])]
     out = []
     for regime, changes in values:
         for name, method in (("baseline", dict(method="baseline")), ("D&C (chosen)", CHOSEN)):
@@ -619,6 +627,8 @@ def parser():
     p.add_argument("command", choices=["gate", "tune", "table", "ablation", "sweep", "report"])
     p.add_argument("--from", dest="sources", nargs="+", default=[], help="report: han_runs.jsonl files to tabulate")
     p.add_argument("--axis", default="classes", choices=["classes", "epochs", "pretrained"], help="sweep: the regime")
+    p.add_argument("--values", default=None, type=lambda v: v.split(","), help="sweep: these values of the axis only")
+    p.add_argument("--group", default="loss", help="report: the record field that groups the rows (loss, epochs, ...)")
     p.add_argument("--preset", default="cpu", choices=list(PRESETS))
     p.add_argument("--device", default="cpu")
     p.add_argument("--npz", default=None, help="prebuilt arrays (benchmarks/setup_han.sh); default: render/cached")
@@ -652,14 +662,14 @@ def main(argv=None):
         seeds = len({r["seed"] for r in records})
         title = f"Han test classes, runs of {', '.join(args.sources)} ({seeds} seeds)"
         command = "python benchmarks/han.py " + shlex.join(sys.argv[1:] if argv is None else argv)
-        report(out, "han_report", title, table(records), command)
+        report(out, "han_report", title, table(records, (args.group,)), command)
         return records
     if args.command == "gate":
         named = gate_configs(base, args.seeds, tuple(args.losses or ("margin",)))
     elif args.command == "ablation":
         named = ablation_configs(base, args.seeds, (args.losses or ["margin"])[0])
     elif args.command == "sweep":
-        triples = sweep_configs(base, args.seeds, args.axis, (args.losses or ["margin"])[0])
+        triples = sweep_configs(base, args.seeds, args.axis, (args.losses or ["margin"])[0], args.values)
         regimes = [t[0] for t in triples]
         named = [(name, cfg) for _, name, cfg in triples]
     elif args.command == "table":
