@@ -29,6 +29,7 @@ import hashlib
 import json
 import multiprocessing
 import os
+import re
 import shlex
 import sys
 import time
@@ -249,7 +250,7 @@ def pretrain(cfg, data, device, out):
     opt = torch.optim.Adam(list(trunk.parameters()) + list(head.parameters()), lr=cfg.pretrain_lr)
     gen = torch.Generator().manual_seed(1234)
     n, b = len(ds), cfg.pretrain_batch_size
-    for _epoch in range(cfg.pretrain_epochs):
+    for _ in range(cfg.pretrain_epochs):
         trunk.train()
         perm = torch.randperm(n, generator=gen)
         for i in range(0, n - b + 1, b):
@@ -425,7 +426,7 @@ def run_job(job):
     return dict(**dataclasses.asdict(cfg), split=split, train_seconds=round(seconds, 1), **stats, **acc)
 
 
-def run_all(configs, args, progress_desc):
+def run_all(configs, args, progress_desc, names=None):
     """Run every config (after the shared pretraining); returns the records in the order of ``configs``."""
     from tqdm import tqdm
 
@@ -451,7 +452,7 @@ def run_all(configs, args, progress_desc):
     if args.device != "cpu" or args.jobs <= 1:
         for i, job in enumerate(jobs):
             records[i] = run_job(job)
-            keep_partial(records[i], args)
+            keep_partial(records[i], args, names and names[i])
             bar.update()
             bar.write(describe(records[i]))
     else:
@@ -460,15 +461,18 @@ def run_all(configs, args, progress_desc):
             futures = {pool.submit(run_job, job): i for i, job in enumerate(jobs)}
             for f in cf.as_completed(futures):
                 records[futures[f]] = f.result()
-                keep_partial(records[futures[f]], args)
+                keep_partial(records[futures[f]], args, names and names[futures[f]])
                 bar.update()
                 bar.write(describe(records[futures[f]]))
     bar.close()
     return records
 
 
-def keep_partial(record, args):
-    """Append each finished run to ``han_runs.jsonl`` in --out, so that an interrupted run keeps what it did."""
+def keep_partial(record, args, name=None):
+    """Append each finished run to ``han_runs.jsonl`` in --out, so that an interrupted run keeps what it did
+    (``han.py report --from`` makes a table of such files)."""
+    if name:
+        record["setting"] = name
     with open(Path(args.out) / "han_runs.jsonl", "a") as f:
         f.write(json.dumps(record) + "\n")
 
@@ -483,9 +487,24 @@ def describe(r):
 def variant_name(r):
     if r["method"] == "baseline":
         return "baseline"
+    if all(r.get(k) == v for k, v in CHOSEN.items()) and not r.get("random_clusters"):
+        return "D&C (chosen)"
     heads = f", {r['heads'].replace('_', '-')} heads" if r["loss"] == "arcface" else ""
     grow = "" if r["grow"] else " K fixed"
-    return f"D&C K={r['num_learners']} {r['mode']}, {r['schedule']}{grow} phases{heads}"
+    random = ", random clusters" if r.get("random_clusters") else ""
+    return f"D&C K={r['num_learners']} {r['mode']}, {r['schedule']}{grow} phases{heads}{random}"
+
+
+def load_records(paths):
+    """Records of ``han_runs.jsonl`` files (one per finished run), named, each (setting, loss, seed) once."""
+    out = {}
+    for path in paths:
+        for line in Path(path).read_text().splitlines():
+            r = json.loads(line)
+            r.setdefault("setting", variant_name(r))
+            regime = tuple(r.get(k) for k in ("loss", "epochs", "train_classes", "pretrain_epochs", "trunk"))
+            out.setdefault((r["setting"], r["seed"], regime), r)
+    return list(out.values())
 
 
 # ----------------------------------------------------------------------------------------------------- tables
@@ -503,7 +522,9 @@ def paired_difference(values, base):
 def table(records, group_keys=("loss",)):
     rows = []
     for group in dict.fromkeys(tuple(r[k] for k in group_keys) for r in records):
-        runs_g = [r for r in records if tuple(r[k] for k in group_keys) == group]
+        runs_g = sorted(
+            (r for r in records if tuple(r[k] for k in group_keys) == group), key=lambda r: r["method"] != "baseline"
+        )  # the baseline first, then in the order given
         base = sorted((r for r in runs_g if r["method"] == "baseline"), key=lambda r: r["seed"])
         for name in dict.fromkeys(r["setting"] for r in runs_g):
             runs = sorted((r for r in runs_g if r["setting"] == name), key=lambda r: r["seed"])
@@ -516,7 +537,8 @@ def table(records, group_keys=("loss",)):
                 mean, half = paired_difference([r["recall_at_1"] for r in runs], [r["recall_at_1"] for r in base])
                 delta = f"{mean:+.1f} ± {half:.1f}"
             secs = np.mean([r["train_seconds"] for r in runs])
-            rows.append([*group, name, *cells, delta, f"{secs:.0f}"])
+            shown = [("all" if k == "train_classes" and v == 0 else v) for k, v in zip(group_keys, group)]
+            rows.append([*shown, name, *cells, delta, f"{secs:.0f}"])
     return markdown_table([*group_keys, "setting", *METRIC_NAMES, "ΔR@1 vs baseline (95 % CI)", "train s"], rows)
 
 
@@ -528,7 +550,7 @@ def plot(records, path, title):
     for i, (loss, name) in enumerate(groups):
         v = [100 * r["recall_at_1"] for r in records if (r[key], r["setting"]) == (loss, name)]
         ax.barh(i, np.mean(v), xerr=np.std(v), capsize=3, color="C0" if name == "baseline" else "C1")
-    ax.set_yticks(range(len(groups)), [f"{x}: {n}" for x, n in groups], fontsize=7)
+    ax.set_yticks(range(len(groups)), [f"{g}: {n}" for g, n in groups], fontsize=7)
     ax.invert_yaxis()
     lo = min(100 * r["recall_at_1"] for r in records)
     ax.set_xlim(max(0, lo - 5), min(100, max(100 * r["recall_at_1"] for r in records) + 3))
@@ -588,16 +610,21 @@ def ablation_configs(base, seeds, loss="margin"):
     return [(name, cfg.but(seed=s)) for name, cfg in rows for s in range(seeds)]
 
 
-def sweep_configs(base, seeds, axis, loss="margin"):
-    """Baseline and D&C (chosen) across a regime axis: training classes, epochs, or pretrained vs from scratch."""
-    values = {
-        "classes": [(f"{n} training classes", dict(train_classes=n)) for n in (300, 1000, 3000)],
-        "epochs": [(f"{n} epochs", dict(epochs=n)) for n in (6, 12, 24)],
-        "pretrained": [
-            ("pretrained trunk", {}),
-            ("trunk from scratch", dict(pretrain_epochs=0, freeze_batchnorm=False)),
-        ],
+SWEEP_VALUES = {"classes": (300, 1000, 3000), "epochs": (6, 12, 24), "pretrained": ("pretrained", "scratch")}
+
+
+def sweep_configs(base, seeds, axis, loss="margin", values=None):
+    """Baseline and D&C (chosen) across a regime axis: training classes, epochs, or pretrained vs from scratch
+    (``values``: a subset of ``SWEEP_VALUES[axis]``)."""
+    regimes = {
+        "classes": lambda n: (f"{n} training classes", dict(train_classes=int(n))),
+        "epochs": lambda n: (f"{n} epochs", dict(epochs=int(n))),
+        "pretrained": lambda v: {
+            "pretrained": ("pretrained trunk", {}),
+            "scratch": ("trunk from scratch", dict(pretrain_epochs=0, freeze_batchnorm=False)),
+        }[v],
     }[axis]
+    values = [regimes(v) for v in (values or SWEEP_VALUES[axis])]
     out = []
     for regime, changes in values:
         for name, method in (("baseline", dict(method="baseline")), ("D&C (chosen)", CHOSEN)):
@@ -679,8 +706,11 @@ def tune_configs(base, seeds, best_lr=None, round_=2):
 
 def parser():
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("command", choices=["gate", "tune", "table", "ablation", "sweep"])
+    p.add_argument("command", choices=["gate", "tune", "table", "ablation", "sweep", "report"])
+    p.add_argument("--from", dest="sources", nargs="+", default=[], help="report: han_runs.jsonl files to tabulate")
     p.add_argument("--axis", default="classes", choices=["classes", "epochs", "pretrained"], help="sweep: the regime")
+    p.add_argument("--values", default=None, type=lambda v: v.split(","), help="sweep: these values of the axis only")
+    p.add_argument("--group", default="loss", help="report: the record field that groups the rows (loss, epochs, ...)")
     p.add_argument("--preset", default="cpu", choices=list(PRESETS))
     p.add_argument("--device", default="cpu")
     p.add_argument("--npz", default=None, help="prebuilt arrays (benchmarks/setup_han.sh); default: render/cached")
@@ -689,6 +719,7 @@ def parser():
     p.add_argument("--losses", default=None, type=lambda s: s.split(","), help="default: margin (gate), all (table)")
     p.add_argument("--jobs", type=int, default=2, help="parallel runs on the CPU (one torch thread each)")
     p.add_argument("--methods", default="baseline,dc", type=lambda v: v.split(","), help="run only these methods")
+    p.add_argument("--only", default=None, help="run only the settings whose name matches this regular expression")
     p.add_argument("--set", default=None, help='JSON of Config changes for every run, e.g. {"epochs": 20}')
     p.add_argument("--lr", type=float, default=None, help="tune: skip round 1 and use this learning rate")
     p.add_argument("--round", type=int, default=2, choices=sorted(TUNE_ROUNDS), help="tune: the grid after round 1")
@@ -706,12 +737,21 @@ def main(argv=None):
         base = base.but(**json.loads(args.set))
     start = time.perf_counter()
     regimes = None
+    if args.command == "report":
+        if not args.sources:
+            raise SystemExit("han.py report: give the han_runs.jsonl files to tabulate with --from")
+        records = load_records(args.sources)
+        seeds = len({r["seed"] for r in records})
+        title = f"Han test classes, runs of {', '.join(args.sources)} ({seeds} seeds)"
+        command = "python benchmarks/han.py " + shlex.join(sys.argv[1:] if argv is None else argv)
+        report(out, "han_report", title, table(records, (args.group,)), command)
+        return records
     if args.command == "gate":
         named = gate_configs(base, args.seeds, tuple(args.losses or ("margin",)))
     elif args.command == "ablation":
         named = ablation_configs(base, args.seeds, (args.losses or ["margin"])[0])
     elif args.command == "sweep":
-        triples = sweep_configs(base, args.seeds, args.axis, (args.losses or ["margin"])[0])
+        triples = sweep_configs(base, args.seeds, args.axis, (args.losses or ["margin"])[0], args.values)
         regimes = [t[0] for t in triples]
         named = [(name, cfg) for _, name, cfg in triples]
     elif args.command == "table":
@@ -731,10 +771,14 @@ def main(argv=None):
         else:
             named_records = []
         named = tune_configs(base, args.seeds, best, args.round)
-    keep = [i for i, (_, c) in enumerate(named) if c.method in args.methods]
+    keep = [
+        i
+        for i, (n, c) in enumerate(named)
+        if c.method in args.methods and (args.only is None or re.search(args.only, n))
+    ]
     named = [named[i] for i in keep]
     regimes = [regimes[i] for i in keep] if regimes else None
-    records = run_all([c for _, c in named], args, f"han {args.command}")
+    records = run_all([c for _, c in named], args, f"han {args.command}", [n for n, _ in named])
     for i, ((name, _), r) in enumerate(zip(named, records)):
         r["setting"] = name
         if regimes:

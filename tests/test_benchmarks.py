@@ -250,6 +250,22 @@ def test_han_benchmark_gate_runs_pretraining_baseline_and_dc(bench, tmp_path, ca
     dc = [r for r in records if r["method"] == "dc"]
     assert all(r["reclusterings"] >= 1 and 0 < r["kmeans_seconds"] < r["recluster_seconds"] for r in dc)
     assert list(tmp_path.glob("pretrained_*.pt"))  # pretrained once, cached for every run
+    # every finished run was kept with its setting name: `report` rebuilds the same table from the jsonl
+    lines = (tmp_path / "han_runs.jsonl").read_text().splitlines()
+    assert len(lines) == 4
+    again = han.main(
+        [
+            "report",
+            "--from",
+            str(tmp_path / "han_runs.jsonl"),
+            str(tmp_path / "han_runs.jsonl"),
+            "--out",
+            str(tmp_path / "report"),
+        ]
+    )
+    assert len(again) == 4  # each (setting, seed, regime) once, though given twice
+    assert (tmp_path / "report" / "han_report.md").read_text().count("| margin |") == 2
+    assert sorted(r["recall_at_1"] for r in again) == sorted(r["recall_at_1"] for r in records)
 
 
 def test_han_paired_difference_and_equal_tuning_budgets(bench):
