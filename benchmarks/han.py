@@ -4,6 +4,7 @@
     python benchmarks/han.py tune --out bench-out                  # tuning on the validation classes
     python benchmarks/han.py table --out bench-out                 # every variant, 4 losses, 3 seeds, test classes
     python benchmarks/han.py gate --preset gpu --device cuda --npz han.npz   # the GPU configuration
+    python benchmarks/han.py reclustering --out bench-out          # embedding pass vs training features
 
 The regime of the papers (Stanford Online Products: thousands of classes with few images each, a pretrained trunk),
 scaled down (``benchmarks/setup_han.sh`` renders the data once):
@@ -82,6 +83,7 @@ class Config:
     mode: str = "fixed"
     heads: str = "shared"
     cluster_on: str = "trunk"
+    recluster_from: str = "pass"  # "training": cluster the features training computed (no embedding pass)
     orthogonality_weight: float = 0.01
     mask_lr_multiplier: float = 100.0
     freeze_trunk_epochs: int = 0
@@ -325,6 +327,7 @@ def finetune(cfg, data, trunk_state, device):
             grow=cfg.grow,
             heads=cfg.heads,
             cluster_on=cfg.cluster_on,
+            recluster_from=cfg.recluster_from,
             orthogonality_weight=cfg.orthogonality_weight,
             freeze_trunk_epochs=cfg.freeze_trunk_epochs,
             cluster_batch_size=512,
@@ -374,7 +377,17 @@ def finetune(cfg, data, trunk_state, device):
         trainer.train(num_epochs=cfg.epochs)
     if device.type == "cuda":
         torch.cuda.synchronize()
-    return trunk, embedder, time.perf_counter() - start, stats
+    train_seconds = time.perf_counter() - start
+    if wrapper is not None:
+        # what a reclustering's embedding pass costs: one no-grad pass over the training set, timed once here
+        pass_start = time.perf_counter()
+        wrapper.embed_training_set(trainer)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        stats["pass_seconds"] = time.perf_counter() - pass_start
+        memory = wrapper.feature_memory
+        stats["feature_memory_bytes"] = 0 if memory is None else memory.nbytes
+    return trunk, embedder, train_seconds, stats
 
 
 @torch.no_grad()
@@ -487,12 +500,13 @@ def describe(r):
 def variant_name(r):
     if r["method"] == "baseline":
         return "baseline"
+    from_training = ", reclustered from training features" if r.get("recluster_from") == "training" else ""
     if all(r.get(k) == v for k, v in CHOSEN.items()) and not r.get("random_clusters"):
-        return "D&C (chosen)"
+        return "D&C (chosen)" + from_training
     heads = f", {r['heads'].replace('_', '-')} heads" if r["loss"] == "arcface" else ""
     grow = "" if r["grow"] else " K fixed"
     random = ", random clusters" if r.get("random_clusters") else ""
-    return f"D&C K={r['num_learners']} {r['mode']}, {r['schedule']}{grow} phases{heads}{random}"
+    return f"D&C K={r['num_learners']} {r['mode']}, {r['schedule']}{grow} phases{heads}{random}{from_training}"
 
 
 def load_records(paths):
@@ -610,6 +624,57 @@ def ablation_configs(base, seeds, loss="margin"):
     return [(name, cfg.but(seed=s)) for name, cfg in rows for s in range(seeds)]
 
 
+RECLUSTER_FROM = (("D&C (chosen), embedding pass", "pass"), ("D&C (chosen), from training features", "training"))
+
+
+def reclustering_configs(base, seeds, loss="margin"):
+    """The chosen D&C reclustering after a fresh embedding pass, and from the features training computed."""
+    return [
+        (name, base.but(loss=loss, seed=s, recluster_from=v, **CHOSEN))
+        for name, v in RECLUSTER_FROM
+        for s in range(seeds)
+    ]
+
+
+def reclustering_table(records):
+    """R@1 and what a reclustering costs, per way of reclustering; the R@1 difference to the embedding pass."""
+    rows = []
+    base = sorted((r for r in records if r["recluster_from"] == "pass"), key=lambda r: r["seed"])
+    for name, v in RECLUSTER_FROM:
+        runs = sorted((r for r in records if r["recluster_from"] == v), key=lambda r: r["seed"])
+        if not runs:
+            continue
+        r1 = 100 * np.array([r["recall_at_1"] for r in runs])
+        ratio = np.array([(r["recluster_seconds"] - r["kmeans_seconds"]) / r["pass_seconds"] for r in runs])
+        delta = ""
+        if v != "pass" and [r["seed"] for r in runs] == [r["seed"] for r in base]:
+            mean, half = paired_difference([r["recall_at_1"] for r in runs], [r["recall_at_1"] for r in base])
+            delta = f"{mean:+.2f} ± {half:.2f}"
+        rows.append(
+            [
+                name,
+                f"{r1.mean():.1f} ± {r1.std():.1f}",
+                delta,
+                f"{np.mean([r['recluster_seconds'] for r in runs]):.2f}",
+                f"{np.mean([r['kmeans_seconds'] for r in runs]):.2f}",
+                f"{np.mean([r['pass_seconds'] for r in runs]):.2f}",
+                f"{ratio.mean():.3f} ± {ratio.std():.3f}",
+                f"{np.mean([r['feature_memory_bytes'] for r in runs]) / 2**20:.1f}",
+            ]
+        )
+    header = [
+        "setting",
+        "R@1",
+        "ΔR@1 (95 % CI)",
+        "reclustering s",
+        "k-means s",
+        "one pass s",
+        "(reclustering − k-means) / pass",
+        "feature memory MiB",
+    ]
+    return markdown_table(header, rows)
+
+
 SWEEP_VALUES = {"classes": (300, 1000, 3000), "epochs": (6, 12, 24), "pretrained": ("pretrained", "scratch")}
 
 
@@ -706,7 +771,7 @@ def tune_configs(base, seeds, best_lr=None, round_=2):
 
 def parser():
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("command", choices=["gate", "tune", "table", "ablation", "sweep", "report"])
+    p.add_argument("command", choices=["gate", "tune", "table", "ablation", "sweep", "reclustering", "report"])
     p.add_argument("--from", dest="sources", nargs="+", default=[], help="report: han_runs.jsonl files to tabulate")
     p.add_argument("--axis", default="classes", choices=["classes", "epochs", "pretrained"], help="sweep: the regime")
     p.add_argument("--values", default=None, type=lambda v: v.split(","), help="sweep: these values of the axis only")
@@ -756,6 +821,8 @@ def main(argv=None):
         named = [(name, cfg) for _, name, cfg in triples]
     elif args.command == "table":
         named = table_configs(base, args.seeds, tuple(args.losses or LOSSES))
+    elif args.command == "reclustering":
+        named = reclustering_configs(base, args.seeds, (args.losses or ["margin"])[0])
     else:
         named = []
         best = args.lr
@@ -801,7 +868,8 @@ def main(argv=None):
     plot(records, out / f"{name}.png", title)
     command = "python benchmarks/han.py " + shlex.join(sys.argv[1:] if argv is None else argv)
     groups = ("regime",) if regimes else ("loss",)
-    report(out, name, f"{title} — {elapsed / 60:.1f} min", table(records, groups), command)
+    text = reclustering_table(records) if args.command == "reclustering" else table(records, groups)
+    report(out, name, f"{title} — {elapsed / 60:.1f} min", text, command)
     return records
 
 

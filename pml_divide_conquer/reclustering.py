@@ -36,7 +36,7 @@ class Reclusterer:
         seed: k-means seed, the same at every reclustering (trial t uses seed + t).
 
     After each :meth:`assign`, ``seconds`` and ``clustering_seconds`` hold how long it took, all of it and the
-    clustering part (k-means, matching, splits).
+    clustering part (k-means, matching, splits), and ``fresh_samples`` how many samples were embedded for it.
 
     Examples:
         >>> reclusterer = Reclusterer(cluster_on="trunk")
@@ -67,14 +67,17 @@ class Reclusterer:
         self.seed = int(seed)
         self.seconds = 0.0
         self.clustering_seconds = 0.0
+        self.fresh_samples = 0
 
-    def assign(self, trainer, labels, assignment, current_k, k, split=False):
+    def assign(self, trainer, labels, assignment, current_k, k, split=False, memory=None):
         """The new assignment (int64, one cluster id in [0, k) per sample) on every rank.
 
         ``assignment`` holds the current ``current_k`` clusters; with ``split``, ``k == 2 * current_k``.
+        ``memory``: a :class:`~pml_divide_conquer.feature_memory.FeatureMemory` to cluster instead of an
+        embedding pass (only the samples it has no fresh row for are embedded).
         """
         start = time.perf_counter()
-        emb = self.embed(trainer, labels)
+        emb = self.embed(trainer, labels) if memory is None else self.from_memory(trainer, labels, memory)
         # one rank clusters, all ranks get its result (k-means need not agree bit for bit across processes)
         clustering_start = time.perf_counter()
         if distributed.world_size_and_rank()[1] == 0:
@@ -102,10 +105,29 @@ class Reclusterer:
             new = clustering.split_clusters(emb, new, labels, seed=self.seed, **self.kmeans)
         return new
 
-    def embed(self, trainer, labels):
-        """L2-normalised trunk outputs (or embeddings) of the training set, checked against ``labels``."""
+    def from_memory(self, trainer, labels, memory):
+        """The rows training last computed, with the samples that have none since the last reclustering embedded
+        afresh (all of them when the memory is empty)."""
+        emb, stale = memory.features_for_clustering()
+        self.fresh_samples = len(stale)
+        if len(stale):
+            fresh = self.embed(trainer, labels, indices=stale)
+            if emb is None:
+                emb = np.zeros((len(labels), fresh.shape[1]), dtype=np.float32)
+            emb[stale] = fresh
+        memory.mark_used()
+        return emb
+
+    def embed(self, trainer, labels, indices=None):
+        """L2-normalised trunk outputs (or embeddings) of the training set (or of its samples ``indices``),
+        checked against ``labels``."""
         dataset = trainer.dataset if self.dataset is None else self.dataset
         workers = trainer.dataloader_num_workers if self.num_workers is None else self.num_workers
+        if indices is not None:
+            dataset = torch.utils.data.Subset(dataset, np.asarray(indices).tolist())
+            labels = np.asarray(labels)[indices]
+        else:
+            self.fresh_samples = len(labels)
         emb, embedded = embed_dataset(trainer, dataset, self.cluster_on == "trunk", self.batch_size, workers)
         if len(embedded) != len(labels) or not np.array_equal(embedded, labels):
             raise ValueError(

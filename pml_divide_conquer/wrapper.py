@@ -10,10 +10,13 @@ from pytorch_metric_learning.utils import common_functions as c_f
 
 from . import distributed, heads, trainer_glue
 from .embedder import LEARNED, SubspaceMaskedEmbedder
+from .feature_memory import FeatureMemory, OutputCapture
 from .heads import FULL_KEY, PER_LEARNER, SHARED, learner_key
 from .reclustering import Reclusterer
 from .sampler import ClusterSampler
 from .schedule import Action, Phase, Step, make_schedule
+
+RECLUSTER_FROM = ("pass", "training")
 
 
 class DivideConquerWrapper(BaseMetricLossFunction):
@@ -58,6 +61,14 @@ class DivideConquerWrapper(BaseMetricLossFunction):
         cluster_on: ``"trunk"`` (default, as the reference code: L2-normalised trunk output) or ``"embedding"``.
         cluster_dataset: dataset embedded for clustering, in the same order as the training dataset, typically
             the training images with test-time transforms. Default: the trainer's dataset.
+        recluster_from: ``"pass"`` (default, as the reference code): every reclustering embeds the training set
+            once more; ``"training"``: it clusters the features that training last computed for every sample (the
+            space of ``cluster_on``, kept L2-normalised in float16: N x dim x 2 bytes), with no embedding pass;
+            only samples no batch held since the last reclustering are embedded afresh. Those features come from
+            training-mode forward passes on augmented inputs and are up to T epochs old. With
+            ``cluster_on="trunk"``, :meth:`prepare` puts a forward hook on the trunk (removed with the wrapper).
+        feature_memory_device: where ``recluster_from="training"`` keeps its rows: ``"cpu"`` (default) or the
+            trainer's device.
         cluster_batch_size: batch size of that embedding pass.
         cluster_num_workers: DataLoader workers of that embedding pass (default: the trainer's
             ``dataloader_num_workers``).
@@ -110,6 +121,8 @@ class DivideConquerWrapper(BaseMetricLossFunction):
         kmeans_max_retries=30,
         faiss_gpu=None,
         seed=0,
+        recluster_from="pass",
+        feature_memory_device="cpu",
         conquer_epoch=None,
     ):
         super().__init__()
@@ -142,6 +155,13 @@ class DivideConquerWrapper(BaseMetricLossFunction):
             gpu=faiss_gpu,
             seed=seed,
         )
+        if recluster_from not in RECLUSTER_FROM:
+            raise ValueError(f'recluster_from must be "pass" or "training", got {recluster_from!r}')
+        self.recluster_from = recluster_from
+        self.__dict__["feature_memory"] = (
+            FeatureMemory(len(sampler.labels), feature_memory_device) if recluster_from == "training" else None
+        )
+        self.__dict__["_trunk_capture"] = None  # the trunk's forward hook (recluster_from="training", trunk space)
         self._build_learners(loss, miner)
         self.num_active = 1
         self.last_epoch = -1  # last epoch whose end-of-epoch step has been taken (0: the step before training)
@@ -265,6 +285,7 @@ class DivideConquerWrapper(BaseMetricLossFunction):
             [ticket.version, ticket.pass_index, ticket.position, ticket.cluster, ticket.fingerprint],
             "the cluster batch of this step",
         )
+        self._record_features(embeddings, ticket)
         if self.phase != Phase.DIVIDE:
             self.current_learner = self.num_learners
             loss = self._learner_loss(FULL_KEY, F.normalize(embeddings, dim=1), labels, indices_tuple)
@@ -305,6 +326,27 @@ class DivideConquerWrapper(BaseMetricLossFunction):
                 "phase change happens and the run silently trains without D&C. Pass "
                 "end_of_epoch_hook=wrapper.get_end_of_epoch_hook(then=<your hook>) to the trainer."
             )
+
+    def _record_features(self, embeddings, ticket):
+        """recluster_from="training": keep this batch's trunk output (or embedding) as its samples' rows."""
+        if self.feature_memory is None:
+            return
+        n = len(ticket.indices)
+        if self.reclusterer.cluster_on == "embedding":
+            features = embeddings[:n]  # inside DistributedLossWrapper: this rank's rows come first
+        else:
+            features = self._trunk_capture.take() if self._trunk_capture is not None else None
+        if features is None or len(features) != n:
+            if not getattr(self, "_warned_capture", False):
+                self.__dict__["_warned_capture"] = True
+                c_f.LOGGER.warning(
+                    "D&C: recluster_from='training' could not capture this batch's trunk output (got %s rows for %d "
+                    "samples): those samples are embedded afresh at the next reclustering",
+                    None if features is None else len(features),
+                    n,
+                )
+            return
+        self.feature_memory.update(ticket.indices, features)
 
     def _local_labels(self, labels):
         # Inside PML's DistributedLossWrapper the loss gets the batch gathered from all ranks, this rank's first
@@ -356,7 +398,17 @@ class DivideConquerWrapper(BaseMetricLossFunction):
                 "rate is set to 0 in the frozen epochs)"
             )
         self.__dict__["_trainer_ref"] = weakref.ref(trainer)
+        self._capture_trunk(trainer)
         self.step(trainer, 0)
+
+    def _capture_trunk(self, trainer):
+        if self.feature_memory is None or self.reclusterer.cluster_on != "trunk":
+            return
+        if self._trunk_capture is not None:
+            self._trunk_capture.remove()
+        capture = OutputCapture(trainer_glue.unwrap(trainer.models["trunk"]))
+        self.__dict__["_trunk_capture"] = capture
+        weakref.finalize(self, capture.remove)  # the hook goes with the wrapper
 
     def end_of_epoch_hook(self, trainer):
         """PML end-of-epoch hook: recluster, split or change phase as the schedule says. Returns True."""
@@ -390,6 +442,8 @@ class DivideConquerWrapper(BaseMetricLossFunction):
                 "state_dict saved with the models (PML's HookContainer does); when starting, call "
                 "wrapper.prepare(trainer) and train from epoch 1."
             )
+        if self.feature_memory is not None:
+            self.feature_memory.synchronize()  # every rank (and so rank 0's checkpoint) holds every row
         step = self.schedule.step_after_epoch(epoch)
         new_phase = step.phase != self.phase or epoch == 0
         if step.phase != Phase.DIVIDE and self.phase == Phase.DIVIDE and self.heads == PER_LEARNER:
@@ -405,11 +459,14 @@ class DivideConquerWrapper(BaseMetricLossFunction):
         elif step.action in (Action.RECLUSTER, Action.SPLIT):
             self._divide(trainer, step)
             c_f.LOGGER.info(
-                "D&C: %s after epoch %d in %.1f s (k-means %.1f s): K=%d, cluster sizes %s",
+                "D&C: %s after epoch %d in %.1f s (k-means %.1f s%s): K=%d, cluster sizes %s",
                 "split every cluster in two" if step.action == Action.SPLIT else "reclustered",
                 epoch,
                 self.recluster_seconds,
                 self.clustering_seconds,
+                ""
+                if self.feature_memory is None
+                else f", from training features, {self.reclusterer.fresh_samples} samples embedded afresh",
                 step.num_clusters,
                 self.sampler.cluster_sizes().tolist(),
             )
@@ -458,7 +515,13 @@ class DivideConquerWrapper(BaseMetricLossFunction):
     def _divide(self, trainer, step):
         split = step.action == Action.SPLIT
         new = self.reclusterer.assign(
-            trainer, self.sampler.labels, self.sampler.assignment, self.num_active, step.num_clusters, split
+            trainer,
+            self.sampler.labels,
+            self.sampler.assignment,
+            self.num_active,
+            step.num_clusters,
+            split,
+            memory=self.feature_memory,
         )
         self.recluster_seconds = self.reclusterer.seconds
         self.clustering_seconds = self.reclusterer.clustering_seconds
@@ -497,6 +560,7 @@ class DivideConquerWrapper(BaseMetricLossFunction):
             "head_sizes": {k: heads.head_size(m) for k, m in self.learners.items()},
             # CrossBatchMemory's fill state is not in its own state_dict
             "memory_fill": {k: heads.memory_fill(m) for k, m in self.learners.items()},
+            "feature_memory": None if self.feature_memory is None else self.feature_memory.state_dict(),
         }
 
     def set_extra_state(self, state):
@@ -512,6 +576,8 @@ class DivideConquerWrapper(BaseMetricLossFunction):
                 heads.resize(self.learners[k], int(size))
         for k, fill in state.get("memory_fill", {}).items():
             heads.set_memory_fill(self.learners[k], fill)
+        if self.feature_memory is not None and state.get("feature_memory") is not None:
+            self.feature_memory.load_state_dict(state["feature_memory"])
         if state["masks"] is not None:
             if self.embedder.masks is None or self.embedder.masks.shape != state["masks"].shape:
                 raise ValueError("the saved state has learned masks that do not fit this SubspaceMaskedEmbedder")

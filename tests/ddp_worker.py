@@ -24,7 +24,7 @@ def dataset():
     return IndexedDataset((d.data[keep] / 16.0).astype(np.float32), d.target[keep])
 
 
-def make(ds, records, outer_distributed_wrapper=False, sampler_seed=0):
+def make(ds, records, outer_distributed_wrapper=False, sampler_seed=0, recluster_from="pass"):
     torch.manual_seed(0)
     trunk = torch.nn.Sequential(torch.nn.Linear(64, 32), torch.nn.ReLU())
     embedder = SubspaceMaskedEmbedder(16, 2, mode="learned", embedder=torch.nn.Linear(32, 16))
@@ -36,7 +36,11 @@ def make(ds, records, outer_distributed_wrapper=False, sampler_seed=0):
         metric_loss = DistributedLossWrapper(wrapper)
     else:  # each learner's loss gathers its own subspace embeddings (recommended)
         wrapper = DivideConquerWrapper(
-            DistributedLossWrapper(inner), embedder=embedder, sampler=sampler, recluster_every=1
+            DistributedLossWrapper(inner),
+            embedder=embedder,
+            sampler=sampler,
+            recluster_every=1,
+            recluster_from=recluster_from,
         )
         metric_loss = wrapper
     optimizers = {
@@ -84,6 +88,54 @@ def train(parts, start_epoch, num_epochs):
         parts["trainer"].train(start_epoch=start_epoch, num_epochs=num_epochs)
 
 
+def save_once(parts, path, rank):
+    if rank == 0:  # saved once, as PML's HookContainer does
+        torch.save(
+            {
+                "trunk": parts["trunk"].state_dict(),
+                "embedder": parts["embedder"].state_dict(),
+                "optimizers": {k: o.state_dict() for k, o in parts["optimizers"].items()},
+                "wrapper": parts["wrapper"].state_dict(),
+            },
+            path,
+        )
+    dist.barrier()
+
+
+def load_all(parts, path):
+    state = torch.load(path, map_location="cpu")  # loaded on all ranks
+    parts["trunk"].load_state_dict(state["trunk"])
+    parts["embedder"].load_state_dict(state["embedder"])
+    for k, o in parts["optimizers"].items():
+        o.load_state_dict(state["optimizers"][k])
+    parts["wrapper"].load_state_dict(state["wrapper"])
+
+
+def feature_memory_runs(ds, folder, rank):
+    """recluster_from="training": each rank records the samples of its own batches; every rank (and so rank 0's
+    checkpoint) ends each epoch with every row; a run resumed from that checkpoint continues exactly."""
+    out = {}
+    full = []
+    f = make(ds, full, recluster_from="training")
+    f["wrapper"].prepare(f["trainer"])
+    train(f, 1, 5)
+    memory = f["wrapper"].feature_memory
+    out["fm_full"], out["fm_rows"], out["fm_stamps"] = full, memory.features.float().numpy(), memory.stamps.numpy()
+    first = []
+    g = make(ds, first, recluster_from="training")
+    g["wrapper"].prepare(g["trainer"])
+    train(g, 1, 3)
+    path = os.path.join(folder, "checkpoint_memory.pt")
+    save_once(g, path, rank)
+    resumed = []
+    h = make(ds, resumed, recluster_from="training")
+    load_all(h, path)
+    h["wrapper"].prepare(h["trainer"])
+    train(h, 4, 5)
+    out["fm_resumed"] = resumed
+    return out
+
+
 def worker(rank, world, folder):
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"file://{folder}/rendezvous", rank=rank, world_size=world)
@@ -101,25 +153,10 @@ def worker(rank, world, folder):
         b["wrapper"].prepare(b["trainer"])
         train(b, 1, 3)
         checkpoint = os.path.join(folder, "checkpoint.pt")
-        if rank == 0:  # saved once
-            torch.save(
-                {
-                    "trunk": b["trunk"].state_dict(),
-                    "embedder": b["embedder"].state_dict(),
-                    "optimizers": {k: o.state_dict() for k, o in b["optimizers"].items()},
-                    "wrapper": b["wrapper"].state_dict(),
-                },
-                checkpoint,
-            )
-        dist.barrier()
+        save_once(b, checkpoint, rank)
         resumed = []
         c = make(ds, resumed)
-        state = torch.load(checkpoint, map_location="cpu")  # loaded on all ranks
-        c["trunk"].load_state_dict(state["trunk"])
-        c["embedder"].load_state_dict(state["embedder"])
-        for k, o in c["optimizers"].items():
-            o.load_state_dict(state["optimizers"][k])
-        c["wrapper"].load_state_dict(state["wrapper"])
+        load_all(c, checkpoint)
         c["wrapper"].prepare(c["trainer"])  # after loading: the step before epoch 1 is not taken again
         train(c, 4, 6)
         out["resumed"] = resumed
@@ -158,6 +195,7 @@ def worker(rank, world, folder):
             out["seed_mismatch"] = None
         except RuntimeError as err:
             out["seed_mismatch"] = str(err)
+        out.update(feature_memory_runs(ds, folder, rank))
         torch.save(out, os.path.join(folder, f"rank{rank}.pt"))
     finally:
         dist.destroy_process_group()

@@ -59,6 +59,7 @@ def build(
     extra_loss_funcs=None,
     extra_optimizers=None,
     device="cpu",
+    wrapper_kwargs=None,
     **trainer_kwargs,
 ):
     """A tiny but real PML set-up around DivideConquerWrapper. Returns a dict of its parts."""
@@ -81,6 +82,7 @@ def build(
         freeze_trunk_epochs=freeze_trunk_epochs,
         grow=grow,
         seed=seed,
+        **(wrapper_kwargs or {}),
     ).to(device)
     optimizers = {
         "trunk_optimizer": torch.optim.Adam(trunk.parameters(), lr=1e-3),

@@ -279,3 +279,32 @@ def test_han_paired_difference_and_equal_tuning_budgets(bench):
     cfg = han.PRESETS["cpu"]
     assert cfg.but(schedule="journal").phase_epochs() == (round(cfg.epochs * 80 / 180) + 1, None)
     assert cfg.but(schedule="old").phase_epochs() == (cfg.epochs, cfg.epochs)
+
+
+def test_han_reclustering_from_training_features_against_the_embedding_pass(bench, tmp_path, capsys, tiny_han_npz):
+    han = bench("han")
+    records = han.main(
+        [
+            "reclustering",
+            "--preset",
+            "tiny",
+            "--npz",
+            str(tiny_han_npz),
+            "--sizes",
+            TINY_SIZES,
+            "--seeds",
+            "1",
+            "--jobs",
+            "1",
+            "--out",
+            str(tmp_path),
+        ]
+    )
+    out = capsys.readouterr().out
+    assert "(reclustering − k-means) / pass" in out and "| D&C (chosen), from training features |" in out
+    by = {r["recluster_from"]: r for r in records}
+    assert set(by) == {"pass", "training"}
+    n = len(han.load_splits("test", str(tiny_han_npz), "cpu", json.loads(TINY_SIZES))["train"].labels)
+    dim = 8 * han.PRESETS["tiny"].width  # the tiny CNN's trunk output
+    assert by["training"]["feature_memory_bytes"] == n * dim * 2 and by["pass"]["feature_memory_bytes"] == 0
+    assert all(r["pass_seconds"] > 0 and r["reclusterings"] >= 1 for r in records)

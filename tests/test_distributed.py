@@ -126,3 +126,19 @@ def test_samplers_with_different_seeds_on_different_ranks_are_caught(ddp_run):
     for r in ddp_run:
         assert r["seed_mismatch"] is not None and "differs across ranks" in r["seed_mismatch"]
         assert "same ClusterSampler seed" in r["seed_mismatch"]
+
+
+def test_feature_memory_holds_every_row_on_every_rank_and_resumes_exactly(ddp_run):
+    r0, r1 = ddp_run
+    for a, b in zip(r0["fm_full"], r1["fm_full"]):  # routing stays exact with the memory on
+        assert a["learner"] == b["learner"] and not set(a["indices"]) & set(b["indices"])
+    # both ranks hold the same rows after the end-of-epoch synchronisation, among them the other rank's samples
+    np.testing.assert_array_equal(r0["fm_rows"], r1["fm_rows"])
+    np.testing.assert_array_equal(r0["fm_stamps"], r1["fm_stamps"])
+    last = {i for a in r1["fm_full"] if a["epoch"] == 5 for i in a["indices"]}
+    assert last and (r0["fm_stamps"][sorted(last)] > 0).all()
+    seen = r0["fm_stamps"] > 0
+    np.testing.assert_allclose(np.linalg.norm(r0["fm_rows"][seen], axis=1), 1.0, atol=2e-3)
+    for r in ddp_run:  # resumed from rank 0's checkpoint: the losses of the uninterrupted run
+        expected = [a["loss"] for a in r["fm_full"] if a["epoch"] >= 4]
+        np.testing.assert_allclose([a["loss"] for a in r["fm_resumed"]], expected, rtol=1e-5, atol=1e-7)

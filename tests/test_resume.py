@@ -26,6 +26,8 @@ def make(digits, losses_out, recluster_every, workers, variant="masks", device="
             iterations_per_epoch=45,
             loss=losses.CrossBatchMemory(losses.ContrastiveLoss(), 16, memory_size=48),
         )
+    elif variant == "features":  # reclustering from the features training computed (saved with the state)
+        kw = dict(mode="learned", iterations_per_epoch=45, wrapper_kwargs=dict(recluster_from="training"))
     elif variant == "phases":  # per-learner heads, resumed before the full-embedding and all-data phases
         kw = dict(
             mode="fixed",
@@ -87,6 +89,7 @@ def load(parts, buf, map_location=None):
         (3, 2, 2, "masks"),
         (2, 1, 0, "arcface"),
         (2, 1, 0, "memory"),
+        (2, 1, 0, "features"),
         (2, 1, 0, "phases"),
         (3, 2, 0, "phases_frozen"),
     ],
