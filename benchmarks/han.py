@@ -498,27 +498,38 @@ def describe(r):
 
 
 def variant_name(r):
+    """A name for a run that carries none (as ``table_configs`` names its variants)."""
     if r["method"] == "baseline":
         return "baseline"
     from_training = ", reclustered from training features" if r.get("recluster_from") == "training" else ""
     if all(r.get(k) == v for k, v in CHOSEN.items()) and not r.get("random_clusters"):
         return "D&C (chosen)" + from_training
-    heads = f", {r['heads'].replace('_', '-')} heads" if r["loss"] == "arcface" else ""
-    grow = "" if r["grow"] else " K fixed"
+    k = "" if r["num_learners"] == CHOSEN["num_learners"] else f" K={r['num_learners']}"
+    schedule = {"cvpr": "CVPR", "journal": "journal"}.get(r["schedule"], r["schedule"])
+    grow = "" if r["grow"] else ", K fixed from the start"
+    heads = ", per-learner heads" if r["loss"] == "arcface" and r["heads"] == "per_learner" else ""
     random = ", random clusters" if r.get("random_clusters") else ""
-    return f"D&C K={r['num_learners']} {r['mode']}, {r['schedule']}{grow} phases{heads}{random}{from_training}"
+    return f"D&C{k} {r['mode']}, {schedule} phases{grow}{heads}{random}{from_training}"
 
 
 def load_records(paths):
-    """Records of ``han_runs.jsonl`` files (one per finished run), named, each (setting, loss, seed) once."""
-    out = {}
+    """Records of ``han_runs.jsonl`` files (one per finished run), each run (its whole Config) once, the first one
+    met; the runs of one setting share one name: the first name a command gave them, else ``variant_name``."""
+    fields = dataclasses.fields(Config)
+    runs, names = {}, {}
     for path in paths:
         for line in Path(path).read_text().splitlines():
             r = json.loads(line)
-            r.setdefault("setting", variant_name(r))
-            regime = tuple(r.get(k) for k in ("loss", "epochs", "train_classes", "pretrain_epochs", "trunk"))
-            out.setdefault((r["setting"], r["seed"], regime), r)
-    return list(out.values())
+            key = tuple(r.get(f.name, f.default) for f in fields)
+            setting = tuple(v for f, v in zip(fields, key) if f.name != "seed")
+            if r.get("setting"):
+                names.setdefault(setting, r["setting"])
+            runs.setdefault(key, (setting, r))
+    records = []
+    for setting, r in runs.values():
+        r["setting"] = names.get(setting) or variant_name(r)
+        records.append(r)
+    return records
 
 
 # ----------------------------------------------------------------------------------------------------- tables

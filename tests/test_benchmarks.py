@@ -223,25 +223,15 @@ def tiny_han_npz(tmp_path_factory):
 TINY_SIZES = '{"num_pretrain": 20, "num_train": 20, "num_val": 5, "num_test": 15}'
 
 
+def run_tiny_han(han, command, npz, out, seeds):
+    """``han.py COMMAND`` on the tiny Han set, tiny preset, one process."""
+    args = ["--preset", "tiny", "--npz", str(npz), "--sizes", TINY_SIZES, "--seeds", str(seeds), "--jobs", "1"]
+    return han.main([command, *args, "--out", str(out)])
+
+
 def test_han_benchmark_gate_runs_pretraining_baseline_and_dc(bench, tmp_path, capsys, tiny_han_npz):
     han = bench("han")
-    records = han.main(
-        [
-            "gate",
-            "--preset",
-            "tiny",
-            "--npz",
-            str(tiny_han_npz),
-            "--sizes",
-            TINY_SIZES,
-            "--seeds",
-            "2",
-            "--jobs",
-            "1",
-            "--out",
-            str(tmp_path),
-        ]
-    )
+    records = run_tiny_han(han, "gate", tiny_han_npz, tmp_path, seeds=2)
     rows = check_outputs(tmp_path, "han_gate_tiny", capsys, ["| margin | baseline |", "| margin | D&C (chosen) |"])
     assert len(records) == len(rows) == 4
     assert {r["method"] for r in records} == {"baseline", "dc"} and {r["seed"] for r in records} == {0, 1}
@@ -283,23 +273,7 @@ def test_han_paired_difference_and_equal_tuning_budgets(bench):
 
 def test_han_reclustering_from_training_features_against_the_embedding_pass(bench, tmp_path, capsys, tiny_han_npz):
     han = bench("han")
-    records = han.main(
-        [
-            "reclustering",
-            "--preset",
-            "tiny",
-            "--npz",
-            str(tiny_han_npz),
-            "--sizes",
-            TINY_SIZES,
-            "--seeds",
-            "1",
-            "--jobs",
-            "1",
-            "--out",
-            str(tmp_path),
-        ]
-    )
+    records = run_tiny_han(han, "reclustering", tiny_han_npz, tmp_path, seeds=1)
     out = capsys.readouterr().out
     assert "(reclustering − k-means) / pass" in out and "| D&C (chosen), from training features |" in out
     by = {r["recluster_from"]: r for r in records}

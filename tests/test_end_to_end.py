@@ -104,7 +104,7 @@ def test_demo_restores_what_it_changes(monkeypatch, capsys):
     import torch
     from pytorch_metric_learning.trainers import base_trainer
 
-    from pml_divide_conquer import demo
+    from lab import demo
 
     monkeypatch.setenv("PML_DC_THREADS", "1")
     threads, level, bar = torch.get_num_threads(), logging.getLogger("PML").level, base_trainer.tqdm
