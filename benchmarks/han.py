@@ -817,6 +817,8 @@ def main(argv=None):
         if not args.sources:
             raise SystemExit("han.py report: give the han_runs.jsonl files to tabulate with --from")
         records = load_records(args.sources)
+        if args.group != "loss":  # a regime axis, in increasing order (train_classes 0, all of them, last)
+            records.sort(key=lambda r: r[args.group] or float("inf"))
         seeds = len({r["seed"] for r in records})
         title = f"Han test classes, runs of {', '.join(args.sources)} ({seeds} seeds)"
         command = "python benchmarks/han.py " + shlex.join(sys.argv[1:] if argv is None else argv)
