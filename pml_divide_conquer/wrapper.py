@@ -11,7 +11,7 @@ from pytorch_metric_learning.utils import common_functions as c_f
 from . import distributed, heads, trainer_glue
 from .embedder import LEARNED, SubspaceMaskedEmbedder
 from .feature_memory import FeatureMemory, OutputCapture
-from .heads import FULL_KEY, PER_LEARNER, SHARED, learner_key
+from .heads import FULL_KEY, PER_LEARNER, learner_key
 from .reclustering import Reclusterer
 from .sampler import ClusterSampler
 from .schedule import Action, Phase, Step, make_schedule
@@ -50,13 +50,14 @@ class DivideConquerWrapper(BaseMetricLossFunction):
             fixed K, clustered by :meth:`prepare` before the first epoch (CVPR version).
         freeze_trunk_epochs: the trunk's learning rate is 0 for this many epochs after each reclustering (the
             journal README run's ``--mod-epoch-freeze=1``); needs ``optimizers["trunk_optimizer"]``.
-        heads: for classification losses (ArcFace, CosFace, ProxyAnchor, SoftTriple, ...): ``"shared"`` - one
-            head for the full embedding that every learner trains its part of (fixed chunks: the slice of the
-            head on its chunk; learned masks: the whole head on the masked embedding) and the later phases go on
-            training - or ``"per_learner"`` - one head per learner sized to its subspace, and the full-embedding
-            head started from the learners' heads put together. Other parameters of the loss (e.g. a learned
-            ``MarginLoss`` beta) are shared or copied the same way. Miners and ``CrossBatchMemory`` memories are
-            always one per learner.
+        heads: for classification losses (ArcFace, CosFace, ProxyAnchor, SoftTriple, ...): ``"per_learner"``
+            (default) - one head per learner sized to its subspace, and the full-embedding head started from the
+            learners' heads put together - or ``"shared"`` - one head for the full embedding that every learner
+            trains its part of (fixed chunks: the slice of the head on its chunk; learned masks: the whole head on
+            the masked embedding) and the later phases go on training. With ArcFace on the Han benchmark,
+            per-learner heads were level with the baseline and a shared head 0.7 R@1 below (docs/benchmarks.md).
+            Other parameters of the loss (e.g. a learned ``MarginLoss`` beta) are copied or shared the same way.
+            Miners and ``CrossBatchMemory`` memories are always one per learner.
         orthogonality_weight: lambda of the mask orthogonality term (learned masks only, divide phase).
         cluster_on: ``"trunk"`` (default, as the reference code: L2-normalised trunk output) or ``"embedding"``.
         cluster_dataset: dataset embedded for clustering, in the same order as the training dataset, typically
@@ -110,7 +111,7 @@ class DivideConquerWrapper(BaseMetricLossFunction):
         all_data_epoch=None,
         grow=True,
         freeze_trunk_epochs=0,
-        heads=SHARED,
+        heads=PER_LEARNER,
         orthogonality_weight=0.01,
         cluster_on="trunk",
         cluster_dataset=None,
