@@ -41,6 +41,7 @@ import numpy as np
 import torch
 
 from pml_divide_conquer import ClusterSampler, DivideConquerSchedule, DivideConquerWrapper, SubspaceMaskedEmbedder
+from pml_divide_conquer.reclustering import Reclusterer
 
 from common import markdown_table, pyplot, report, setup, write_csv
 
@@ -272,11 +273,24 @@ def pretrain(cfg, data, device, out):
     return trunk, dim, time.perf_counter() - start
 
 
-class RandomClustersWrapper(DivideConquerWrapper):
-    """Ablation: learners on their subspaces, batches from clusters, but the clusters are random (no k-means)."""
+class RandomReclusterer(Reclusterer):
+    """Ablation: every reclustering draws each sample's cluster at random (no k-means, no matching)."""
 
-    def _cluster(self, emb, step):
-        return np.random.default_rng([self.seed, self.last_epoch + 1]).integers(0, step.num_clusters, len(emb))
+    calls = 0
+
+    def cluster(self, emb, labels, assignment, current_k, k, split=False):
+        self.calls += 1
+        return np.random.default_rng([self.seed, self.calls]).integers(0, k, len(emb))
+
+
+class RandomClustersWrapper(DivideConquerWrapper):
+    """Ablation: learners on their subspaces, batches from clusters, but the clusters are random."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        random = RandomReclusterer.__new__(RandomReclusterer)
+        random.__dict__.update(vars(self.reclusterer))  # the same settings (space, embedding pass, seed)
+        self.reclusterer = random
 
 
 def finetune(cfg, data, trunk_state, device):
