@@ -158,6 +158,11 @@ class DivideConquerWrapper(BaseMetricLossFunction):
         )
         if recluster_from not in RECLUSTER_FROM:
             raise ValueError(f'recluster_from must be "pass" or "training", got {recluster_from!r}')
+        if recluster_from == "training" and cluster_dataset is not None:
+            raise ValueError(
+                'recluster_from="training" clusters the features of the training batches, so cluster_dataset (the '
+                'images to embed for clustering) would be ignored: use recluster_from="pass" with cluster_dataset'
+            )
         self.recluster_from = recluster_from
         self.__dict__["feature_memory"] = (
             FeatureMemory(len(sampler.labels), feature_memory_device) if recluster_from == "training" else None

@@ -61,6 +61,8 @@ def test_memory_state_round_trip_and_bad_input():
 def test_bad_recluster_from_is_refused(digits):
     with pytest.raises(ValueError, match='recluster_from must be "pass" or "training"'):
         build(digits, wrapper_kwargs=dict(recluster_from="memory"))
+    with pytest.raises(ValueError, match="cluster_dataset .* would be ignored"):
+        build(digits, wrapper_kwargs=dict(recluster_from="training", cluster_dataset=digits))
 
 
 @pytest.mark.parametrize("cluster_on", ["trunk", "embedding"])
