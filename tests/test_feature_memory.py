@@ -65,6 +65,13 @@ def test_bad_recluster_from_is_refused(digits):
         build(digits, wrapper_kwargs=dict(recluster_from="training", cluster_dataset=digits))
 
 
+def test_default_reclusters_from_training_features_unless_a_cluster_dataset_is_given(digits):
+    assert build(digits)["wrapper"].recluster_from == "training"
+    assert build(digits)["wrapper"].feature_memory is not None
+    with_dataset = build(digits, wrapper_kwargs=dict(cluster_dataset=digits))["wrapper"]
+    assert with_dataset.recluster_from == "pass" and with_dataset.feature_memory is None
+
+
 @pytest.mark.parametrize("cluster_on", ["trunk", "embedding"])
 def test_reclustering_embeds_only_the_samples_training_did_not_see(digits, cluster_on, monkeypatch):
     """With the model unchanged (lr 0) the recorded rows equal a fresh embedding pass; the pass is gone but for
