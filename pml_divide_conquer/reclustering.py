@@ -77,7 +77,11 @@ class Reclusterer:
         embedding pass (only the samples it has no fresh row for are embedded).
         """
         start = time.perf_counter()
-        emb = self.embed(trainer, labels) if memory is None else self.from_memory(trainer, labels, memory)
+        if memory is None:
+            emb = self.embed(trainer, labels)
+            self.fresh_samples = len(labels)
+        else:
+            emb = self.from_memory(trainer, labels, memory)
         # one rank clusters, all ranks get its result (k-means need not agree bit for bit across processes)
         clustering_start = time.perf_counter()
         if distributed.world_size_and_rank()[1] == 0:
@@ -126,8 +130,6 @@ class Reclusterer:
         if indices is not None:
             dataset = torch.utils.data.Subset(dataset, np.asarray(indices).tolist())
             labels = np.asarray(labels)[indices]
-        else:
-            self.fresh_samples = len(labels)
         emb, embedded = embed_dataset(trainer, dataset, self.cluster_on == "trunk", self.batch_size, workers)
         if len(embedded) != len(labels) or not np.array_equal(embedded, labels):
             raise ValueError(
