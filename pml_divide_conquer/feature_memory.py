@@ -41,6 +41,7 @@ class FeatureMemory:
         self.stamps = torch.zeros(self.num_samples, dtype=torch.long)  # step of each row's update, 0: never
         self.step = 0  # updates so far (the same on every rank: one per training step)
         self.used_until = 0  # the step of the last reclustering: rows with a later stamp are fresh
+        self.synced_at = 0  # the step of the last synchronisation (the same on every rank)
 
     @property
     def nbytes(self):
@@ -61,8 +62,9 @@ class FeatureMemory:
         self.stamps[indices] = self.step
 
     def synchronize(self):
-        """Give every rank the newest row of every sample (a no-op in one process)."""
-        if not distributed.is_distributed() or self.features is None:
+        """Give every rank the newest row of every sample (a no-op in one process, or with no update since the
+        last synchronisation: the end-of-epoch step and a reclustering right after it exchange the rows once)."""
+        if not distributed.is_distributed() or self.features is None or self.synced_at == self.step:
             return
         _, rank = distributed.world_size_and_rank()
         device = distributed._device()
@@ -78,6 +80,7 @@ class FeatureMemory:
         dist.all_reduce(rows)
         self.features = rows.to(self.features.device, torch.float16)
         self.stamps = newest.cpu()
+        self.synced_at = self.step
 
     def features_for_clustering(self):
         """(features as float32 numpy, indices of the samples with no row since the last reclustering)."""
@@ -109,6 +112,7 @@ class FeatureMemory:
         self.stamps = state["stamps"].cpu().long().clone()
         self.step = int(state["step"])
         self.used_until = int(state["used_until"])
+        self.synced_at = self.step  # saved after the end-of-epoch synchronisation: every row is there
 
 
 class OutputCapture:
