@@ -48,6 +48,10 @@ def heads_available():
         return False
 
 
+# one seed, 2 epochs, small batches, K=2: the accuracy benchmark's smoke-test settings
+TINY_ACCURACY_RUN = ["--seeds", "1", "--epochs", "2", "--batch-size", "20", "--m", "4", "--num-learners", "2"]
+
+
 def test_accuracy_benchmark_smoke(bench, tmp_path, capsys):
     losses = "triplet,arcface" if heads_available() else "triplet"
     args = [
@@ -55,16 +59,7 @@ def test_accuracy_benchmark_smoke(bench, tmp_path, capsys):
         "digits",
         "--losses",
         losses,
-        "--seeds",
-        "1",
-        "--epochs",
-        "2",
-        "--batch-size",
-        "20",
-        "--m",
-        "4",
-        "--num-learners",
-        "2",
+        *TINY_ACCURACY_RUN,
         "--out",
         str(tmp_path),
     ]
@@ -93,16 +88,7 @@ def test_accuracy_benchmark_on_images_with_the_conv_trunk(bench, tmp_path, capsy
         "contrastive",
         "--methods",
         "baseline,D&C fixed",
-        "--seeds",
-        "1",
-        "--epochs",
-        "2",
-        "--batch-size",
-        "20",
-        "--m",
-        "4",
-        "--num-learners",
-        "2",
+        *TINY_ACCURACY_RUN,
         "--out",
         str(tmp_path),
     ]

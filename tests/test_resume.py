@@ -147,7 +147,7 @@ def on_fake_device(state):
     return state
 
 
-@pytest.mark.parametrize("variant", ["masks", "phases", "memory"])
+@pytest.mark.parametrize("variant", ["masks", "phases", "memory", "features"])
 def test_state_loads_from_tensors_on_another_device(digits, variant):
     """PML's HookContainer loads checkpoints with map_location=device: on a GPU every tensor arrives there."""
     with warnings.catch_warnings():
@@ -161,3 +161,7 @@ def test_state_loads_from_tensors_on_another_device(digits, variant):
         c["wrapper"].load_state_dict(state)
     assert np.array_equal(c["sampler"].assignment, b["sampler"].assignment)
     assert c["wrapper"].last_epoch == 2 and c["wrapper"].num_active == b["wrapper"].num_active
+    if variant == "features":  # the feature memory's rows and stamps came back from the "device" too
+        fb, fc = b["wrapper"].feature_memory, c["wrapper"].feature_memory
+        assert torch.equal(fc.features, fb.features) and torch.equal(fc.stamps, fb.stamps)
+        assert (fc.step, fc.used_until) == (fb.step, fb.used_until)
