@@ -24,16 +24,33 @@ def class_pools(labels, assignment, cluster):
     return [members[inverse == i] for i in range(len(classes))]
 
 
-def servable_pools(labels, assignment, num_clusters, m, batch_size):
+def servable_pools(labels, assignment, num_clusters, m, batch_size, equal_counts=False):
     """``{cluster: [samples of each class with >= m of them]}`` for the clusters that can fill a batch of
-    ``batch_size`` distinct samples, ``m`` per class (a class with too few samples in its cluster is left out)."""
+    ``batch_size`` distinct samples, ``m`` per class (a class with too few samples in its cluster is left out).
+
+    ``equal_counts``: every class of a batch must give the same number of samples (:func:`groups_per_class`)."""
     per_batch = batch_size // m
     pools = {}
     for c in range(num_clusters):
         usable = [p for p in class_pools(labels, assignment, c) if len(p) >= m]
-        if usable and sum(len(p) // m for p in usable) >= per_batch:
-            pools[c] = usable
+        capacity = np.array([len(p) // m for p in usable], dtype=np.int64)
+        if not usable or capacity.sum() < per_batch:
+            continue
+        if equal_counts and groups_per_class(capacity, per_batch) is None:
+            continue
+        pools[c] = usable
     return pools
+
+
+def groups_per_class(capacity, per_batch):
+    """The number g of m-sample groups each class gives to a batch of ``per_batch`` groups when every class of the
+    batch must give the same number of samples: the smallest divisor g of ``per_batch`` such that ``per_batch / g``
+    classes can each give g groups of distinct samples (``capacity``: groups each class can give). None if none."""
+    capacity = np.asarray(capacity)
+    for g in range(1, per_batch + 1):
+        if per_batch % g == 0 and int((capacity >= g).sum()) >= per_batch // g:
+            return g
+    return None
 
 
 def fragments(labels, assignment, num_clusters, m):
@@ -46,24 +63,27 @@ def batches_per_cluster(pools, batch_size):
     return max(1, max(sum(len(p) for p in ps) for ps in pools.values()) // batch_size)
 
 
-def plan_pass(pools, batch_size, m, rng):
+def plan_pass(pools, batch_size, m, rng, equal_counts=False):
     """One pass: ``(cluster, indices)`` batches, the clusters round-robin, each ``batch_size`` long."""
     clusters = sorted(pools)
     n = batches_per_cluster(pools, batch_size)
-    per_cluster = [cluster_batches(pools[c], n, batch_size // m, m, rng) for c in clusters]
+    per_cluster = [cluster_batches(pools[c], n, batch_size // m, m, rng, equal_counts) for c in clusters]
     return [(c, per_cluster[j][i]) for i in range(n) for j, c in enumerate(clusters)]
 
 
-def cluster_batches(pools, n_batches, per_batch, m, rng):
+def cluster_batches(pools, n_batches, per_batch, m, rng, equal_counts=False):
     """``n_batches`` batches of ``per_batch`` groups of ``m`` samples from the classes ``pools`` (each >= m samples),
     no sample twice in a batch.
 
     Classes are drawn with probability proportional to their unused samples; each class is used without
     replacement until fewer than m samples remain, then starts a new round (leftovers first). When there are
-    fewer classes than groups, some classes give several groups (never more than they hold).
+    fewer classes than groups, some classes give several groups (never more than they hold); with
+    ``equal_counts`` every class of the batch gives the same number g of groups (:func:`groups_per_class`), as
+    losses such as SmoothAPLoss require.
     """
     counts = np.array([len(p) for p in pools])
     capacity = counts // m
+    equal_groups = groups_per_class(capacity, per_batch) if equal_counts and per_batch > len(pools) else None
     queues = [rng.permutation(p) for p in pools]
     heads = np.zeros(len(pools), dtype=np.int64)
     batches = []
@@ -73,6 +93,10 @@ def cluster_batches(pools, n_batches, per_batch, m, rng):
         groups = np.zeros(len(pools), dtype=np.int64)
         if per_batch <= len(pools):
             groups[rng.choice(len(pools), per_batch, replace=False, p=weight / weight.sum())] = 1
+        elif equal_groups is not None:  # per_batch / g classes that can give g groups each
+            able = np.flatnonzero(capacity >= equal_groups)
+            w = weight[able]
+            groups[rng.choice(able, per_batch // equal_groups, replace=False, p=w / w.sum())] = equal_groups
         else:  # every class once, then extra groups from classes that still have distinct samples to give
             groups[:] = 1
             for _ in range(per_batch - len(pools)):

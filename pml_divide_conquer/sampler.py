@@ -54,13 +54,18 @@ class ClusterSampler(Sampler):
             that the batch gathered across ranks is one cluster batch of ``batch_size * num_replicas``. Use the
             same seed on every rank.
         rank: this process's rank (default: torch.distributed's rank when it is initialised, else 0).
+        equal_counts: every class of a batch gives the same number of samples (m, or 2m, 4m, ... when a cluster has
+            fewer than ``batch_size / m`` classes), as losses such as ``SmoothAPLoss`` require.
+            :class:`~pml_divide_conquer.DivideConquerWrapper` turns it on for such losses.
 
     Examples:
         >>> sampler = ClusterSampler(train_labels, batch_size=32, m=4, seed=0)
         >>> trainer = trainers.MetricLossOnly(..., batch_size=32, sampler=sampler)
     """
 
-    def __init__(self, labels, *positional, batch_size=None, m=None, seed=0, num_replicas=None, rank=None):
+    def __init__(
+        self, labels, *positional, batch_size=None, m=None, seed=0, num_replicas=None, rank=None, equal_counts=False
+    ):
         if positional or batch_size is None or m is None:
             raise TypeError(
                 "ClusterSampler takes batch_size and m as keywords: ClusterSampler(labels, batch_size=..., m=...) "
@@ -112,6 +117,7 @@ class ClusterSampler(Sampler):
                 f"a batch needs {per_batch} groups of m={self.m} distinct samples{ranks}, but the classes with at "
                 f"least m samples give only {(counts // self.m).sum()}. Lower batch_size or m."
             )
+        self.equal_counts = bool(equal_counts)
         self.assignment = np.zeros(n, dtype=np.int64)
         self.num_clusters = 1
         self.epoch = 0
@@ -141,6 +147,13 @@ class ClusterSampler(Sampler):
         self._pass, self._pos = 0, 0
         self._plan_cache = (None, None)
         self._check_clusters()
+
+    def require_equal_counts(self):
+        """From now on every class of a batch gives the same number of samples (see ``equal_counts``)."""
+        if not self.equal_counts:
+            self.equal_counts = True
+            self._pools_cache = (None, None)
+            self._plan_cache = (None, None)
 
     def check_rank(self, error=RuntimeError):
         """Raise ``error`` if this process is not the rank (of the world size) the sampler was built for."""
@@ -216,7 +229,7 @@ class ClusterSampler(Sampler):
         """{cluster: [samples of each class with >= m of them]} for the clusters that can fill a batch."""
         if self._pools_cache[0] != self.version:
             pools = planning.servable_pools(
-                self.labels, self.assignment, self.num_clusters, self.m, self.global_batch_size
+                self.labels, self.assignment, self.num_clusters, self.m, self.global_batch_size, self.equal_counts
             )
             self._pools_cache = (self.version, pools)
         return self._pools_cache[1]
@@ -249,7 +262,7 @@ class ClusterSampler(Sampler):
         Deterministic in (seed, epoch, assignment version, pass), so every rank plans the same pass.
         """
         rng = np.random.default_rng([self.seed, self.epoch, self.version, pass_index])
-        return planning.plan_pass(self._pools(), self.global_batch_size, self.m, rng)
+        return planning.plan_pass(self._pools(), self.global_batch_size, self.m, rng, self.equal_counts)
 
     # ---------------------------------------------------------------- iteration and tickets
     def __iter__(self):

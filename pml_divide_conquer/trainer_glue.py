@@ -6,6 +6,7 @@ import inspect
 
 import torch
 from pytorch_metric_learning import trainers
+from pytorch_metric_learning.losses import SmoothAPLoss
 from pytorch_metric_learning.miners import BaseMiner, EmbeddingsAlreadyPackagedAsTriplets
 from pytorch_metric_learning.utils.distributed import DistributedMinerWrapper
 
@@ -42,6 +43,14 @@ def check_loss(loss):
             "cluster, so it needs a loss computed from class labels. Self-supervised losses on pairs of views "
             "(SelfSupervisedLoss, VICRegLoss, ManifoldLoss) are not supported."
         )
+
+
+# Losses that need the same number of samples of every class in a batch (they raise otherwise)
+EQUAL_COUNT_LOSSES = (SmoothAPLoss,)
+
+
+def needs_equal_counts(loss):
+    return any(isinstance(m, EQUAL_COUNT_LOSSES) for m in loss.modules())
 
 
 def check_miner(miner):

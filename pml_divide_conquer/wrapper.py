@@ -173,6 +173,8 @@ class DivideConquerWrapper(BaseMetricLossFunction):
             FeatureMemory(len(sampler.labels), feature_memory_device) if recluster_from == "training" else None
         )
         self.__dict__["_trunk_capture"] = None  # the trunk's forward hook (recluster_from="training", trunk space)
+        if trainer_glue.needs_equal_counts(loss):
+            sampler.require_equal_counts()  # e.g. SmoothAPLoss: the same number of samples of every class a batch
         self._build_learners(loss, miner)
         self.num_active = 1
         self.last_epoch = -1  # last epoch whose end-of-epoch step has been taken (0: the step before training)

@@ -7,7 +7,7 @@ import pytest
 import torch
 from pytorch_metric_learning import losses, miners, trainers
 
-from helpers import IndexedDataset, build
+from helpers import IndexedDataset, Recorder, build
 
 D = 16  # full embedding size in these tests
 C = 10  # training classes (digits)
@@ -94,17 +94,30 @@ def small_digits(digits):
 
 @pytest.fixture(scope="module")
 def fragmented_digits(digits):
-    """Digits where classes 7-9 have 5 images each: after splits, their fragments in a cluster are often < m."""
+    """Digits where classes 7-9 have 5 images each, and classes 0-4 and 5-9 lie far apart (a large offset on a few
+    pixels): the split into 2 clusters gives each about 5 classes, fewer than a batch of 8 groups needs, and one
+    image of class 9 lies with classes 0-4, a fragment smaller than m."""
     labels = digits.labels
     keep = np.concatenate([np.flatnonzero(labels == c)[: 60 if c < 7 else 5] for c in range(10)])
     keep.sort()
-    return IndexedDataset(digits.data[keep].numpy(), labels[keep])
+    data, labels = digits.data[keep].numpy().copy(), labels[keep]
+    far = labels >= 5
+    far[np.flatnonzero(labels == 9)[0]] = False  # one image of class 9 with the near classes: a fragment of 1 < m
+    data[far, :8] += 8.0
+    return IndexedDataset(data, labels)
 
 
 def run_few(dataset, loss=None, miner=None, mode="fixed", epochs=4, **kw):
     """Epoch 1: K=1; split after it; epoch 2: K=2 (heads resized); epoch 3: full embedding on cluster batches;
-    epoch 4: all data."""
-    losses_seen = []
+    epoch 4: all data. ``batch_counts`` (returned in parts) holds the per-class counts of every batch."""
+    losses_seen, batch_counts = [], []
+    recorder = Recorder()
+
+    def after_iteration(trainer):
+        losses_seen.append(float(trainer.losses["total_loss"]))
+        batch_counts.append(np.unique(dataset.labels[recorder.last], return_counts=True)[1])
+
+    kw.setdefault("data_and_label_getter", recorder)
     parts = build(
         dataset,
         num_learners=2,
@@ -115,14 +128,14 @@ def run_few(dataset, loss=None, miner=None, mode="fixed", epochs=4, **kw):
         loss=loss,
         miner=miner,
         embedding_size=D,
-        iterations_per_epoch=3,
-        end_of_iteration_hook=lambda t: losses_seen.append(float(t.losses["total_loss"])),
-        **kw,
+        end_of_iteration_hook=after_iteration,
+        **{"iterations_per_epoch": 3, **kw},
     )
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         parts["wrapper"].prepare(parts["trainer"])
         parts["trainer"].train(num_epochs=epochs)
+    parts["batch_counts"] = batch_counts
     return parts, losses_seen
 
 
@@ -140,12 +153,20 @@ UPSTREAM_BROKEN = {"DynamicSoftMarginLoss"}
     ],
 )
 def test_loss_trains_inside_the_wrapper_through_splits_and_small_class_fragments(fragmented_digits, name):
+    """Batches of 8 groups of m=2 from 2 clusters of 10 digit classes: at least one cluster has fewer than 8 classes
+    with 2 samples, so some classes give several groups (SmoothAPLoss gets equal counts for every class instead)."""
     loss = LOSSES[name]()
-    parts, seen = run_few(fragmented_digits, loss=loss, mode="learned" if name == "SmoothAPLoss" else "fixed")
-    assert len(seen) == 12 and np.isfinite(seen).all()
+    parts, seen = run_few(fragmented_digits, loss=loss, batch_size=16, m=2, iterations_per_epoch=6)
+    assert len(seen) == 24 and np.isfinite(seen).all()
     w = parts["wrapper"]
     assert w.phase == "all_data" and w.num_active == 2
     assert "fragments" in parts["sampler"]._warned  # class fragments smaller than m were there, and left out
+    in_clusters = parts["batch_counts"][6:18]  # epochs 2 and 3: batches from 2 clusters
+    if name == "SmoothAPLoss":
+        assert all(len(set(c.tolist())) == 1 for c in parts["batch_counts"])
+        assert any(c[0] > 2 for c in in_clusters)  # a cluster with few classes: 4 or 8 samples of each
+    else:
+        assert any(len(set(c.tolist())) > 1 for c in in_clusters)  # the case SmoothAPLoss cannot take was reached
 
 
 def test_upstream_broken_losses_fail_without_the_wrapper_too():

@@ -203,6 +203,33 @@ def test_cluster_with_few_classes_takes_several_groups_per_class_without_repeati
     assert all(sorted(np.unique(labels[b], return_counts=True)[1].tolist()) == [4, 8] for b in from_1)
 
 
+@settings(max_examples=100, deadline=None)
+@given(
+    sizes=st.lists(st.integers(2, 20), min_size=1, max_size=7),
+    m=st.sampled_from([1, 2, 4]),
+    per_batch=st.sampled_from([2, 4, 6, 8]),
+    seed=st.integers(0, 2**16),
+)
+def test_equal_counts_give_every_class_of_a_batch_as_many_samples(sizes, m, per_batch, seed):
+    """For losses such as SmoothAPLoss: a cluster with fewer than batch_size/m classes gives per_batch/g classes g
+    groups each (g the smallest divisor of per_batch that the classes can give), or no batches when none can."""
+    # cluster 0: per_batch classes of m samples (one batch); cluster 1: classes of the given sizes
+    labels = np.repeat(np.arange(per_batch + len(sizes)), [m] * per_batch + sizes)
+    assignment = np.repeat([0, 1], [per_batch * m, sum(sizes)])
+    capacity = np.array(sizes) // m
+    able = [g for g in range(1, per_batch + 1) if per_batch % g == 0 and (capacity >= g).sum() >= per_batch // g]
+    s = ClusterSampler(labels, batch_size=per_batch * m, m=m, seed=seed, equal_counts=True)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        s.set_assignment(assignment, 2)
+    from_1 = [b for c, b in take_pass(s) if c == 1]
+    assert bool(from_1) == bool(able)
+    assert bool(able) != any("clusters [1] cannot fill a batch" in str(w.message) for w in caught)
+    for b in from_1:
+        counts = np.unique(labels[b], return_counts=True)[1]
+        assert len(set(b.tolist())) == len(b) and set(counts.tolist()) == {min(able) * m}
+
+
 def test_cluster_that_cannot_fill_a_batch_with_distinct_samples_is_skipped_with_a_warning():
     labels = np.repeat(np.arange(6), 10)
     s = ClusterSampler(labels, batch_size=12, m=4)
