@@ -142,7 +142,15 @@ def check_end_of_epoch_hook(trainer, wrapper):
 
 
 def check_optimizers(trainer, wrapper):
-    """Raise if the wrapper has trainable parameters (classification heads, a learned beta) that no optimizer holds."""
+    """Raise if an optimizer is not one, or if the wrapper has trainable parameters (classification heads, a learned
+    beta) that no optimizer holds."""
+    for key, opt in trainer.optimizers.items():
+        if not isinstance(opt, torch.optim.Optimizer):
+            raise TypeError(
+                f'optimizers["{key}"] is {type(opt).__name__}, not a torch optimizer: PML\'s trainer steps and zeroes '
+                "every entry of optimizers, and DivideConquerWrapper carries their state when clusters split. Give "
+                "it an optimizer, or leave the key out."
+            )
     held = {id(p) for opt in trainer.optimizers.values() for group in opt.param_groups for p in group["params"]}
     missing = [name for name, p in wrapper.named_parameters() if p.requires_grad and id(p) not in held]
     if missing:
@@ -175,14 +183,34 @@ def restart_iterator(trainer):
     if getattr(trainer, "dataloader", None) is None:
         return
     old = getattr(trainer, "dataloader_iter", None)
-    # shut the old iterator's workers down before the new one forks its own: workers forked while it is alive
-    # inherit it and later print "can only test a child process" tracebacks when they collect it
-    shutdown = getattr(old, "_shutdown_workers", None)
-    if shutdown is not None:
-        shutdown()
+    release_workers(trainer.dataloader, old)
     trainer.dataloader_iter = None
     del old
     trainer.dataloader_iter = iter(trainer.dataloader)
+
+
+def release_iterator(trainer):
+    """At the end of an epoch: shut the trainer's iterator's workers down (PML makes a new iterator when the next
+    batch is asked for). Else the last epoch's iterator outlives training with live workers, and once the trainer
+    is garbage, workers forked later in the process (a second run, a tester) may collect it and print "can only
+    test a child process" tracebacks."""
+    loader = getattr(trainer, "dataloader", None)
+    if loader is None or getattr(loader, "persistent_workers", False):
+        return
+    release_workers(loader, getattr(trainer, "dataloader_iter", None))
+    trainer.dataloader_iter = iter(())  # exhausted: PML's next get_batch() starts a new one
+
+
+def release_workers(loader, iterator):
+    """Shut down the workers of ``loader``'s abandoned ``iterator`` before a new iterator forks its own: workers
+    forked while it is alive inherit it and later print "can only test a child process" tracebacks when they
+    collect it. A loader with persistent workers keeps them: its next ``iter()`` resets the same iterator (shutting
+    it down would close the queues it reuses)."""
+    if iterator is None or getattr(loader, "persistent_workers", False):
+        return
+    shutdown = getattr(iterator, "_shutdown_workers", None)
+    if shutdown is not None:
+        shutdown()
 
 
 def to_cpu(state):

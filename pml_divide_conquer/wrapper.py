@@ -427,6 +427,7 @@ class DivideConquerWrapper(BaseMetricLossFunction):
         """PML end-of-epoch hook: recluster, split or change phase as the schedule says. Returns True."""
         trainer_glue.check_trainer(trainer, self)
         self.step(trainer, trainer.epoch)
+        trainer_glue.release_iterator(trainer)
         return True
 
     def get_end_of_epoch_hook(self, then=None):

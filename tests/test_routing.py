@@ -98,3 +98,82 @@ def test_reclustering_with_workers_leaves_no_tracebacks(digits, capfd):
     err = capfd.readouterr().err
     assert w.num_active == 4 and all(it._shutdown for it in abandoned[:-1])
     assert "can only test a child process" not in err and "Exception ignored" not in err, err[-2000:]
+
+
+def test_persistent_workers_survive_splits_reclusterings_and_a_phase_change(digits):
+    """A DataLoader with persistent workers is reset, not shut down, when a reclustering drops its prefetched
+    batches (shutting it down closes the queues its next epoch reuses: "Queue ... is closed")."""
+    from pytorch_metric_learning import trainers
+
+    class PersistentWorkers(trainers.MetricLossOnly):
+        def initialize_dataloader(self):
+            self.dataloader = torch.utils.data.DataLoader(
+                self.dataset,
+                batch_size=self.batch_size,
+                sampler=self.sampler,
+                drop_last=True,
+                num_workers=2,
+                persistent_workers=True,
+                prefetch_factor=4,
+            )
+            if not self.iterations_per_epoch:
+                self.iterations_per_epoch = len(self.dataloader)
+            self.dataloader_iter = iter(self.dataloader)
+
+    recorder, log = Recorder(), []
+    parts = build(
+        digits,
+        num_learners=2,
+        recluster_every=1,
+        full_embedding_epoch=4,
+        trainer_cls=PersistentWorkers,
+        data_and_label_getter=recorder,
+        end_of_iteration_hook=lambda t: log.append(
+            (t.epoch, recorder.last, parts["wrapper"].current_learner, parts["sampler"].assignment.copy())
+        ),
+        iterations_per_epoch=30,
+    )
+    w, trainer = parts["wrapper"], parts["trainer"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        w.prepare(trainer)
+        trainer.train(num_epochs=5)  # split after 1, reclusterings after 2 and 3, full embedding from 4
+    assert len(log) == 5 * 30
+    for epoch, idx, learner, assignment in log:
+        clusters = np.unique(assignment[idx])
+        assert len(clusters) == 1
+        assert learner == (clusters[0] if epoch < 4 else 2), (epoch, learner, clusters)
+    assert {learner for e, _, learner, _ in log if e in (2, 3)} == {0, 1}
+    trainer.dataloader._iterator._shutdown_workers()
+
+
+class CollectingDataset(torch.utils.data.Dataset):
+    """Collects garbage in the worker that loads an item, as a worker's own garbage collector would at some point."""
+
+    def __len__(self):
+        return 16
+
+    def __getitem__(self, i):
+        import gc
+
+        gc.collect()
+        return torch.zeros(2)
+
+
+def test_a_second_run_in_the_process_prints_no_tracebacks(digits, capfd):
+    """After train(), the trainer's last iterator has no live workers: once the trainer is garbage (here a
+    reference cycle, as a hook closure holding it makes), workers forked later in the process (a second run, a
+    tester) collect it without "can only test a child process" tracebacks."""
+    parts = build(digits, num_learners=2, recluster_every=1, grow=False, workers=2, iterations_per_epoch=20)
+    trainer = parts["trainer"]
+    trainer.cycle = trainer
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        parts["wrapper"].prepare(trainer)
+        trainer.train(num_epochs=2)
+    assert not any(w.is_alive() for w in getattr(trainer.dataloader_iter, "_workers", []))
+    del parts, trainer
+    for _ in torch.utils.data.DataLoader(CollectingDataset(), batch_size=4, num_workers=2):
+        pass
+    err = capfd.readouterr().err
+    assert "can only test a child process" not in err and "Exception ignored" not in err, err[-2000:]

@@ -51,3 +51,11 @@ def test_state_moves_to_the_cpu_whatever_its_nesting():
     state = {"a": torch.zeros(2), "b": [torch.ones(1), {"c": 3}], "d": (torch.ones(1),)}
     out = trainer_glue.to_cpu(state)
     assert out["b"][1] == {"c": 3} and isinstance(out["d"], tuple) and out["a"].device.type == "cpu"
+
+
+def test_prepare_names_an_optimizer_that_is_none(digits):
+    from helpers import build
+
+    parts = build(digits, num_learners=2, extra_optimizers={"embedder_optimizer": None})
+    with pytest.raises(TypeError, match=r'optimizers\["embedder_optimizer"\] is NoneType, not a torch optimizer'):
+        parts["wrapper"].prepare(parts["trainer"])
