@@ -399,7 +399,7 @@ def finetune(cfg, data, trunk_state, device):
     if wrapper is not None:
         # what a reclustering's embedding pass costs: one no-grad pass over the training set, timed once here
         pass_start = time.perf_counter()
-        wrapper.embed_training_set(trainer)
+        wrapper.embed_training_set()
         if device.type == "cuda":
             torch.cuda.synchronize()
         stats["pass_seconds"] = time.perf_counter() - pass_start

@@ -3,8 +3,8 @@
     python benchmarks/recluster.py --k 8 --sizes 10000,100000,1000000 --dim 512 --out bench-out
 
 Part 1 (glyph training set, the accuracy benchmark's conv trunk): the time of ``wrapper.recluster(trainer)``
-(embedding pass through PML's tester, faiss k-means with retries, Hungarian matching) against the time of one
-no-grad forward pass over the same images (PML's ``get_all_embeddings``), median of ``--repeats``, interleaved.
+(an embedding pass, faiss k-means with retries, Hungarian matching) against the time of one no-grad forward pass
+over the same images, median of ``--repeats``, interleaved.
 Part 2: the clustering alone (k-means with retries + Hungarian matching, and the 2-means splits of the growing
 schedule) on N random L2-normalised embeddings of ``--dim`` dims. Writes ``recluster.csv`` and ``recluster.png``.
 """
@@ -42,10 +42,11 @@ def training_set_part(args):
     forward, recluster = [], []
     for _ in range(args.repeats):
         with Timer() as t:
-            embed_dataset(trainer, train_set, False, wrapper.reclusterer.batch_size, 0)
+            parts, capture = wrapper.controller.parts, wrapper.controller.capture
+            embed_dataset(parts, capture, train_set, False, wrapper.reclusterer.batch_size, 0)
         forward.append(t.seconds)
         with Timer() as t:
-            wrapper.recluster(trainer)
+            wrapper.recluster()
         recluster.append(t.seconds)
     return len(train_set), np.median(forward), np.median(recluster)
 

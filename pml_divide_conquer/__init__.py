@@ -1,10 +1,18 @@
 """Divide & Conquer the Embedding Space for Metric Learning, as a plugin for pytorch-metric-learning."""
 
 from .embedder import SubspaceMaskedEmbedder
-from .sampler import ClusterSampler
+from .integrations import pml as _pml  # noqa: F401  (gives DivideConquerWrapper its PML-trainer methods)
+from .sampler import ClusterBatchSampler, ClusterSampler
 from .schedule import DivideConquerSchedule, Phase
 from .wrapper import DivideConquerWrapper
 
-__version__ = "0.2.0"
+__version__ = "0.3.0"
 
-__all__ = ["ClusterSampler", "DivideConquerSchedule", "DivideConquerWrapper", "Phase", "SubspaceMaskedEmbedder"]
+__all__ = [
+    "ClusterBatchSampler",
+    "ClusterSampler",
+    "DivideConquerSchedule",
+    "DivideConquerWrapper",
+    "Phase",
+    "SubspaceMaskedEmbedder",
+]

@@ -11,6 +11,8 @@ every rank the newest row of every sample (it runs at the end of each epoch, so 
 holds all of them).
 """
 
+import contextlib
+
 import numpy as np
 import torch
 import torch.distributed as dist
@@ -115,20 +117,41 @@ class FeatureMemory:
         self.synced_at = self.step  # saved after the end-of-epoch synchronisation: every row is there
 
 
-class OutputCapture:
-    """Keeps the latest output of a module (a forward hook), until it is taken."""
+class InputCapture:
+    """Keeps the latest input a module received in training mode (a forward pre-hook), until it is taken; inside
+    :meth:`collecting`, every input instead (an embedding pass in eval mode).
+
+    On the :class:`~pml_divide_conquer.SubspaceMaskedEmbedder` it captures the trunk's output, the features that
+    ``cluster_on="trunk"`` clusters, whether the model is a trunk and an embedder or one module ending with it.
+    """
 
     def __init__(self, module):
-        self.output = None
-        self.handle = module.register_forward_hook(self._hook)
+        self.latest = None
+        self._collected = None
+        self.handle = module.register_forward_pre_hook(self._hook)
 
-    def _hook(self, module, inputs, output):
-        self.output = output.detach() if torch.is_tensor(output) else None
+    def _hook(self, module, args):
+        x = args[0] if args else None
+        if not torch.is_tensor(x):
+            return
+        if self._collected is not None:
+            self._collected.append(x.detach())
+        elif module.training:
+            self.latest = x.detach()
 
     def take(self):
-        out, self.output = self.output, None
+        out, self.latest = self.latest, None
         return out
+
+    @contextlib.contextmanager
+    def collecting(self):
+        """Collect every input while the block runs; yields the list they go to."""
+        self._collected = rows = []
+        try:
+            yield rows
+        finally:
+            self._collected = None
 
     def remove(self):
         self.handle.remove()
-        self.output = None
+        self.latest = None

@@ -3,12 +3,13 @@
 PML's classification losses hold a parameter sized by ``embedding_size``: ``W`` (embedding_size x classes),
 ``fc`` (SoftTriple, same layout) or ``proxies`` (classes x embedding_size).
 
-- Shared heads (the default): the full-embedding learner owns the only copy of the loss's parameters; every
+- Shared heads (``heads="shared"``): the full-embedding learner owns the only copy of the loss's parameters; every
   learner's copy of the loss has its parameters dropped (:func:`drop_parameters`) and borrows them at each call
   (:func:`borrowed_parameters`), a head restricted to the learner's chunk of the embedding in fixed mode.
-- Per-learner heads: each learner's copy of the loss gets its head resized to its subspace; when a cluster is split,
-  its children start from the parent's head restricted to their own dimensions (:func:`inherit`), and the
-  full-embedding head starts from the learners' heads put together (:func:`assemble`).
+- Per-learner heads (``heads="per_learner"``, the default): each learner's copy of the loss gets its head resized
+  to its subspace; when a cluster is split, its children start from the parent's head restricted to their own
+  dimensions (:func:`inherit`), and the full-embedding head starts from the learners' heads put together
+  (:func:`assemble`).
 
 CrossBatchMemory's memory is always one per learner, sized to its subspace.
 """
@@ -20,7 +21,7 @@ import torch
 from pytorch_metric_learning.losses import CrossBatchMemory, P2SGradLoss
 from pytorch_metric_learning.utils import common_functions as c_f
 
-from .trainer_glue import carry_optimizer_state
+from .torch_utils import carry_optimizer_state
 
 FULL_KEY = "full"  # the learner of the full-embedding and all-data phases
 SHARED = "shared"
@@ -232,16 +233,22 @@ def make_learners(loss, miner, num_learners, mode, first_size):
     return losses, miners
 
 
-def learner_loss(losses, miners, key, x, labels, indices_tuple, mode, dims=None):
+def learner_loss(losses, miners, key, x, labels, indices_tuple, mode, dims=None, ref_emb=None, ref_labels=None):
     """Learner ``key``'s loss on its view ``x`` of the batch (mined in that view when it has a miner); with shared
-    heads, on the full learner's parameters, heads restricted to embedding ``dims`` (a slice; None: all)."""
+    heads, on the full learner's parameters, heads restricted to embedding ``dims`` (a slice; None: all).
+    ``ref_emb`` (the same view of the reference embeddings) and ``ref_labels`` are passed on when given."""
     if miners is not None:
-        indices_tuple = miners[key](x, labels)
+        indices_tuple = miners[key](x, labels, ref_emb, ref_labels)
+    args = (
+        (x, labels, indices_tuple)
+        if ref_emb is None and ref_labels is None
+        else (x, labels, indices_tuple, ref_emb, ref_labels)
+    )
     owner = losses[FULL_KEY]
     if mode == SHARED and key != FULL_KEY and has_parameters(owner):
-        loss = torch.func.functional_call(losses[key], borrowed_parameters(owner, dims), (x, labels, indices_tuple))
+        loss = torch.func.functional_call(losses[key], borrowed_parameters(owner, dims), args)
     else:
-        loss = losses[key](x, labels, indices_tuple)
+        loss = losses[key](*args)
     if not torch.is_tensor(loss):
         loss = x.sum() * 0.0 + loss
     return loss

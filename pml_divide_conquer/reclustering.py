@@ -1,19 +1,19 @@
-"""Reclustering: embed the training set through PML's tester, cluster it on rank 0, give every rank the result.
+"""Reclustering: features of the training set, clustered on rank 0, the result given to every rank.
 
 :class:`Reclusterer` holds the settings (which space is clustered, the embedding pass, the k-means knobs) and
-returns a numpy assignment; :class:`~pml_divide_conquer.DivideConquerWrapper` decides when to call it and what to do
-with the result (learners, sampler). The clustering itself is :mod:`pml_divide_conquer.clustering` (numpy only).
+returns a numpy assignment; the end-of-epoch step (:mod:`pml_divide_conquer.controller`) decides when to call it and
+what to do with the result (learners, sampler). The clustering itself is :mod:`pml_divide_conquer.clustering` (numpy
+only). What it needs from the training loop comes in a :class:`~pml_divide_conquer.training.TrainingParts`.
 """
 
 import time
 
 import numpy as np
 import torch
-from pytorch_metric_learning import testers
-from pytorch_metric_learning.utils import common_functions as c_f
+import torch.nn.functional as F
 
 from . import clustering, distributed
-from .trainer_glue import unwrap
+from .torch_utils import unwrap
 
 CLUSTER_SPACES = ("trunk", "embedding")
 
@@ -28,9 +28,9 @@ class Reclusterer:
     Args:
         cluster_on: ``"trunk"`` (the reference's penultimate features) or ``"embedding"``.
         dataset: dataset embedded for clustering, in the training dataset's order (e.g. the training images with
-            test-time transforms); None: the trainer's dataset.
+            test-time transforms); None: the training dataset.
         batch_size: batch size of the embedding pass.
-        num_workers: DataLoader workers of the embedding pass (None: the trainer's ``dataloader_num_workers``).
+        num_workers: DataLoader workers of the embedding pass (None: the training loop's).
         niter, max_points_per_centroid, max_retries, gpu: faiss k-means settings (None points per centroid: all
             points, as the reference code).
         seed: k-means seed, the same at every reclustering (trial t uses seed + t).
@@ -40,7 +40,7 @@ class Reclusterer:
 
     Examples:
         >>> reclusterer = Reclusterer(cluster_on="trunk")
-        >>> assignment = reclusterer.assign(trainer, sampler.labels, sampler.assignment, current_k=2, k=2)
+        >>> assignment = reclusterer.assign(parts, capture, sampler.labels, sampler.assignment, current_k=2, k=2)
     """
 
     def __init__(
@@ -69,19 +69,21 @@ class Reclusterer:
         self.clustering_seconds = 0.0
         self.fresh_samples = 0
 
-    def assign(self, trainer, labels, assignment, current_k, k, split=False, memory=None):
+    def assign(self, parts, capture, labels, assignment, current_k, k, split=False, memory=None):
         """The new assignment (int64, one cluster id in [0, k) per sample) on every rank.
 
-        ``assignment`` holds the current ``current_k`` clusters; with ``split``, ``k == 2 * current_k``.
-        ``memory``: a :class:`~pml_divide_conquer.feature_memory.FeatureMemory` to cluster instead of an
-        embedding pass (only the samples it has no fresh row for are embedded).
+        ``parts``: the :class:`~pml_divide_conquer.training.TrainingParts` (model, dataset, ...) of an embedding
+        pass; ``capture``: the :class:`~pml_divide_conquer.feature_memory.InputCapture` on the embedder (for
+        ``cluster_on="trunk"``). ``assignment`` holds the current ``current_k`` clusters; with ``split``,
+        ``k == 2 * current_k``. ``memory``: a :class:`~pml_divide_conquer.feature_memory.FeatureMemory` to cluster
+        instead of an embedding pass (only the samples it has no fresh row for are embedded).
         """
         start = time.perf_counter()
         if memory is None:
-            emb = self.embed(trainer, labels)
+            emb = self.embed(parts, capture, labels)
             self.fresh_samples = len(labels)
         else:
-            emb = self.from_memory(trainer, labels, memory)
+            emb = self.from_memory(parts, capture, labels, memory)
         # one rank clusters, all ranks get its result (k-means need not agree bit for bit across processes)
         clustering_start = time.perf_counter()
         if distributed.world_size_and_rank()[1] == 0:
@@ -109,72 +111,95 @@ class Reclusterer:
             new = clustering.split_clusters(emb, new, labels, seed=self.seed, **self.kmeans)
         return new
 
-    def from_memory(self, trainer, labels, memory):
+    def from_memory(self, parts, capture, labels, memory):
         """The rows training last computed, with the samples that have none since the last reclustering embedded
         afresh (all of them when the memory is empty)."""
         emb, stale = memory.features_for_clustering()
         self.fresh_samples = len(stale)
         if len(stale):
-            fresh = self.embed(trainer, labels, indices=stale)
+            fresh = self.embed(parts, capture, labels, indices=stale)
             if emb is None:
                 emb = np.zeros((len(labels), fresh.shape[1]), dtype=np.float32)
             emb[stale] = fresh
         memory.mark_used()
         return emb
 
-    def embed(self, trainer, labels, indices=None):
+    def embed(self, parts, capture, labels, indices=None):
         """L2-normalised trunk outputs (or embeddings) of the training set (or of its samples ``indices``),
         checked against ``labels``."""
-        dataset = trainer.dataset if self.dataset is None else self.dataset
-        workers = trainer.dataloader_num_workers if self.num_workers is None else self.num_workers
+        if parts is None or parts.model is None or parts.dataset is None:
+            raise RuntimeError(
+                "reclustering needs to embed training samples, but no model and dataset were given at set-up: "
+                + parts.hints.setup
+                if parts is not None
+                else "reclustering needs the model and the training set: set the wrapper up first"
+            )
+        dataset = parts.dataset if self.dataset is None else self.dataset
+        workers = parts.num_workers if self.num_workers is None else self.num_workers
         if indices is not None:
             dataset = torch.utils.data.Subset(dataset, np.asarray(indices).tolist())
             labels = np.asarray(labels)[indices]
-        emb, embedded = embed_dataset(trainer, dataset, self.cluster_on == "trunk", self.batch_size, workers)
+        emb, embedded = embed_dataset(parts, capture, dataset, self.cluster_on == "trunk", self.batch_size, workers)
         if len(embedded) != len(labels) or not np.array_equal(embedded, labels):
             raise ValueError(
                 "the dataset embedded for clustering does not have the sampler's labels in the same order "
-                f"({len(embedded)} vs {len(labels)} samples): cluster_dataset must hold the training samples in the "
-                "training dataset's order"
+                f"({len(embedded)} vs {len(labels)} samples): the dataset given at set-up (and cluster_dataset) "
+                "must hold the training samples in the order of the sampler's labels"
             )
         return emb
 
 
-def embed_dataset(trainer, dataset, use_trunk_output, batch_size, num_workers):
-    """Embed ``dataset`` in eval mode, no grad, with PML's own tester machinery. Returns (embeddings, labels).
+def embed_dataset(parts, capture, dataset, use_trunk_output, batch_size, num_workers):
+    """Embed ``dataset`` with ``parts.model`` in eval mode, no grad. Returns (features, labels) as numpy.
 
-    Embeddings are L2-normalised float32 numpy; labels are processed the way the trainer processes them. Under
-    torch.distributed each rank embeds every W-th sample and the shards are gathered, so every rank gets all.
+    Features are L2-normalised float32: the model's output, or with ``use_trunk_output`` the embedder's input
+    (collected by ``capture``), as PML's testers compute them (``BaseTester.get_all_embeddings``). Labels go through
+    ``parts.label_transform`` as the loss would receive them. Under torch.distributed each rank embeds every W-th
+    sample and the shards are gathered, so every rank gets all.
     """
     n = len(dataset)
     world, rank = distributed.world_size_and_rank()
     if distributed.is_distributed():
         dataset = torch.utils.data.Subset(dataset, distributed.shard_indices(n, world, rank).tolist())
-    tester = testers.BaseTester(
-        normalize_embeddings=True,
-        use_trunk_output=use_trunk_output,
-        batch_size=batch_size,
-        dataloader_num_workers=num_workers,
-        data_device=trainer.data_device,
-        dtype=trainer.dtype,
-        data_and_label_getter=trainer.data_and_label_getter,
+    loader = torch.utils.data.DataLoader(
+        dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers, collate_fn=parts.collate_fn
     )
-    was_training = {k: m.training for k, m in trainer.models.items()}
+    # the plain module, not its DDP wrapper: ranks embed shards of different lengths, and DDP's forward would start
+    # collectives (buffer broadcasts) that the ranks do not all reach; nor a compiled one (eval mode recompiles)
+    model = unwrap(parts.model)
+    modes = [(m, m.training) for m in model.modules()]
+    device = parts.input_device()
+    features, all_labels = [], []
     try:
-        # the plain modules, not their DDP wrappers: ranks embed shards of different lengths, and DDP's forward
-        # would start collectives (buffer broadcasts) that the ranks do not all reach
-        emb, labels = tester.get_all_embeddings(
-            dataset,
-            unwrap(trainer.models["trunk"]),
-            unwrap(trainer.models["embedder"]),
-            collate_fn=trainer.collate_fn,
-            return_as_numpy=True,
-        )
+        model.eval()
+        with torch.no_grad():
+            for batch in loader:
+                x, y = parts.data_and_label_getter(batch)
+                x = x.to(device) if torch.is_tensor(x) else x
+                if parts.dtype is not None and torch.is_tensor(x):
+                    x = x.type(parts.dtype)
+                if use_trunk_output:
+                    with capture.collecting() as rows:
+                        model(x)
+                    if len(rows) != 1:
+                        raise RuntimeError(
+                            f"the model called its SubspaceMaskedEmbedder {len(rows)} times for one batch: "
+                            'cluster_on="trunk" clusters the embedder\'s input, so it must be called once per batch'
+                        )
+                    out = rows[0]
+                else:
+                    out = model(x)
+                features.append(F.normalize(out.flatten(1).float(), dim=1).cpu())
+                all_labels.append(torch.as_tensor(y).cpu())
     finally:
-        for k, m in trainer.models.items():
-            m.train(was_training[k])
-    labels = c_f.process_label(labels, trainer.label_hierarchy_level, trainer.label_mapper)
-    labels = np.asarray(labels).reshape(len(emb), -1)[:, 0] if np.ndim(labels) > 1 else np.asarray(labels)
+        for m, training in modes:
+            m.training = training
+    emb = torch.cat(features).numpy() if features else np.zeros((0, 1), dtype=np.float32)
+    labels = torch.cat(all_labels) if all_labels else torch.zeros(0, dtype=torch.long)
+    if parts.label_transform is not None:
+        labels = parts.label_transform(labels)
+    labels = np.asarray(torch.as_tensor(labels).cpu())
+    labels = labels.reshape(len(emb), -1)[:, 0] if labels.ndim > 1 else labels
     emb = distributed.gather_shards(emb.astype(np.float32), n)
     labels = distributed.gather_shards(labels.astype(np.int64), n)
     return emb, labels

@@ -1,12 +1,17 @@
 """ClusterSampler: batches drawn from one cluster at a time, m samples per class.
 
-The sampler yields flat indices (PML groups them into batches of the trainer's ``batch_size``), batch after batch,
+The sampler yields flat indices (the DataLoader groups them into batches of ``batch_size``), batch after batch,
 and keeps a *ticket* for every batch it starts: which cluster it came from and which indices it holds. The
 :class:`~pml_divide_conquer.DivideConquerWrapper` takes the tickets in order, checks each one against the labels it
 actually received, and routes the batch to that cluster's learner. Torch always iterates a sampler in the main
 process, in order, whatever the number of DataLoader workers, so the order of tickets is the order of batches.
+
+Batches form one stream: passes over the clusters (:meth:`ClusterSampler.plan_pass`), one after the other, each a
+pure function of the seed, the cluster assignment and the pass number. An epoch is the next
+``batches_per_epoch`` batches of that stream, whatever K: ``len(loader)`` is what the loop receives.
 """
 
+import sys
 import warnings
 import zlib
 from collections import deque
@@ -14,7 +19,7 @@ from typing import NamedTuple
 
 import numpy as np
 import torch
-from torch.utils.data import Sampler
+from torch.utils.data import BatchSampler, Sampler
 
 from . import planning
 from .distributed import world_size_and_rank
@@ -28,6 +33,7 @@ class Ticket(NamedTuple):
     cluster: int
     indices: np.ndarray  # this rank's share of the batch
     fingerprint: int  # of the whole cluster batch (all ranks): equal on all ranks when their plans agree
+    step: int  # batches consumed before this one since training started (the same on all ranks)
 
 
 class ClusterSampler(Sampler):
@@ -37,15 +43,23 @@ class ClusterSampler(Sampler):
     class starts a new round (its leftover samples first). A class with fewer than ``m`` samples in a cluster
     cannot give ``m`` distinct samples, so it is left out of that cluster's batches until the next reclustering
     (one warning; the reference code likewise drops classes with a single sample in a cluster). A cluster with
-    fewer classes than ``batch_size / m`` takes 2m, 3m, ... distinct samples from some classes; a cluster that
-    cannot fill a batch with distinct samples at all gets no batches (one warning). A pass visits the clusters
-    round-robin, each giving as many batches as the largest cluster needs, so small clusters are oversampled.
-    Each pass is reshuffled, and is a pure function of ``(seed, epoch, assignment, pass number)``, so a run
-    resumed from :meth:`state_dict` draws the same batches.
+    fewer classes than ``batch_size / m`` takes 2m, 3m, ... distinct samples from some classes (with
+    ``equal_counts``, the same number from every class of the batch); a cluster that cannot fill a batch with
+    distinct samples at all gets no batches (one warning). A pass visits the clusters round-robin, each giving as
+    many batches as the largest cluster needs, so small clusters are oversampled.
+
+    **Epochs.** Passes follow each other as one stream; an epoch is the next ``batches_per_epoch`` batches of it
+    (default ``len(labels) // (batch_size * num_replicas)``, as many steps as a baseline epoch), so
+    ``len(DataLoader)`` is exactly the number of batches a loop receives per epoch, whatever K, and an LR
+    scheduler sized from it is right. A pass may end inside an epoch, or run on into the next one. Each iterator
+    (``iter(loader)``) yields the rest of the current epoch; the wrapper's end-of-epoch step starts the next one.
+    ``set_epoch`` only records the epoch number (Lightning calls it every epoch): the stream does not depend on
+    it, and :meth:`state_dict` saves the position in it, so a run resumed from it draws the same batches.
 
     Args:
-        labels: one integer label per sample of the training dataset, as the trainer passes them to the loss.
-        batch_size: keyword-only; must equal the trainer's ``batch_size``.
+        labels: one integer label per sample of the training dataset, as the loop passes them to the loss. Labels
+            that are strings or other objects: encode them first, e.g. ``np.unique(labels, return_inverse=True)[1]``.
+        batch_size: keyword-only; must equal the DataLoader's (or the trainer's) ``batch_size``.
         m: keyword-only; samples per class in a batch; ``batch_size`` must be a multiple of it. (PML's
             ``MPerClassSampler(labels, m, batch_size)`` takes them in the other order, hence keywords here.)
         seed: seed of the sampler's own random generator (PML's global numpy RNG is not touched).
@@ -57,14 +71,27 @@ class ClusterSampler(Sampler):
         equal_counts: every class of a batch gives the same number of samples (m, or 2m, 4m, ... when a cluster has
             fewer than ``batch_size / m`` classes), as losses such as ``SmoothAPLoss`` require.
             :class:`~pml_divide_conquer.DivideConquerWrapper` turns it on for such losses.
+        batches_per_epoch: batches in an epoch (default: one baseline epoch, see above).
 
     Examples:
         >>> sampler = ClusterSampler(train_labels, batch_size=32, m=4, seed=0)
-        >>> trainer = trainers.MetricLossOnly(..., batch_size=32, sampler=sampler)
+        >>> loader = torch.utils.data.DataLoader(train_set, batch_size=32, sampler=sampler)
+        >>> len(loader) == len(train_labels) // 32
+        True
+        >>> loader = torch.utils.data.DataLoader(train_set, batch_sampler=sampler.batch_sampler())
     """
 
     def __init__(
-        self, labels, *positional, batch_size=None, m=None, seed=0, num_replicas=None, rank=None, equal_counts=False
+        self,
+        labels,
+        *positional,
+        batch_size=None,
+        m=None,
+        seed=0,
+        num_replicas=None,
+        rank=None,
+        equal_counts=False,
+        batches_per_epoch=None,
     ):
         if positional or batch_size is None or m is None:
             raise TypeError(
@@ -75,7 +102,7 @@ class ClusterSampler(Sampler):
         if self.labels.ndim != 1:
             raise ValueError(
                 f"ClusterSampler needs one label per sample (a 1-D array), got shape {self.labels.shape}. For "
-                "hierarchical labels pass the column the trainer uses (label_hierarchy_level)."
+                "hierarchical labels pass the column the loop uses (PML's label_hierarchy_level)."
             )
         if self.labels.size == 0:
             raise ValueError("ClusterSampler got an empty label array")
@@ -118,12 +145,17 @@ class ClusterSampler(Sampler):
                 f"least m samples give only {(counts // self.m).sum()}. Lower batch_size or m."
             )
         self.equal_counts = bool(equal_counts)
+        self.batches_per_epoch = n // self.global_batch_size
+        if batches_per_epoch is not None:
+            self.set_batches_per_epoch(batches_per_epoch)
         self.assignment = np.zeros(n, dtype=np.int64)
         self.num_clusters = 1
-        self.epoch = 0
+        self.epoch = 0  # the last set_epoch() value (informational)
         self.version = 0
-        self._pass = 0  # consumption position: next batch to be consumed is (pass, pos)
+        self._pass = 0  # consumption position: the next batch to be consumed is (pass, pos) of this version
         self._pos = 0
+        self._consumed = 0  # batches consumed since training started
+        self._epoch_start = 0  # _consumed when the current epoch started (the last end-of-epoch step)
         self._generation = 0
         self._tickets = deque()
         self._plan_cache = (None, None)
@@ -168,17 +200,6 @@ class ClusterSampler(Sampler):
     def global_batch_size(self):
         """Samples per step over all ranks: one cluster batch."""
         return self.batch_size * self.num_replicas
-
-    def set_epoch(self, epoch):
-        """Like DistributedSampler.set_epoch: the passes drawn from now on depend on ``epoch``.
-
-        Call it with the same value on every rank (PML's trainers do not need it: the sampler reshuffles every
-        pass by itself). It starts a new pass.
-        """
-        self.epoch = int(epoch)
-        self._pass, self._pos = 0, 0
-        self._plan_cache = (None, None)
-        self._generation += 1  # a live iterator stops: its plan is not this epoch's
 
     def cluster_sizes(self):
         return np.bincount(self.assignment, minlength=self.num_clusters)
@@ -238,15 +259,9 @@ class ClusterSampler(Sampler):
         return planning.fragments(self.labels, self.assignment, self.num_clusters, self.m)
 
     def batches_per_pass(self):
+        """Batches in one pass over the clusters (it need not match an epoch)."""
         pools = self._pools()
         return len(pools) * planning.batches_per_cluster(pools, self.global_batch_size)
-
-    def __len__(self):
-        # PML sets an epoch to len(dataloader) = len(sampler) // batch_size steps (this counts indices, like
-        # MPerClassSampler) when iterations_per_epoch is not given. It does not depend on the clusters, so a run
-        # resumed at another K has epochs of the same length, and a D&C epoch is as long as a baseline epoch
-        # (one pass over the data). A pass over the clusters (batches_per_pass) may be longer or shorter.
-        return (len(self.labels) // self.global_batch_size) * self.batch_size
 
     def _plan(self, pass_index):
         key = (self.version, pass_index)
@@ -259,67 +274,128 @@ class ClusterSampler(Sampler):
     def plan_pass(self, pass_index):
         """The ``(cluster, indices)`` batches of one pass over all ranks (each ``global_batch_size`` long).
 
-        Deterministic in (seed, epoch, assignment version, pass), so every rank plans the same pass.
+        Deterministic in (seed, assignment version, pass), so every rank plans the same pass.
         """
-        rng = np.random.default_rng([self.seed, self.epoch, self.version, pass_index])
+        rng = np.random.default_rng([self.seed, self.version, pass_index])
         return planning.plan_pass(self._pools(), self.global_batch_size, self.m, rng, self.equal_counts)
+
+    # ---------------------------------------------------------------- epochs
+    def __len__(self):
+        """Indices in an epoch, ``batches_per_epoch * batch_size`` (it counts indices, like PML's
+        MPerClassSampler: ``len(DataLoader(ds, batch_size=..., sampler=sampler))`` is ``batches_per_epoch``)."""
+        return self.batches_per_epoch * self.batch_size
+
+    def set_batches_per_epoch(self, batches):
+        """Set the epoch length in batches (e.g. PML's ``iterations_per_epoch``)."""
+        if not isinstance(batches, (int, np.integer)) or isinstance(batches, bool) or batches < 1:
+            raise ValueError(f"batches_per_epoch must be a positive integer, got {batches!r}")
+        self.batches_per_epoch = int(batches)
+
+    def set_epoch(self, epoch):
+        """Record the epoch number, as loops call it on samplers (Lightning every epoch, like
+        ``DistributedSampler.set_epoch``). The batches do not depend on it: they follow one stream whose position
+        the end-of-epoch steps and :meth:`state_dict` keep, so runs stay reproducible and resumable."""
+        self.epoch = int(epoch)
+
+    def start_epoch(self):
+        """The end-of-epoch step was taken: the batches consumed from now on belong to the next epoch."""
+        self._epoch_start = self._consumed
+
+    @property
+    def batches_this_epoch(self):
+        """Batches consumed since the current epoch started."""
+        return self._consumed - self._epoch_start
+
+    def batch_sampler(self):
+        """A batch view of this sampler, for ``DataLoader(dataset, batch_sampler=sampler.batch_sampler())``:
+        yields lists of ``batch_size`` indices, and its ``len`` is ``batches_per_epoch``."""
+        return ClusterBatchSampler(self)
 
     # ---------------------------------------------------------------- iteration and tickets
     def __iter__(self):
-        # A new iterator (PML re-creates it when the old one is exhausted, or at train()): tickets of batches
-        # that an abandoned iterator had prefetched will never be consumed, so drop them.
+        """The rest of the current epoch (a full epoch when the last one is complete), as flat indices.
+
+        A new iterator (each epoch, or PML's restart of an exhausted one) drops the tickets of batches an abandoned
+        iterator had prefetched: they will never be consumed, and the new one draws them again."""
+        self._check_dataloader(sys._getframe(1))
         self._generation += 1
         self._tickets.clear()
-        pass_index, pos = self._pass, self._pos
-        plan = self._plan(pass_index)
-        if pos >= len(plan):
-            pass_index, pos = pass_index + 1, 0
-            plan = self._plan(pass_index)
-        return self._iterate(plan, pass_index, pos, self._generation, self.version)
+        done = self.batches_this_epoch % self.batches_per_epoch
+        return self._iterate(self.batches_per_epoch - done, self._generation, self.version)
 
-    def _iterate(self, plan, pass_index, start, generation, version):
-        for position in range(start, len(plan)):
+    def _check_dataloader(self, frame):
+        # A DataLoader's iterator calls iter() on its index sampler: refuse, with what to pass instead, a
+        # ClusterSampler given as batch_sampler= (torch would fail with "'int' object is not iterable") or one
+        # batched with another batch size (each batch would span several tickets).
+        owner = frame.f_locals.get("self")  # a DataLoader iterator, or the BatchSampler it iterates
+        if getattr(owner, "_index_sampler", None) is self:
+            raise TypeError(
+                "ClusterSampler yields sample indices, but the DataLoader got it as batch_sampler=. Pass "
+                "DataLoader(dataset, batch_size=..., sampler=sampler) or "
+                "DataLoader(dataset, batch_sampler=sampler.batch_sampler())."
+            )
+        batch_size = getattr(owner, "batch_size", None)
+        if getattr(owner, "sampler", None) is self and isinstance(batch_size, int) and batch_size != self.batch_size:
+            raise ValueError(
+                f"the DataLoader's batch_size={batch_size} differs from ClusterSampler's batch_size="
+                f"{self.batch_size}: give the DataLoader batch_size={self.batch_size}, or pass "
+                "batch_sampler=sampler.batch_sampler() instead of batch_size= and sampler=."
+            )
+
+    def _iterate(self, count, generation, version):
+        pass_index, pos, step = self._pass, self._pos, self._consumed
+        plan = self._plan(pass_index)
+        for _ in range(count):
             if generation != self._generation or version != self.version:
                 return  # superseded by a newer iterator or a new assignment
-            cluster, batch = plan[position]
+            if pos >= len(plan):
+                pass_index, pos = pass_index + 1, 0
+                plan = self._plan(pass_index)
+            cluster, batch = plan[pos]
             # this rank's share; each class's samples are contiguous groups of m, so every share is m-per-class too
             indices = batch[self.rank * self.batch_size : (self.rank + 1) * self.batch_size]
             fingerprint = zlib.crc32(batch.astype(np.int64).tobytes()) & 0x7FFFFFFF
-            self._tickets.append(Ticket(version, pass_index, position, cluster, indices, fingerprint))
+            self._tickets.append(Ticket(version, pass_index, pos, cluster, indices, fingerprint, step))
+            pos, step = pos + 1, step + 1
             yield from indices.tolist()
 
-    def pop_ticket(self, labels):
+    def pop_ticket(self, labels, batch_size_holder="the DataLoader (or trainer)"):
         """Take the ticket of the next batch and check it against the labels the loss received."""
         if not self._tickets:
             raise RuntimeError(
-                "DivideConquerWrapper received a batch that its ClusterSampler did not draw. Pass the same "
-                "ClusterSampler to the trainer (sampler=...) as to the wrapper, and do not call the wrapper on "
-                "batches from another DataLoader while it is in train() mode."
+                "DivideConquerWrapper received a batch that its ClusterSampler did not draw. Give the same "
+                "ClusterSampler to the DataLoader (sampler=...) as to the wrapper, and do not call the wrapper on "
+                "batches from another DataLoader while it is in train() mode (a validation loss: call "
+                "wrapper.eval() first; a second call on the same batch: use `with wrapper.one_batch():`)."
             )
-        ticket = self._tickets.popleft()
+        ticket = self._tickets[0]
         got = as_int_array(labels, "the batch's labels")
         if got.ndim != 1:
             raise ValueError(f"expected 1-D labels, got shape {got.shape}")
         if len(got) != len(ticket.indices):
             raise RuntimeError(
                 f"the loss received a batch of {len(got)} samples, but ClusterSampler draws batches of "
-                f"{self.batch_size}. Give the trainer batch_size={self.batch_size} (the sampler's), and do not use "
-                "a subset_batch_miner with DivideConquerWrapper."
+                f"{self.batch_size}. Give {batch_size_holder} batch_size={self.batch_size} (the sampler's), and do "
+                "not drop samples from the batch (e.g. with PML's subset_batch_miner)."
             )
         expected = self.labels[ticket.indices]
         if not np.array_equal(got, expected):
             raise RuntimeError(
                 "the labels the loss received do not match the batch ClusterSampler drew, so the batch cannot be "
-                "routed to its learner. Build ClusterSampler from the labels exactly as the trainer hands them to "
-                "the loss (after set_min_label_to_zero / dataset_labels / label_hierarchy_level), in dataset order."
+                "routed to its learner. Build ClusterSampler from the labels exactly as the loop hands them to "
+                "the loss (after PML's set_min_label_to_zero / dataset_labels / label_hierarchy_level), in dataset "
+                "order. (Calling the loss twice for one batch, as LBFGS or SAM closures do: wrap the calls in "
+                "`with wrapper.one_batch():`.)"
             )
         if ticket.version != self.version:
             raise RuntimeError(
-                "a batch drawn before the last reclustering reached the loss. Change clusters only through "
-                "DivideConquerWrapper (its end-of-epoch hook or recluster(trainer)), which restarts the trainer's "
-                "DataLoader iterator so that no stale prefetched batch is trained on."
+                "a batch drawn before the last reclustering reached the loss. Change clusters only through the "
+                "wrapper's end-of-epoch step (or recluster()), between epochs; after a reclustering inside an "
+                "epoch, start a new iterator over the DataLoader, so that no stale prefetched batch is trained on."
             )
+        self._tickets.popleft()
         self._pass, self._pos = ticket.pass_index, ticket.position + 1
+        self._consumed = ticket.step + 1
         return ticket
 
     # ---------------------------------------------------------------- state
@@ -335,6 +411,9 @@ class ClusterSampler(Sampler):
             "version": self.version,
             "pass": self._pass,
             "pos": self._pos,
+            "consumed": self._consumed,
+            "epoch_start": self._epoch_start,
+            "batches_per_epoch": self.batches_per_epoch,
             "warned": sorted(self._warned),
         }
 
@@ -361,8 +440,29 @@ class ClusterSampler(Sampler):
         self.epoch = int(state.get("epoch", 0))
         self.version = int(state["version"])
         self._pass, self._pos = int(state["pass"]), int(state["pos"])
+        self._consumed = int(state.get("consumed", 0))
+        self._epoch_start = int(state.get("epoch_start", self._consumed))
+        self.batches_per_epoch = int(state.get("batches_per_epoch", self.batches_per_epoch))
         self._tickets.clear()
         self._generation += 1  # a live iterator stops: the next one starts at the loaded position
         self._plan_cache = (None, None)
         self._pools_cache = (None, None)
         self._warned = set(state.get("warned", []))
+
+
+class ClusterBatchSampler(BatchSampler):
+    """The batch view of a :class:`ClusterSampler`: lists of ``batch_size`` indices, ``len`` = batches per epoch.
+
+    For ``DataLoader(dataset, batch_sampler=...)``; its ``sampler`` is the ClusterSampler (Lightning calls
+    ``set_epoch`` on it). Get it from :meth:`ClusterSampler.batch_sampler`.
+
+    Examples:
+        >>> loader = torch.utils.data.DataLoader(train_set, batch_sampler=sampler.batch_sampler())
+        >>> len(loader) == sampler.batches_per_epoch
+        True
+    """
+
+    def __init__(self, sampler):
+        if not isinstance(sampler, ClusterSampler):
+            raise TypeError(f"ClusterBatchSampler takes a ClusterSampler, got {type(sampler).__name__}")
+        super().__init__(sampler, sampler.batch_size, drop_last=True)

@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from pml_divide_conquer import reclustering
-from pml_divide_conquer.feature_memory import FeatureMemory, OutputCapture
+from pml_divide_conquer.feature_memory import FeatureMemory, InputCapture
 
 from helpers import build
 
@@ -90,9 +90,9 @@ def test_reclustering_embeds_only_the_samples_training_did_not_see(digits, clust
     embedded = []
     real = reclustering.embed_dataset
 
-    def counting(trainer, dataset, *args):
+    def counting(parts, capture, dataset, *args):
         embedded.append(len(dataset))
-        return real(trainer, dataset, *args)
+        return real(parts, capture, dataset, *args)
 
     monkeypatch.setattr(reclustering, "embed_dataset", counting)
     w.prepare(t)
@@ -108,24 +108,33 @@ def test_reclustering_embeds_only_the_samples_training_did_not_see(digits, clust
     np.testing.assert_allclose(memory.features.float().numpy()[seen], fresh[seen], atol=3e-3)
 
 
-def test_the_trunk_hook_is_installed_once_and_goes_with_the_wrapper(digits):
+def test_the_embedder_hook_is_installed_once_and_goes_with_the_wrapper(digits):
     parts = build(digits, num_learners=2, wrapper_kwargs=dict(recluster_from="training"))
-    trunk = parts["trainer"].models["trunk"]
+    embedder = parts["embedder"]
     parts["wrapper"].prepare(parts["trainer"])
-    parts["wrapper"]._capture_trunk(parts["trainer"])  # prepared again: still one hook
-    assert len(trunk._forward_hooks) == 1
+    parts["wrapper"].prepare(parts["trainer"])  # prepared again: still one hook
+    assert len(embedder._forward_pre_hooks) == 1
     del parts
     gc.collect()
-    assert len(trunk._forward_hooks) == 0
+    assert len(embedder._forward_pre_hooks) == 0
 
 
-def test_output_capture_hands_each_output_once():
+def test_input_capture_hands_each_training_input_once_and_collects_inside_a_pass():
     layer = torch.nn.Linear(3, 2)
-    capture = OutputCapture(layer)
-    out = layer(torch.randn(4, 3))
+    capture = InputCapture(layer)
+    x = torch.randn(4, 3, requires_grad=True)
+    layer(x)
     taken = capture.take()
-    assert torch.equal(taken, out.detach()) and not taken.requires_grad
+    assert torch.equal(taken, x.detach()) and not taken.requires_grad
     assert capture.take() is None
+    layer.eval()
+    layer(torch.randn(2, 3))  # eval mode (a validation forward): not a training batch
+    assert capture.take() is None
+    with capture.collecting() as rows:
+        layer(torch.randn(2, 3))
+        layer(torch.randn(5, 3))
+    assert [len(r) for r in rows] == [2, 5] and capture.take() is None
     capture.remove()
+    layer.train()
     layer(torch.randn(1, 3))
     assert capture.take() is None

@@ -95,27 +95,44 @@ def test_per_learner_full_head_starts_from_the_learners_heads_put_together(small
     w = parts["wrapper"]
     halves = [w.learners[k].W.detach().clone() for k in ("learner0", "learner1")]
     assert halves[0].shape == (D // 2, C)
-    w.step(parts["trainer"], 3)  # into the full-embedding phase (epoch 4)
+    w.end_epoch(3)  # into the full-embedding phase (epoch 4)
     assert str(w.phase) == "full_embedding"
     assert torch.equal(w.learners["full"].W, torch.cat(halves, dim=0))
 
 
 def test_per_learner_full_head_with_learned_masks_takes_each_class_from_its_cluster(small_digits):
     parts = trained(small_digits, losses.ArcFaceLoss(C, D), epochs=2, heads_mode="per_learner", mode="learned")
-    w = parts["wrapper"]
+    w, sampler = parts["wrapper"], parts["sampler"]
     own = [w.learners[k].W.detach().clone() for k in ("learner0", "learner1")]
-    owners = w._class_owners()
-    w.step(parts["trainer"], 3)
+    # each class's owner counted here, from the clusters the sampler holds: the cluster with most of its samples
+    owners = [np.bincount(sampler.assignment[sampler.labels == c], minlength=2).argmax() for c in range(C)]
+    assert len(set(owners)) == 2  # both learners own classes, so taking the wrong one would show
+    w.end_epoch(3)
     full = w.learners["full"].W
     for c in range(C):
         assert torch.equal(full[:, c], own[owners[c]][:, c])
 
 
-def test_assemble_averages_where_a_class_has_several_columns_it_cannot_place():
-    parts = [losses.ArcFaceLoss(4, 6), losses.ArcFaceLoss(4, 6)]
-    dst = losses.ArcFaceLoss(4, 6)
+def test_assemble_averages_the_columns_of_classes_no_cluster_owns():
+    """A head built for more classes than the training set has (ArcFaceLoss(num_classes=5) on 4 training
+    classes): the column of class 4 has no owner and starts from the parts' mean; the others from their owner."""
+    torch.manual_seed(0)
+    parts = [losses.ArcFaceLoss(5, 6), losses.ArcFaceLoss(5, 6)]
+    dst = losses.ArcFaceLoss(5, 6)
     heads.assemble(parts, dst, dims=[None, None], class_owner=np.array([1, 0, 1, 1]))
-    assert torch.equal(dst.W[:, 0], parts[1].W[:, 0]) and torch.equal(dst.W[:, 1], parts[0].W[:, 1])
+    for c, owner in enumerate([1, 0, 1, 1]):
+        assert torch.equal(dst.W[:, c], parts[owner].W[:, c])
+    assert torch.allclose(dst.W[:, 4], (parts[0].W[:, 4] + parts[1].W[:, 4]) / 2)
+    assert not torch.equal(dst.W[:, 4], parts[0].W[:, 4]) and not torch.equal(dst.W[:, 4], parts[1].W[:, 4])
+
+
+def test_assemble_takes_all_sub_centers_of_a_class_from_its_owner():
+    torch.manual_seed(0)
+    parts = [losses.SubCenterArcFaceLoss(num_classes=3, embedding_size=4, sub_centers=2) for _ in range(2)]
+    dst = losses.SubCenterArcFaceLoss(num_classes=3, embedding_size=4, sub_centers=2)
+    heads.assemble(parts, dst, dims=[None, None], class_owner=np.array([1, 0, 1]))
+    for col in range(6):  # columns class * sub_centers + center, as PML reshapes them
+        assert torch.equal(dst.W[:, col], parts[[1, 0, 1][col // 2]].W[:, col])
 
 
 def test_resize_drops_stale_gradients():
@@ -133,7 +150,7 @@ def test_heads_without_metric_loss_optimizer_are_refused_at_prepare(small_digits
         small_digits, num_learners=2, mode=mode, heads=heads_mode, loss=losses.ArcFaceLoss(C, D), embedding_size=D
     )
     del parts["trainer"].optimizers["metric_loss_optimizer"]
-    with pytest.raises(ValueError, match="no optimizer of the trainer holds"):
+    with pytest.raises(ValueError, match="that no optimizer holds"):
         parts["wrapper"].prepare(parts["trainer"])
 
 

@@ -1,4 +1,4 @@
-"""Reclustering: the training set embedded through PML's tester, clustered, matched to the learners."""
+"""Reclustering: the training set embedded as PML's testers embed it, clustered, matched to the learners."""
 
 import warnings
 
@@ -29,10 +29,10 @@ def test_hungarian_matching_keeps_learners_on_their_data(digits, monkeypatch):
     assert np.array_equal(sampler.assignment, first)
 
 
-def test_clustering_uses_pml_tester_embeddings(digits):
-    parts = build(digits, num_learners=2)
-    parts["wrapper"].reclusterer.cluster_on = "embedding"
-    emb = parts["wrapper"].embed_training_set(parts["trainer"])
+def test_the_embedding_pass_gives_what_pml_testers_give(digits):
+    parts = build(digits, num_learners=2, wrapper_kwargs=dict(cluster_on="embedding"))
+    parts["wrapper"].prepare(parts["trainer"])
+    emb = parts["wrapper"].embed_training_set()
     tester = testers.BaseTester(
         data_device=torch.device("cpu"), dataloader_num_workers=0, data_and_label_getter=lambda b: b[:2]
     )
@@ -41,7 +41,10 @@ def test_clustering_uses_pml_tester_embeddings(digits):
     assert np.allclose(np.linalg.norm(emb, axis=1), 1.0, atol=1e-5)
     trunk_parts = build(digits, num_learners=2)
     assert trunk_parts["wrapper"].reclusterer.cluster_on == "trunk"  # the default, as in the reference code
-    assert trunk_parts["wrapper"].embed_training_set(trunk_parts["trainer"]).shape == (len(digits), 32)
+    trunk_parts["wrapper"].prepare(trunk_parts["trainer"])
+    trunk_emb = trunk_parts["wrapper"].embed_training_set()
+    ref, _ = tester.get_all_embeddings(digits, trunk_parts["trunk"], torch.nn.Identity(), return_as_numpy=True)
+    assert trunk_emb.shape == (len(digits), 32) and np.allclose(trunk_emb, ref, atol=1e-6)
 
 
 def test_a_split_reclusters_at_the_current_K_matches_then_splits_every_cluster_in_two():
@@ -62,6 +65,8 @@ def test_cluster_space_and_the_time_of_each_part(digits):
     with pytest.raises(ValueError, match='cluster_on must be "trunk" or "embedding"'):
         Reclusterer(cluster_on="features")
     parts = build(digits, num_learners=2)
-    r = parts["wrapper"].reclusterer
-    new = r.assign(parts["trainer"], parts["sampler"].labels, parts["sampler"].assignment, current_k=1, k=2, split=True)
+    w = parts["wrapper"]
+    w.prepare(parts["trainer"])
+    r, s = w.reclusterer, parts["sampler"]
+    new = r.assign(w.controller.parts, w.controller.capture, s.labels, s.assignment, current_k=1, k=2, split=True)
     assert sorted(np.unique(new)) == [0, 1] and 0 < r.clustering_seconds < r.seconds

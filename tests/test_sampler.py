@@ -10,16 +10,22 @@ from pml_divide_conquer import ClusterSampler
 
 
 def take_pass(sampler):
-    """Iterate one pass, consuming every ticket as the wrapper would; returns [(cluster, indices)]."""
-    it = iter(sampler)
-    flat = list(it)
-    batches = [np.array(flat[i : i + sampler.batch_size]) for i in range(0, len(flat), sampler.batch_size)]
-    out = []
-    for b in batches:
-        t = sampler.pop_ticket(torch.as_tensor(sampler.labels[b]))
-        assert np.array_equal(t.indices, b)
-        out.append((t.cluster, b))
-    return out
+    """Consume the next pass over the clusters (from wherever the stream stands), as the wrapper would, epoch after
+    epoch; returns [(cluster, indices)]."""
+    out, pass_index = [], None
+    while True:
+        flat = list(iter(sampler))  # the rest of the epoch
+        for i in range(0, len(flat), sampler.batch_size):
+            b = np.array(flat[i : i + sampler.batch_size])
+            ticket = sampler._tickets[0]
+            if pass_index is None:
+                pass_index = ticket.pass_index
+            if ticket.pass_index != pass_index:
+                return out
+            t = sampler.pop_ticket(torch.as_tensor(sampler.labels[b]))
+            assert np.array_equal(t.indices, b)
+            out.append((t.cluster, b))
+        sampler.start_epoch()
 
 
 @st.composite

@@ -107,7 +107,7 @@ def test_trainer_with_another_sampler_is_refused(digits):
     with pytest.raises(ValueError, match="not the wrapper's ClusterSampler"):
         parts["wrapper"].prepare(parts["trainer"])
     # without prepare(): the first batch says so
-    with pytest.raises(RuntimeError, match="was not prepared"), warnings.catch_warnings():
+    with pytest.raises(RuntimeError, match="was not set up"), warnings.catch_warnings():
         warnings.simplefilter("ignore")
         parts["trainer"].train(num_epochs=1)
 
@@ -122,24 +122,18 @@ def test_trainer_batch_size_differing_from_sampler_is_refused(digits):
 def test_training_without_prepare_is_refused_at_the_first_batch(digits, grow):
     parts = build(digits, grow=grow)
     with (
-        pytest.raises(RuntimeError, match=r"call wrapper.prepare\(trainer\) before trainer.train"),
+        pytest.raises(RuntimeError, match=r"call dc.prepare\(trainer\) before trainer.train"),
         warnings.catch_warnings(),
     ):
         warnings.simplefilter("ignore")
         parts["trainer"].train(num_epochs=1)
 
 
-def loss_called_by(trainer):
-    """Call the trainer's metric loss as one of the trainer's own methods would (``self`` on the call stack)."""
-    self = trainer  # noqa: F841 - the wrapper looks for the calling trainer to word its error
-    return trainer.loss_funcs["metric_loss"](torch.randn(16, 16), torch.as_tensor(trainer.dataset.labels[:16]))
-
-
-def test_unsupported_trainer_without_prepare_is_named(digits):
+def test_unsupported_trainer_is_named_at_prepare(digits):
     parts = build(digits, num_learners=2)
     parts["trainer"].__class__ = trainers.TwoStreamMetricLoss  # calls the loss with its own batch layout
     with pytest.raises(TypeError, match="TwoStreamMetricLoss is not supported"):
-        loss_called_by(parts["trainer"])
+        parts["wrapper"].prepare(parts["trainer"])
 
 
 def test_missing_end_of_epoch_hook_is_refused_at_prepare(digits):
@@ -159,7 +153,7 @@ def test_a_hook_of_ones_own_that_skips_the_step_is_caught_at_the_next_epoch(digi
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         parts["wrapper"].prepare(parts["trainer"])  # cannot tell what a user's own hook does ...
-        with pytest.raises(RuntimeError, match="end_of_epoch_hook does not call it"):
+        with pytest.raises(RuntimeError, match="end-of-epoch step was last taken after epoch 0"):
             parts["trainer"].train(num_epochs=2)  # ... but the first batch of epoch 2 can
     # a hook of one's own that does call it is fine
     parts = build(digits, num_learners=2, iterations_per_epoch=2)
@@ -193,14 +187,75 @@ def test_trunk_is_frozen_in_the_first_epoch_after_each_reclustering(digits):
         warnings.simplefilter("ignore")
         w.prepare(parts["trainer"])
         parts["trainer"].train(num_epochs=4)
-    assert [lr for e, lr in lrs] == [0.0] * 3 + [1e-3] * 3 + [0.0] * 3 + [1e-3] * 3
     changed = [any(not torch.equal(a, b) for a, b in zip(x, y)) for x, y in zip([before] + snapshots, snapshots)]
     assert changed == [False, True, False, True]  # Adam with lr 0 leaves the trunk where it was
-    assert parts["trainer"].optimizers["trunk_optimizer"].param_groups[0]["lr"] == 0.0  # epoch 5 would be frozen
-    with pytest.raises(ValueError, match="trunk_optimizer"):
+    # the learning rate is 0 only inside the optimizer's steps: between them, schedulers see the real one
+    assert [lr for e, lr in lrs] == [1e-3] * 12
+    with pytest.raises(ValueError, match="holds the trunk's parameters"):
         p2 = build(digits, num_learners=2, recluster_every=2, freeze_trunk_epochs=1)
         del p2["trainer"].optimizers["trunk_optimizer"]
         p2["wrapper"].prepare(p2["trainer"])
+
+
+def freezing_run(digits, num_epochs, stop_after=None, buf=None):
+    """Trunk frozen in epochs 1, 3, 5 (T=2), StepLR(gamma=0.5) on the trunk each epoch; optionally stopped after
+    epoch ``stop_after`` into a checkpoint, or resumed from ``buf`` (the epoch after is a frozen one)."""
+    import io
+
+    torch.manual_seed(0)
+    parts = build(digits, num_learners=2, recluster_every=2, freeze_trunk_epochs=1, iterations_per_epoch=3)
+    t, w = parts["trainer"], parts["wrapper"]
+    scheduler = torch.optim.lr_scheduler.StepLR(t.optimizers["trunk_optimizer"], step_size=1, gamma=0.5)
+    t.lr_schedulers = {"trunk_scheduler_by_epoch": scheduler}
+    lrs, trunks = [], []
+    t.end_of_epoch_hook = w.get_end_of_epoch_hook(
+        then=lambda t: (
+            lrs.append(t.optimizers["trunk_optimizer"].param_groups[0]["lr"])
+            or trunks.append([p.detach().clone() for p in parts["trunk"].parameters()])
+            or True
+        )
+    )
+    start = 1
+    if buf is not None:
+        state = torch.load(buf, weights_only=True)
+        for k, m in t.models.items():
+            m.load_state_dict(state["models"][k])
+        for k, o in t.optimizers.items():
+            o.load_state_dict(state["optimizers"][k])
+        scheduler.load_state_dict(state["scheduler"])
+        w.load_state_dict(state["wrapper"])
+        start = w.last_epoch + 1
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        w.prepare(t)
+        t.train(start_epoch=start, num_epochs=stop_after or num_epochs)
+    if stop_after is not None:
+        buf = io.BytesIO()
+        torch.save(
+            {
+                "models": {k: m.state_dict() for k, m in t.models.items()},
+                "optimizers": {k: o.state_dict() for k, o in t.optimizers.items()},
+                "scheduler": scheduler.state_dict(),
+                "wrapper": w.state_dict(),
+            },
+            buf,
+        )
+        buf.seek(0)
+    return lrs, trunks, buf
+
+
+def test_trunk_freezing_composes_with_an_lr_scheduler_and_a_checkpoint_in_a_frozen_epoch(digits):
+    """StepLR halves the trunk's learning rate after every epoch, frozen or not; a run stopped after epoch 2
+    (epoch 3 frozen) resumes bit for bit."""
+    lrs, trunks, _ = freezing_run(digits, 4)
+    assert lrs == [1e-3 * 0.5**e for e in range(1, 5)]
+    changed = [not all(torch.equal(a, b) for a, b in zip(x, y)) for x, y in zip(trunks, trunks[1:])]
+    assert changed == [True, False, True]  # epochs 2 and 4 trained the trunk, epoch 3 did not
+    first, _, buf = freezing_run(digits, 4, stop_after=2)
+    resumed, resumed_trunks, _ = freezing_run(digits, 4, buf=buf)
+    assert first + resumed == lrs
+    for a, b in zip(trunks[2:], resumed_trunks):
+        assert all(torch.equal(x, y) for x, y in zip(a, b))
 
 
 def test_schedule_given_whole_or_in_parts_not_both():
@@ -278,7 +333,7 @@ def test_recluster_keeps_K_and_missed_steps_are_refused(digits):
         with pytest.raises(RuntimeError, match="end-of-epoch step was last taken after epoch 0"):
             t.train(start_epoch=4, num_epochs=4)  # a fresh wrapper, as if its state had not been loaded
     with pytest.raises(RuntimeError, match="never taken"):
-        w.step(t, 3)
+        w.end_epoch(3)
 
 
 @pytest.mark.parametrize("mode", ["fixed", "learned"])
