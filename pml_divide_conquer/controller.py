@@ -214,7 +214,8 @@ class EpochController:
         w = self.wrapper
         size = w.embedder.subspace_size(w.num_active)
         halves = None if w.embedder.mode == LEARNED else [np.arange(0, size // 2), np.arange(size // 2, size)]
-        heads.split_learners(w.learners, w.miners, w.num_active, halves, optimizers)
+        child_size = w.embedder.subspace_size(2 * w.num_active)
+        heads.split_learners(w.learners, w.miners, w.num_active, halves, optimizers, child_size)
 
     def _class_owners(self):
         """For each class (0..C-1), the cluster holding most of its samples."""

@@ -6,10 +6,10 @@ PML's classification losses hold a parameter sized by ``embedding_size``: ``W`` 
 - Shared heads (``heads="shared"``): the full-embedding learner owns the only copy of the loss's parameters; every
   learner's copy of the loss has its parameters dropped (:func:`drop_parameters`) and borrows them at each call
   (:func:`borrowed_parameters`), a head restricted to the learner's chunk of the embedding in fixed mode.
-- Per-learner heads (``heads="per_learner"``, the default): each learner's copy of the loss gets its head resized
-  to its subspace; when a cluster is split, its children start from the parent's head restricted to their own
-  dimensions (:func:`inherit`), and the full-embedding head starts from the learners' heads put together
-  (:func:`assemble`).
+- Per-learner heads (``heads="per_learner"``, the default): each learner's copy of the loss keeps a full-size head
+  and uses its first s rows for a subspace of s dims (no parameter ever changes shape); when a cluster is split,
+  its children start from the parent's rows of their own dimensions (:func:`inherit`), and the full-embedding head
+  starts from the learners' heads put together (:func:`assemble`).
 
 CrossBatchMemory's memory is always one per learner, sized to its subspace.
 """
@@ -19,7 +19,6 @@ import copy
 import numpy as np
 import torch
 from pytorch_metric_learning.losses import CrossBatchMemory, P2SGradLoss
-from pytorch_metric_learning.utils import common_functions as c_f
 
 from .torch_utils import carry_optimizer_state
 
@@ -90,45 +89,48 @@ def check_fits(loss, embedding_size, num_train_classes):
             )
 
 
-def resize(module, size):
-    """Give every head of ``module`` ``size`` embedding dims, freshly initialised (no-op where it fits)."""
-    for _qual, sub, _name, p, dim in head_params(module):
-        if p.shape[dim] == size:
-            continue
-        shape = list(p.shape)
-        shape[dim] = size
-        new = torch.empty(shape, dtype=p.dtype, device=p.device)
-        init = getattr(sub, "weight_init_func", None) or c_f.TorchInitWrapper(torch.nn.init.normal_)
-        init(new)
-        p.data = new
-        p.grad = None  # a stale gradient of the old shape would break the next step (PML's zero_grad may miss it)
+def resize_memories(module, size):
+    """Give every CrossBatchMemory of ``module`` ``size`` embedding dims, emptied (no-op where it fits)."""
     for mem in memories(module):
         if mem.embedding_size != size:
             mem.embedding_size = size
             mem.reset_queue()
 
 
-def inherit(src, dst, dims=None, optimizers=()):
-    """Make module ``dst`` a copy of ``src`` whose heads keep only embedding dims ``dims`` (None: all).
+def head_rows(module):
+    """How many embedding dims ``module``'s heads hold (their storage: always the full embedding), or None."""
+    sizes = {p.shape[dim] for _, _, _, p, dim in head_params(module)}
+    return sizes.pop() if sizes else None
 
-    The optimizer state of each parameter follows it, restricted the same way, so Adam moments carry over.
-    ``src`` and ``dst`` may be the same module (a parent that becomes its own first child).
+
+def _gather_index(dims, n):
+    """Rows ``dims`` first, then rows ``len(dims)..n-1`` as they were: a full-length gather."""
+    dims = torch.as_tensor(np.asarray(dims), dtype=torch.long)
+    return torch.cat([dims, torch.arange(len(dims), n)])
+
+
+def inherit(src, dst, dims=None, optimizers=(), size=None):
+    """Make module ``dst`` a copy of ``src`` whose heads hold ``src``'s embedding rows ``dims`` in their first
+    ``len(dims)`` rows (None: all rows as they are); its CrossBatchMemory gets ``size`` dims, emptied.
+
+    Heads are never resized: a learner whose subspace has s dims uses the first s rows of its head (a parameter
+    that changed shape would break the optimizers, DDP, and autograd graphs the loop still holds). The optimizer
+    state of each parameter follows it, gathered the same way, so Adam moments carry over. ``src`` and ``dst``
+    may be the same module (a parent that becomes its own first child).
     """
-    heads = {qual: dim for qual, _, _, _, dim in head_params(src)}
-    index = None if dims is None else torch.as_tensor(dims, dtype=torch.long)
-    # the optimizer state first, while src's parameters have their old shapes (src may be dst)
+    heads = {qual: (dim, p.shape[dim]) for qual, _, _, p, dim in head_params(src)}
+    index = {q: None if dims is None else _gather_index(dims, n) for q, (_, n) in heads.items()}
+    # the optimizer state first, from src's parameters as they are (src may be dst)
     src_params = dict(src.named_parameters())
     for name, p_dst in dst.named_parameters():
-        restrict = index if name in heads else None
-        carry_optimizer_state(optimizers, src_params[name], p_dst, restrict, heads.get(name, 0))
+        restrict = index.get(name)
+        carry_optimizer_state(optimizers, src_params[name], p_dst, restrict, heads.get(name, (0, 0))[0])
     state = copy.deepcopy(src.state_dict())
-    size = head_size(src)
-    if index is not None:
-        for qual, dim in heads.items():
-            state[qual] = state[qual].index_select(dim, index.to(state[qual].device))
-        size = index.numel()
+    for qual, (dim, _) in heads.items():
+        if index[qual] is not None:
+            state[qual] = state[qual].index_select(dim, index[qual].to(state[qual].device))
     if size is not None:
-        resize(dst, size)
+        resize_memories(dst, size)
     for mem in memories(dst):
         mem.reset_queue()  # embeddings in memory were in the parent's subspace: start empty
     fresh = dst.state_dict()
@@ -142,9 +144,9 @@ def inherit(src, dst, dims=None, optimizers=()):
     dst.load_state_dict(state)
 
 
-def head_size(module):
-    """The embedding size ``module``'s heads (or memory) expect, or None if it has none."""
-    sizes = {p.shape[dim] for _, _, _, p, dim in head_params(module)} | {m.embedding_size for m in memories(module)}
+def memory_size(module):
+    """The embedding size ``module``'s CrossBatchMemory holds, or None if it has none."""
+    sizes = {m.embedding_size for m in memories(module)}
     return sizes.pop() if sizes else None
 
 
@@ -196,8 +198,8 @@ def assemble(parts, dst, dims, class_owner):
         own = [src[qual] for src in sources if qual in src]
         if len(own) != len(parts):
             continue
-        if dims[0] is not None:
-            p.copy_(torch.cat([q for q, _ in own], dim=dim))
+        if dims[0] is not None:  # part k's first rows hold its chunk of the embedding
+            p.copy_(torch.cat([q.narrow(dim, 0, d.stop - d.start) for (q, _), d in zip(own, dims)], dim=dim))
             continue
         stacked = torch.stack([q for q, _ in own])  # parts x shape
         out = stacked.mean(0)
@@ -229,24 +231,26 @@ def make_learners(loss, miner, num_learners, mode, first_size):
     for k in keys[:-1]:
         if mode == SHARED:
             drop_parameters(losses[k])
-        resize(losses[k], first_size)  # (heads and CrossBatchMemory)
+        resize_memories(losses[k], first_size)
     return losses, miners
 
 
 def learner_loss(losses, miners, key, x, labels, indices_tuple, mode, dims=None, ref_emb=None, ref_labels=None):
     """Learner ``key``'s loss on its view ``x`` of the batch (mined in that view when it has a miner); with shared
-    heads, on the full learner's parameters, heads restricted to embedding ``dims`` (a slice; None: all).
-    ``ref_emb`` (the same view of the reference embeddings) and ``ref_labels`` are passed on when given."""
+    heads, on the full learner's parameters, heads restricted to embedding ``dims`` (a slice; None: all); with
+    per-learner heads, on the first ``x.shape[1]`` rows of its own heads. ``ref_emb`` (the same view of the reference
+    embeddings) and ``ref_labels`` are passed on when given."""
     if miners is not None:
         indices_tuple = miners[key](x, labels, ref_emb, ref_labels)
-    args = (
-        (x, labels, indices_tuple)
-        if ref_emb is None and ref_labels is None
-        else (x, labels, indices_tuple, ref_emb, ref_labels)
-    )
+    args = (x, labels, indices_tuple)
+    if ref_emb is not None or ref_labels is not None:
+        args += (ref_emb, ref_labels)
     owner = losses[FULL_KEY]
     if mode == SHARED and key != FULL_KEY and has_parameters(owner):
         loss = torch.func.functional_call(losses[key], borrowed_parameters(owner, dims), args)
+    elif head_rows(losses[key]) not in (None, x.shape[1]):  # a per-learner head on a subspace
+        rows = borrowed_parameters(losses[key], slice(0, x.shape[1]))
+        loss = torch.func.functional_call(losses[key], rows, args)
     else:
         loss = losses[key](*args)
     if not torch.is_tensor(loss):
@@ -254,13 +258,13 @@ def learner_loss(losses, miners, key, x, labels, indices_tuple, mode, dims=None,
     return loss
 
 
-def split_learners(losses, miners, num_active, halves=None, optimizers=()):
-    """K -> 2K: learners 2c and 2c+1 start from learner c, heads restricted to ``halves[0]`` / ``halves[1]`` of
-    its dims (None: all, as with learned masks), optimizer state following."""
+def split_learners(losses, miners, num_active, halves=None, optimizers=(), size=None):
+    """K -> 2K: learners 2c and 2c+1 start from learner c, heads holding ``halves[0]`` / ``halves[1]`` of its rows
+    (None: all, as with learned masks), optimizer state following; memories get ``size`` dims."""
     halves = halves or [None, None]
     # from the last parent down, so that no parent is overwritten before its children are made
     for c in reversed(range(num_active)):
         for child, dims in ((2 * c + 1, halves[1]), (2 * c, halves[0])):
-            inherit(losses[learner_key(c)], losses[learner_key(child)], dims, optimizers)
+            inherit(losses[learner_key(c)], losses[learner_key(child)], dims, optimizers, size)
             if miners is not None and child != c:
                 inherit(miners[learner_key(c)], miners[learner_key(child)])

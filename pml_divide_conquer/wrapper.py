@@ -220,14 +220,11 @@ class DivideConquerWrapper(BaseMetricLossFunction):
         return self.embedder.num_learners
 
     # ------------------------------------------------------------------ the loss
+    # it routes each batch by the sampler's records (host-side state): always eager, also inside torch.compile
+    @torch.compiler.disable
     def forward(self, embeddings, labels=None, indices_tuple=None, ref_emb=None, ref_labels=None):
         if labels is None:
             raise ValueError("DivideConquerWrapper needs the batch labels: call it as dc(embeddings, labels)")
-        if torch.compiler.is_compiling():
-            raise RuntimeError(
-                "DivideConquerWrapper cannot be compiled (it routes each batch by the sampler's records): "
-                "torch.compile the models, not the loss"
-            )
         c_f.check_shapes(embeddings, labels)
         if indices_tuple is not None and self.miners is not None:
             raise ValueError(
@@ -523,7 +520,7 @@ class DivideConquerWrapper(BaseMetricLossFunction):
             "last_epoch": self.last_epoch,
             "sampler": self.sampler.state_dict(),
             "masks": None if masks is None else masks.detach().cpu().clone(),
-            "head_sizes": {k: heads.head_size(m) for k, m in self.learners.items()},
+            "memory_sizes": {k: heads.memory_size(m) for k, m in self.learners.items()},
             # CrossBatchMemory's fill state is not in its own state_dict
             "memory_fill": {k: heads.memory_fill(m) for k, m in self.learners.items()},
             "feature_memory": None if self.feature_memory is None else self.feature_memory.state_dict(),
@@ -535,11 +532,11 @@ class DivideConquerWrapper(BaseMetricLossFunction):
         self.num_active = int(state["num_active"])
         self.last_epoch = int(state["last_epoch"])
         self.sampler.load_state_dict(state["sampler"])
-        # runs before the learners load their own state (torch loads a parent first): give their heads the
+        # runs before the learners load their own state (torch loads a parent first): give their memories the
         # saved sizes so that the saved tensors fit
-        for k, size in state["head_sizes"].items():
+        for k, size in state.get("memory_sizes", {}).items():
             if size is not None:
-                heads.resize(self.learners[k], int(size))
+                heads.resize_memories(self.learners[k], int(size))
         for k, fill in state.get("memory_fill", {}).items():
             heads.set_memory_fill(self.learners[k], fill)
         if self.feature_memory is not None and state.get("feature_memory") is not None:

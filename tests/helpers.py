@@ -109,3 +109,88 @@ def build(
     return dict(
         trainer=trainer, wrapper=wrapper, sampler=sampler, embedder=embedder, trunk=trunk, optimizers=optimizers
     )
+
+
+def build_plain(
+    dataset,
+    *,
+    num_learners=2,
+    mode="fixed",
+    grow=True,
+    recluster_every=1,
+    full_embedding_epoch=None,
+    all_data_epoch=None,
+    heads="per_learner",
+    freeze_trunk_epochs=0,
+    batch_size=16,
+    m=4,
+    workers=0,
+    loss=None,
+    miner=None,
+    seed=0,
+    embedding_size=16,
+    wrapper_kwargs=None,
+    setup=True,
+    **loader_kwargs,
+):
+    """The same tiny set-up as build(), in a plain PyTorch loop: one model, one optimizer (trunk, embedder and
+    loss parameters in groups of their own), a DataLoader over the ClusterSampler. Returns a dict of its parts."""
+    torch.manual_seed(seed)
+    trunk = torch.nn.Sequential(torch.nn.Linear(64, 32), torch.nn.ReLU())
+    embedder = SubspaceMaskedEmbedder(
+        embedding_size, num_learners, mode=mode, embedder=torch.nn.Linear(32, embedding_size)
+    )
+    model = torch.nn.Sequential(trunk, embedder)
+    sampler = ClusterSampler(dataset.labels, batch_size=batch_size, m=m, seed=seed)
+    loader = torch.utils.data.DataLoader(
+        dataset, batch_size=batch_size, sampler=sampler, num_workers=workers, **loader_kwargs
+    )
+    wrapper = DivideConquerWrapper(
+        loss if loss is not None else losses.TripletMarginLoss(margin=0.1),
+        miner,
+        embedder=embedder,
+        sampler=sampler,
+        recluster_every=recluster_every,
+        full_embedding_epoch=full_embedding_epoch,
+        all_data_epoch=all_data_epoch,
+        heads=heads,
+        freeze_trunk_epochs=freeze_trunk_epochs,
+        grow=grow,
+        seed=seed,
+        **(wrapper_kwargs or {}),
+    )
+    groups = [{"params": trunk.parameters()}] + embedder.parameter_groups(lr=1e-3, mask_lr_multiplier=10)
+    if any(p.requires_grad for p in wrapper.parameters()):
+        groups.append({"params": wrapper.parameters()})
+    optimizer = torch.optim.Adam(groups, lr=1e-3)
+    if setup:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            wrapper.setup(model, dataset, optimizers=[optimizer])
+    return dict(
+        model=model,
+        trunk=trunk,
+        embedder=embedder,
+        sampler=sampler,
+        loader=loader,
+        wrapper=wrapper,
+        optimizer=optimizer,
+    )
+
+
+def train_plain(parts, num_epochs, start_epoch=1, after_step=None):
+    """PML's plain-loop example with D&C: ``loss = dc(model(x), y)``, then ``dc.end_epoch()`` after each epoch.
+    ``after_step(epoch, indices, loss)`` is called after each optimizer step."""
+    model, dc, opt = parts["model"], parts["wrapper"], parts["optimizer"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for epoch in range(start_epoch, num_epochs + 1):
+            model.train()
+            for x, y, idx in parts["loader"]:
+                opt.zero_grad()
+                loss = dc(model(x), y)
+                loss.backward()
+                opt.step()
+                if after_step is not None:
+                    after_step(epoch, idx.numpy(), loss.detach())
+            dc.end_epoch()

@@ -204,23 +204,45 @@ def test_packaged_triplets_miner_is_refused(small_digits):
 
 
 @pytest.mark.parametrize("name", ["ArcFaceLoss", "ProxyAnchorLoss", "SoftTripleLoss", "P2SGradLoss"])
-def test_classification_heads_are_sized_per_learner_and_inherited_on_split(small_digits, name):
-    loss = LOSSES[name]()
-    parts, _ = run_few(small_digits, loss=loss, epochs=1, heads="per_learner")  # K=1 for epoch 1, then split
+def test_classification_heads_are_inherited_on_split_each_child_its_half(small_digits, name):
+    """After epoch 1 (K=1, one 16-dim learner) the split gives learner 0 the parent's rows 0-7 and learner 1 its
+    rows 8-15, Adam moments alike, and each child's loss is the parent's head restricted to its half."""
     from pml_divide_conquer import heads
 
-    w = parts["wrapper"]
-    assert heads.head_size(w.learners["learner0"]) == D // 2 and heads.head_size(w.learners["learner1"]) == D // 2
-    assert heads.head_size(w.learners["full"]) == D
-    # the children hold the two halves of the parent's head (trained during epoch 1)
-    [(_, _, _, p0, dim)] = list(heads.head_params(w.learners["learner0"]))
-    [(_, _, _, p1, _)] = list(heads.head_params(w.learners["learner1"]))
-    assert not torch.equal(p0, p1)
+    parts = build(
+        small_digits,
+        num_learners=2,
+        recluster_every=1,
+        heads="per_learner",
+        loss=LOSSES[name](),
+        embedding_size=D,
+        iterations_per_epoch=3,
+    )
+    w, t = parts["wrapper"], parts["trainer"]
     opt = parts["optimizers"]["metric_loss_optimizer"]
-    assert opt.state[p0]["exp_avg"].shape == p0.shape  # Adam moments follow the resized head
+    before = {}
+
+    def hook(trainer):
+        [(qual, _, _, p, dim)] = list(heads.head_params(w.learners["learner0"]))
+        before.update(qual=qual, dim=dim, head=p.detach().clone(), moment=opt.state[p]["exp_avg"].clone())
+        return w.end_of_epoch_hook(trainer)
+
+    t.end_of_epoch_hook = hook
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        parts["trainer"].train(start_epoch=2, num_epochs=2)  # and training goes on with them
+        w.prepare(t)
+        t.train(num_epochs=1)
+    dim, half = before["dim"], D // 2
+    assert w.num_active == 2
+    for k, rows in ((0, slice(0, half)), (1, slice(half, D))):
+        [(_, _, _, p, _)] = list(heads.head_params(w.learners[f"learner{k}"]))
+        assert p.shape == before["head"].shape  # storage keeps its size; the child uses its first 8 rows
+        index = torch.arange(rows.start, rows.stop)
+        assert torch.equal(p.detach().narrow(dim, 0, half), before["head"].index_select(dim, index))
+        assert torch.equal(opt.state[p]["exp_avg"].narrow(dim, 0, half), before["moment"].index_select(dim, index))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        t.train(start_epoch=2, num_epochs=2)  # and training goes on with them
 
 
 def test_per_learner_arcface_heads_receive_gradient_and_change(small_digits):
@@ -324,5 +346,5 @@ def test_inherit_gives_the_child_its_half_of_the_parent_head_and_adam_moments(sa
         opt.add_param_group({"params": list(child.parameters())})
     half = torch.arange(D // 2, D)
     heads.inherit(parent, child, half, [opt])
-    assert torch.equal(child.W, W[half]) and torch.equal(opt.state[child.W]["exp_avg"], m[half])
-    assert heads.head_size(child) == D // 2
+    assert child.W.shape == (D, C)  # heads are never resized: the child uses its first D/2 rows
+    assert torch.equal(child.W[: D // 2], W[half]) and torch.equal(opt.state[child.W]["exp_avg"][: D // 2], m[half])
