@@ -223,7 +223,7 @@ def test_lbfgs_closure_calls_the_loss_several_times_for_one_batch(digits):
     calls = []
     for x, y, _ in parts["loader"]:
 
-        def closure():
+        def closure(x=x, y=y):
             opt.zero_grad()
             loss = dc(model(x), y)
             loss.backward()
