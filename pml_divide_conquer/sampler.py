@@ -109,12 +109,6 @@ class ClusterSampler(Sampler):
         self.batch_size = int(batch_size)
         self.m = int(m)
         self.seed = int(seed)
-        world, own_rank = world_size_and_rank()
-        self.num_replicas = world if num_replicas is None else int(num_replicas)
-        self.rank = own_rank if rank is None else int(rank)
-        if not 0 <= self.rank < self.num_replicas:
-            raise ValueError(f"rank={self.rank} is out of range for num_replicas={self.num_replicas}")
-        n = len(self.labels)
         if self.m < 1 or self.batch_size < 1:
             raise ValueError(f"batch_size and m must be positive, got batch_size={batch_size}, m={m}")
         if self.batch_size % self.m:
@@ -122,33 +116,14 @@ class ClusterSampler(Sampler):
                 f"batch_size={self.batch_size} is not a multiple of m={self.m}: a batch holds batch_size/m classes "
                 "with m samples each. Choose a batch_size divisible by m."
             )
-        ranks = f" x {self.num_replicas} ranks" if self.num_replicas > 1 else ""
-        if self.global_batch_size > n:
-            raise ValueError(f"batch_size={self.batch_size}{ranks} is larger than the dataset ({n} samples)")
-        classes, counts = np.unique(self.labels, return_counts=True)
-        per_batch = self.global_batch_size // self.m
-        if per_batch > len(classes):
-            need = -(-self.global_batch_size // len(classes))
-            fits = [d for d in range(need, self.batch_size + 1) if self.batch_size % d == 0]
-            raise ValueError(
-                f"batch_size/m = {per_batch} classes per batch{ranks}, but the dataset has only {len(classes)} "
-                "classes. Lower batch_size or raise m" + (f" (for example m={fits[0]})." if fits else ".")
-            )
-        if self.m > counts.max():
-            raise ValueError(
-                f"m={self.m} samples per class, but the largest class has only {counts.max()} samples: no cluster "
-                "can fill a batch. Lower m."
-            )
-        if (counts // self.m).sum() < per_batch:
-            raise ValueError(
-                f"a batch needs {per_batch} groups of m={self.m} distinct samples{ranks}, but the classes with at "
-                f"least m samples give only {(counts // self.m).sum()}. Lower batch_size or m."
-            )
         self.equal_counts = bool(equal_counts)
-        self.batches_per_epoch = n // self.global_batch_size
-        if batches_per_epoch is not None:
-            self.set_batches_per_epoch(batches_per_epoch)
-        self.assignment = np.zeros(n, dtype=np.int64)
+        self._replicas = (None if num_replicas is None else int(num_replicas), None if rank is None else int(rank))
+        self._epoch_length = None if batches_per_epoch is None else self._positive(batches_per_epoch)
+        self._checked_world = None
+        self._plan_cache = (None, None)
+        self._pools_cache = (None, None)
+        self._check_world()
+        self.assignment = np.zeros(len(self.labels), dtype=np.int64)
         self.num_clusters = 1
         self.epoch = 0  # the last set_epoch() value (informational)
         self.version = 0
@@ -158,13 +133,12 @@ class ClusterSampler(Sampler):
         self._epoch_start = 0  # _consumed when the current epoch started (the last end-of-epoch step)
         self._generation = 0
         self._tickets = deque()
-        self._plan_cache = (None, None)
-        self._pools_cache = (None, None)
         self._warned = set()
 
     # ---------------------------------------------------------------- assignment
     def set_assignment(self, assignment, num_clusters=None):
         """Give each sample its cluster id (0..K-1). Starts a new pass from the new assignment."""
+        self._check_world()
         a = as_int_array(assignment, "the assignment (one cluster id per sample)")
         if a.shape != self.labels.shape:
             raise ValueError(f"assignment has shape {a.shape}, expected one id per sample {self.labels.shape}")
@@ -186,6 +160,63 @@ class ClusterSampler(Sampler):
             self.equal_counts = True
             self._pools_cache = (None, None)
             self._plan_cache = (None, None)
+
+    @property
+    def num_replicas(self):
+        """DDP processes: as given, else torch.distributed's world size now (so a sampler built before
+        ``init_process_group``, e.g. in a LightningModule's ``__init__``, follows the processes started later)."""
+        return self._replicas[0] if self._replicas[0] is not None else world_size_and_rank()[0]
+
+    @property
+    def rank(self):
+        return self._replicas[1] if self._replicas[1] is not None else world_size_and_rank()[1]
+
+    def _check_world(self):
+        """Check the settings against the number of processes, when it changed since the last check."""
+        world, rank = self.num_replicas, self.rank
+        if self._checked_world == (world, rank):
+            return
+        if not 0 <= rank < world:
+            raise ValueError(f"rank={rank} is out of range for num_replicas={world}")
+        n = len(self.labels)
+        ranks = f" x {world} ranks" if world > 1 else ""
+        if self.batch_size * world > n:
+            raise ValueError(f"batch_size={self.batch_size}{ranks} is larger than the dataset ({n} samples)")
+        classes, counts = np.unique(self.labels, return_counts=True)
+        per_batch = self.batch_size * world // self.m
+        if per_batch > len(classes):
+            need = -(-self.batch_size * world // len(classes))
+            fits = [d for d in range(need, self.batch_size + 1) if self.batch_size % d == 0]
+            raise ValueError(
+                f"batch_size/m = {per_batch} classes per batch{ranks}, but the dataset has only {len(classes)} "
+                "classes. Lower batch_size or raise m" + (f" (for example m={fits[0]})." if fits else ".")
+            )
+        if self.m > counts.max():
+            raise ValueError(
+                f"m={self.m} samples per class, but the largest class has only {counts.max()} samples: no cluster "
+                "can fill a batch. Lower m."
+            )
+        if (counts // self.m).sum() < per_batch:
+            raise ValueError(
+                f"a batch needs {per_batch} groups of m={self.m} distinct samples{ranks}, but the classes with at "
+                f"least m samples give only {(counts // self.m).sum()}. Lower batch_size or m."
+            )
+        self._checked_world = (world, rank)
+        self._plan_cache = (None, None)
+        self._pools_cache = (None, None)
+
+    @property
+    def batches_per_epoch(self):
+        """Batches in an epoch: as set, else one baseline epoch, ``len(labels) // (batch_size * num_replicas)``."""
+        if self._epoch_length is not None:
+            return self._epoch_length
+        return len(self.labels) // self.global_batch_size
+
+    @staticmethod
+    def _positive(batches):
+        if not isinstance(batches, (int, np.integer)) or isinstance(batches, bool) or batches < 1:
+            raise ValueError(f"batches_per_epoch must be a positive integer, got {batches!r}")
+        return int(batches)
 
     def check_rank(self, error=RuntimeError):
         """Raise ``error`` if this process is not the rank (of the world size) the sampler was built for."""
@@ -248,6 +279,7 @@ class ClusterSampler(Sampler):
     # ---------------------------------------------------------------- planning
     def _pools(self):
         """{cluster: [samples of each class with >= m of them]} for the clusters that can fill a batch."""
+        self._check_world()
         if self._pools_cache[0] != self.version:
             pools = planning.servable_pools(
                 self.labels, self.assignment, self.num_clusters, self.m, self.global_batch_size, self.equal_counts
@@ -283,13 +315,12 @@ class ClusterSampler(Sampler):
     def __len__(self):
         """Indices in an epoch, ``batches_per_epoch * batch_size`` (it counts indices, like PML's
         MPerClassSampler: ``len(DataLoader(ds, batch_size=..., sampler=sampler))`` is ``batches_per_epoch``)."""
+        self._check_world()
         return self.batches_per_epoch * self.batch_size
 
     def set_batches_per_epoch(self, batches):
-        """Set the epoch length in batches (e.g. PML's ``iterations_per_epoch``)."""
-        if not isinstance(batches, (int, np.integer)) or isinstance(batches, bool) or batches < 1:
-            raise ValueError(f"batches_per_epoch must be a positive integer, got {batches!r}")
-        self.batches_per_epoch = int(batches)
+        """Set the epoch length in batches (e.g. PML's ``iterations_per_epoch``); None: one baseline epoch."""
+        self._epoch_length = None if batches is None else self._positive(batches)
 
     def set_epoch(self, epoch):
         """Record the epoch number, as loops call it on samplers (Lightning every epoch, like
@@ -318,6 +349,7 @@ class ClusterSampler(Sampler):
         A new iterator (each epoch, or PML's restart of an exhausted one) drops the tickets of batches an abandoned
         iterator had prefetched: they will never be consumed, and the new one draws them again."""
         self._check_dataloader(sys._getframe(1))
+        self._check_world()
         self._generation += 1
         self._tickets.clear()
         done = self.batches_this_epoch % self.batches_per_epoch
@@ -413,7 +445,7 @@ class ClusterSampler(Sampler):
             "pos": self._pos,
             "consumed": self._consumed,
             "epoch_start": self._epoch_start,
-            "batches_per_epoch": self.batches_per_epoch,
+            "batches_per_epoch": self._epoch_length,
             "warned": sorted(self._warned),
         }
 
@@ -442,7 +474,7 @@ class ClusterSampler(Sampler):
         self._pass, self._pos = int(state["pass"]), int(state["pos"])
         self._consumed = int(state.get("consumed", 0))
         self._epoch_start = int(state.get("epoch_start", self._consumed))
-        self.batches_per_epoch = int(state.get("batches_per_epoch", self.batches_per_epoch))
+        self._epoch_length = state.get("batches_per_epoch", self._epoch_length)
         self._tickets.clear()
         self._generation += 1  # a live iterator stops: the next one starts at the loaded position
         self._plan_cache = (None, None)

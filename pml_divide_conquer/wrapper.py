@@ -244,7 +244,8 @@ class DivideConquerWrapper(BaseMetricLossFunction):
             if embeddings.requires_grad and torch.is_grad_enabled():
                 raise RuntimeError(
                     "DivideConquerWrapper is in eval mode but gradients are being computed: in eval mode it trains "
-                    "no learner. Call dc.train() for training (PML: keep it out of freeze_these)."
+                    "no learner. Call .train() on it, or on the module holding it, before training (Lightning keeps "
+                    "the mode modules had when fit() started; PML: keep it out of freeze_these)."
                 )
             ref = None if ref_emb is None else F.normalize(ref_emb, dim=1)
             return self._learner_loss(FULL_KEY, F.normalize(embeddings, dim=1), labels, indices_tuple, ref, ref_labels)

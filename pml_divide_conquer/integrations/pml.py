@@ -119,7 +119,7 @@ def parts_from_trainer(trainer):
     def restart():
         t = ref()
         if t is not None:
-            restart_iterator(t)
+            release_iterator(t)
 
     return TrainingParts(
         model=_Chain(trunk, unwrap(trainer.models["embedder"])),
@@ -177,24 +177,15 @@ def get_end_of_epoch_hook(wrapper, then=None):
 
 
 # ----------------------------------------------------------------------------------------- the trainer's iterator
-def restart_iterator(trainer):
-    """Drop batches the trainer's DataLoader has already prefetched, so that the next batch is a fresh draw."""
-    if getattr(trainer, "dataloader", None) is None:
-        return
-    old = getattr(trainer, "dataloader_iter", None)
-    release_workers(trainer.dataloader, old)
-    trainer.dataloader_iter = None
-    del old
-    trainer.dataloader_iter = iter(trainer.dataloader)
-
-
 def release_iterator(trainer):
-    """At the end of an epoch: shut the trainer's iterator's workers down (PML makes a new iterator when the next
-    batch is asked for). Else the last epoch's iterator outlives training with live workers, and once the trainer
-    is garbage, workers forked later in the process (a second run, a tester) may collect it and print "can only
-    test a child process" tracebacks."""
+    """Drop the trainer's DataLoader iterator: PML makes a new one when the next batch is asked for, which then
+    starts where training stands in the sampler's stream (batches prefetched before a reclustering are drawn
+    afresh). Its workers are shut down first: else a last epoch's iterator outlives training with live workers,
+    and once the trainer is garbage, workers forked later in the process (a second run, a tester) may collect it
+    and print "can only test a child process" tracebacks. (No new iterator is made here: making one draws from
+    torch's random generator, and a loop of one's own makes none at that point either.)"""
     loader = getattr(trainer, "dataloader", None)
-    if loader is None or getattr(loader, "persistent_workers", False):
+    if loader is None:
         return
     release_workers(loader, getattr(trainer, "dataloader_iter", None))
     trainer.dataloader_iter = iter(())  # exhausted: PML's next get_batch() starts a new one

@@ -1,0 +1,175 @@
+"""PyTorch Lightning: :class:`DivideConquerCallback` sets D&C up at fit start and takes its step at each epoch end.
+
+Needs ``pytorch-lightning`` (or the ``lightning`` package): ``pip install "pml-divide-conquer[lightning]"``.
+
+Examples:
+    >>> from pml_divide_conquer.integrations.lightning import DivideConquerCallback
+    >>> trainer = pl.Trainer(max_epochs=20, callbacks=[DivideConquerCallback()], use_distributed_sampler=False)
+    >>> trainer.fit(module)   # module.train_dataloader() draws from the wrapper's ClusterSampler
+"""
+
+import sys
+
+from ..torch_utils import unwrap
+from ..training import LoopHints, TrainingParts
+from ..wrapper import DivideConquerWrapper
+
+
+def _lightning():
+    """The Lightning package the user trains with: ``lightning.pytorch`` or ``pytorch_lightning``."""
+    if "lightning.pytorch" in sys.modules and "pytorch_lightning" not in sys.modules:
+        return sys.modules["lightning.pytorch"]
+    try:
+        import pytorch_lightning
+
+        return pytorch_lightning
+    except ImportError:
+        try:
+            import lightning.pytorch
+
+            return lightning.pytorch
+        except ImportError:
+            raise ImportError(
+                "DivideConquerCallback needs PyTorch Lightning: pip install 'pml-divide-conquer[lightning]' "
+                "(or pip install pytorch-lightning)"
+            ) from None
+
+
+pl = _lightning()
+
+HINTS = LoopHints(
+    setup="add DivideConquerCallback() to pl.Trainer(callbacks=[...])",
+    end_epoch="add DivideConquerCallback() to pl.Trainer(callbacks=[...]); it takes the step at each epoch end",
+    batch_size_holder="the DataLoader of train_dataloader()",
+)
+
+
+class DivideConquerCallback(pl.Callback):
+    """Runs Divide & Conquer's end-of-epoch step (recluster, split, phase change, trunk freezing) in Lightning.
+
+    At fit start it finds the :class:`~pml_divide_conquer.DivideConquerWrapper` among the LightningModule's
+    modules, checks that the training DataLoader draws from its :class:`~pml_divide_conquer.ClusterSampler`, and
+    sets it up with the module, the DataLoader's dataset and the trainer's optimizers; after each training epoch it
+    takes the schedule's step. The wrapper's state (clusters, K, phase, sampler position) is saved in the module's
+    checkpoints, so ``trainer.fit(module, ckpt_path=...)`` resumes exactly.
+
+    Set ``Trainer(use_distributed_sampler=False)``: a DistributedSampler in place of the ClusterSampler would mix
+    clusters (the ClusterSampler gives each DDP rank its own share of one cluster batch itself). Under DDP the
+    whole module is wrapped, the wrapper with it, and per-learner heads are unused at most steps: use
+    ``strategy="ddp_find_unused_parameters_true"``.
+
+    Args:
+        wrapper: the DivideConquerWrapper (default: the one module of that type in the LightningModule).
+        model: the module that maps inputs to embeddings, to embed samples for clustering in eval mode (default:
+            the LightningModule, whose ``forward(x)`` must return the embeddings).
+        data_and_label_getter: batch -> (inputs, labels) (default: the batch's first two items).
+        dataset: the training set in the sampler's order (default: the training DataLoader's dataset).
+
+    Examples:
+        >>> class Module(pl.LightningModule):
+        ...     def __init__(self):
+        ...         super().__init__()
+        ...         self.trunk, self.embedder = trunk, SubspaceMaskedEmbedder(64, 4, embedder=head)
+        ...         self.sampler = ClusterSampler(train_labels, batch_size=32, m=4)
+        ...         self.dc = DivideConquerWrapper(losses.MarginLoss(), embedder=self.embedder,
+        ...                                        sampler=self.sampler, schedule=schedule)
+        ...     def forward(self, x):
+        ...         return self.embedder(self.trunk(x))
+        ...     def training_step(self, batch, batch_idx):
+        ...         x, y = batch
+        ...         return self.dc(self(x), y)
+        ...     def train_dataloader(self):
+        ...         return DataLoader(train_set, batch_size=32, sampler=self.sampler)
+        >>> pl.Trainer(callbacks=[DivideConquerCallback()], use_distributed_sampler=False).fit(Module())
+    """
+
+    def __init__(self, wrapper=None, *, model=None, data_and_label_getter=None, dataset=None):
+        super().__init__()
+        self.wrapper = wrapper
+        self.model = model
+        self.data_and_label_getter = data_and_label_getter
+        self.dataset = dataset
+
+    # ------------------------------------------------------------------ hooks
+    def on_fit_start(self, trainer, pl_module):
+        dc = self._find_wrapper(pl_module)
+        loader = self._train_loader(trainer, pl_module)
+        self._check_loader(loader, dc)
+        model = self.model if self.model is not None else pl_module
+        own = {id(p) for p in dc.embedder.parameters()} | {id(p) for p in dc.parameters()}
+        parts = TrainingParts(
+            model=model,
+            dataset=self.dataset if self.dataset is not None else getattr(loader, "dataset", None),
+            optimizers=list(trainer.optimizers),
+            trunk_params=[p for p in unwrap(model).parameters() if id(p) not in own],
+            device=pl_module.device,
+            collate_fn=getattr(loader, "collate_fn", None),
+            num_workers=getattr(loader, "num_workers", 0),
+            current_epoch=lambda: trainer.current_epoch + 1,
+            hints=HINTS,
+        )
+        if self.data_and_label_getter is not None:
+            parts.data_and_label_getter = self.data_and_label_getter
+        dc.controller.setup(parts)
+
+    def on_train_start(self, trainer, pl_module):
+        # the DataLoader Lightning actually iterates (it may have replaced the sampler)
+        loaders = trainer.train_dataloader
+        loaders = loaders if isinstance(loaders, (list, tuple)) else [loaders]
+        if not any(self._draws_from(loader, self._wrapper) for loader in loaders):
+            raise ValueError(
+                "Lightning's training DataLoader no longer draws from the wrapper's ClusterSampler (Lightning "
+                "replaces samplers by DistributedSampler under DDP): set pl.Trainer(use_distributed_sampler=False)"
+            )
+
+    def on_train_epoch_end(self, trainer, pl_module):
+        self._wrapper.end_epoch(trainer.current_epoch + 1)  # current_epoch counts from 0
+
+    # ------------------------------------------------------------------ finding the parts
+    def _find_wrapper(self, pl_module):
+        if self.wrapper is not None:
+            found = [self.wrapper]
+        else:
+            found = [m for m in pl_module.modules() if isinstance(m, DivideConquerWrapper)]
+        if len(found) != 1 or not isinstance(found[0], DivideConquerWrapper):
+            raise ValueError(
+                f"DivideConquerCallback found {len(found)} DivideConquerWrapper modules in the LightningModule: make "
+                "the wrapper an attribute of the module (self.dc = DivideConquerWrapper(...)), or pass it: "
+                "DivideConquerCallback(wrapper=dc)"
+            )
+        self._wrapper = found[0]
+        return found[0]
+
+    def _train_loader(self, trainer, pl_module):
+        # not built yet at fit start (Lightning builds it after): ask the same source Lightning will ask
+        source = getattr(trainer.fit_loop, "_data_source", None)
+        loader = source.dataloader() if source is not None and source.is_defined() else None
+        if isinstance(loader, (list, tuple)) and len(loader) == 1:
+            loader = loader[0]
+        if loader is None and self.dataset is None:
+            raise ValueError(
+                "DivideConquerCallback could not find the training DataLoader at fit start: define "
+                "train_dataloader() in the LightningModule or the DataModule, or pass "
+                "DivideConquerCallback(dataset=train_set)"
+            )
+        return loader
+
+    @staticmethod
+    def _draws_from(loader, dc):
+        # DataLoader(sampler=...) wraps it in a BatchSampler; batch_sampler=sampler.batch_sampler() holds it too
+        batch_sampler = getattr(loader, "batch_sampler", None)
+        return getattr(loader, "sampler", None) is dc.sampler or getattr(batch_sampler, "sampler", None) is dc.sampler
+
+    def _check_loader(self, loader, dc):
+        if loader is None:
+            return
+        if not self._draws_from(loader, dc):
+            what = type(getattr(loader, "sampler", None)).__name__
+            raise ValueError(
+                f"the training DataLoader does not draw from the wrapper's ClusterSampler (its sampler is {what}): "
+                f"return DataLoader(train_set, batch_size={dc.sampler.batch_size}, sampler=<the ClusterSampler>) "
+                "from train_dataloader(), and set pl.Trainer(use_distributed_sampler=False)"
+            )
+
+
+__all__ = ["DivideConquerCallback"]

@@ -1,0 +1,155 @@
+"""D&C in PyTorch Lightning (DivideConquerCallback), with a real Trainer on the CPU, one process; and the same run
+through a plain loop, Lightning and PML's MetricLossOnly, step for step."""
+
+import os
+import subprocess
+import sys
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+pl = pytest.importorskip("pytorch_lightning")
+
+from pml_divide_conquer.integrations.lightning import DivideConquerCallback  # noqa: E402
+
+from helpers import build_plain  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.parametrize("loss", ["margin", "arcface"])
+def test_plain_loop_lightning_and_pml_trainer_train_the_same_run_bit_for_bit(loss):
+    """Digits, one seed, a split, reclusterings and a phase change: every step goes to the same learner with the
+    same batch, the clusters are the same after every epoch, and losses, parameters and R@1 are equal."""
+    from lab.loops import LOOPS, LoopConfig, run
+
+    records = {loop: run(loop, LoopConfig(epochs=6, loss=loss)) for loop in LOOPS}
+    plain = records["plain"]
+    assert set(plain["learners"]) == {0, 1, 2}  # learners 0 and 1 (K=2 after the split), then the full embedding
+    for loop in ("lightning", "pml"):
+        other = records[loop]
+        assert other["learners"] == plain["learners"], loop
+        assert all(np.array_equal(a, b) for a, b in zip(plain["indices"], other["indices"])), loop
+        assert all(np.array_equal(a, b) for a, b in zip(plain["assignments"], other["assignments"])), loop
+        assert other["losses"] == plain["losses"], loop
+        assert all(torch.equal(a, b) for a, b in zip(plain["parameters"], other["parameters"])), loop
+        assert other["recall_at_1"] == plain["recall_at_1"]
+
+
+class Module(pl.LightningModule):
+    def __init__(self, parts, record=None):
+        super().__init__()
+        self.model, self.dc = parts["model"], parts["wrapper"]
+        self.parts, self.record = parts, record
+
+    def forward(self, x):
+        return self.model(x)
+
+    def training_step(self, batch, batch_idx):
+        x, y, _ = batch
+        loss = self.dc(self(x), y)
+        if self.record is not None:
+            self.record.append(loss.detach().clone())
+        return loss
+
+    def configure_optimizers(self):
+        return self.parts["optimizer"]
+
+    def train_dataloader(self):
+        return self.parts["loader"]
+
+
+def trainer(max_epochs, callbacks=(), **kwargs):
+    kw = dict(
+        max_epochs=max_epochs,
+        accelerator="cpu",
+        devices=1,
+        use_distributed_sampler=False,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+    )
+    kw.update(kwargs)
+    return pl.Trainer(callbacks=list(callbacks), **kw)
+
+
+def test_resume_from_a_lightning_checkpoint_is_bit_identical(digits, tmp_path):
+    kw = dict(num_learners=4, recluster_every=1, full_embedding_epoch=5, setup=False)
+    full, first, resumed = [], [], []
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        a = Module(build_plain(digits, **kw), full)
+        trainer(6, [DivideConquerCallback()]).fit(a)
+        b = Module(build_plain(digits, **kw), first)
+        saver = pl.callbacks.ModelCheckpoint(dirpath=tmp_path, save_last=True, save_top_k=0)
+        trainer(3, [DivideConquerCallback(), saver], enable_checkpointing=True).fit(b)
+        c = Module(build_plain(digits, **kw), resumed)  # fresh objects, as in a new process
+        trainer(6, [DivideConquerCallback()]).fit(c, ckpt_path=str(tmp_path / "last.ckpt"))
+    assert c.dc.last_epoch == 6 and c.dc.num_active == 4
+    assert torch.equal(torch.stack(first + resumed), torch.stack(full))
+    for (name, p), q in zip(a.state_dict().items(), c.state_dict().values()):
+        assert not torch.is_tensor(p) or torch.equal(p, q), name
+
+
+def test_without_the_callback_the_first_batch_says_what_to_add(digits):
+    module = Module(build_plain(digits, setup=False))
+    with pytest.raises(RuntimeError, match=r"add DivideConquerCallback\(\) to Trainer\(callbacks"):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            trainer(1).fit(module)
+
+
+def test_a_dataloader_that_does_not_draw_from_the_cluster_sampler_is_refused(digits):
+    parts = build_plain(digits, setup=False)
+    parts["loader"] = torch.utils.data.DataLoader(digits, batch_size=16, shuffle=True)
+    with pytest.raises(ValueError, match=r"use_distributed_sampler=False"):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            trainer(1, [DivideConquerCallback()]).fit(Module(parts))
+
+
+def test_batch_sampler_view_and_a_wrapper_given_to_the_callback(digits):
+    parts = build_plain(digits, num_learners=2, setup=False)
+    parts["loader"] = torch.utils.data.DataLoader(digits, batch_sampler=parts["sampler"].batch_sampler())
+    losses = []
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        trainer(3, [DivideConquerCallback(parts["wrapper"])]).fit(Module(parts, losses))
+    assert parts["wrapper"].num_active == 2 and len(losses) == 3 * len(parts["loader"])
+
+
+def test_trunk_freezing_under_lightning_with_one_optimizer_of_several_groups(digits):
+    parts = build_plain(digits, num_learners=2, recluster_every=2, freeze_trunk_epochs=1, setup=False)
+    snapshots = []
+
+    class Snap(pl.Callback):
+        def on_train_epoch_end(self, trainer, module):
+            snapshots.append([p.detach().clone() for p in parts["trunk"].parameters()])
+
+    before = [p.detach().clone() for p in parts["trunk"].parameters()]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        trainer(4, [DivideConquerCallback(), Snap()]).fit(Module(parts))
+    changed = [any(not torch.equal(a, b) for a, b in zip(x, y)) for x, y in zip([before] + snapshots, snapshots)]
+    assert changed == [False, True, False, True]
+
+
+def test_the_lightning_example_runs_two_ddp_processes_on_the_cpu(tmp_path):
+    """examples/lightning_digits.py under Lightning's DDP (2 processes, gloo): every rank trains the same learner
+    at every step on its share of one cluster batch (the wrapper checks it at each step)."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "examples" / "lightning_digits.py"), "--devices", "2", "--epochs", "4"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "R@1" in done.stdout and "K=2" in done.stdout
