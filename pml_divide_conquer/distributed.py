@@ -38,12 +38,17 @@ def gather_shards(local, n):
     world, _ = world_size_and_rank()
     device = _device()
     local_t = torch.as_tensor(local).to(device)
+    # a rank whose shard is empty (fewer samples than ranks) cannot know the row size: take the largest
+    width = torch.tensor([int(np.prod(local_t.shape[1:])) if len(local_t) else -1], device=device)
+    dist.all_reduce(width, op=dist.ReduceOp.MAX)
+    if len(local_t) == 0 and local_t.dim() == 2 and int(width) >= 0:
+        local_t = local_t.new_zeros((0, int(width)))
     max_rows = len(shard_indices(n, world, 0))
     padded = torch.zeros((max_rows,) + tuple(local_t.shape[1:]), dtype=local_t.dtype, device=device)
     padded[: len(local_t)] = local_t
     parts = [torch.empty_like(padded) for _ in range(world)]
     dist.all_gather(parts, padded)
-    out = np.empty((n,) + tuple(local_t.shape[1:]), dtype=np.asarray(local).dtype)
+    out = np.empty((n,) + tuple(local_t.shape[1:]), dtype=np.asarray(local).dtype)  # (the gathered row size)
     for r, part in enumerate(parts):
         idx = shard_indices(n, world, r)
         out[idx] = part[: len(idx)].cpu().numpy()

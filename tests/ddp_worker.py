@@ -111,15 +111,61 @@ def load_all(parts, path):
     parts["wrapper"].load_state_dict(state["wrapper"])
 
 
+def plain_loop_run(ds):
+    """A plain DDP loop as in PML's DDP example: the model in DDP and the whole loss (the wrapper) in
+    DistributedLossWrapper(efficient=True), which hands it this rank's embeddings and the gathered ones as ref_emb."""
+    torch.manual_seed(0)
+    trunk = torch.nn.Sequential(torch.nn.Linear(64, 32), torch.nn.ReLU())
+    embedder = SubspaceMaskedEmbedder(16, 2, embedder=torch.nn.Linear(32, 16))
+    model = DDP(torch.nn.Sequential(trunk, embedder))
+    sampler = ClusterSampler(ds.labels, batch_size=8, m=4)  # after init_process_group
+    dc = DivideConquerWrapper(losses.TripletMarginLoss(margin=0.1), embedder=embedder, sampler=sampler)
+    loss_func = DistributedLossWrapper(dc, efficient=True)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    loader = torch.utils.data.DataLoader(ds, batch_size=8, sampler=sampler)
+    dc.setup(model, ds, optimizers=[optimizer])
+    records = []
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for epoch in range(1, 4):
+            for x, y, idx in loader:
+                optimizer.zero_grad()
+                loss = loss_func(model(x), y)
+                loss.backward()
+                optimizer.step()
+                records.append(
+                    dict(
+                        epoch=epoch,
+                        learner=dc.current_learner,
+                        indices=idx.tolist(),
+                        clusters=np.unique(sampler.assignment[idx.numpy()]).tolist(),
+                        loss=float(loss),
+                    )
+                )
+            dc.end_epoch()
+    return records, len(loader)
+
+
 def feature_memory_runs(ds, folder, rank):
     """recluster_from="training": each rank records the samples of its own batches; every rank (and so rank 0's
     checkpoint) ends each epoch with every row; a run resumed from that checkpoint continues exactly."""
     out = {}
     full = []
     f = make(ds, full, recluster_from="training")
+    memory = f["wrapper"].feature_memory
+    own_rows = {}  # this rank's newest row of each sample it trained in epoch 5, before the synchronisation
+    update = memory.update
+
+    def recording_update(indices, features):
+        update(indices, features)
+        if f["trainer"].epoch == 5:
+            for i in np.asarray(indices).tolist():
+                own_rows[i] = memory.features[i].float().numpy().copy()
+
+    memory.update = recording_update
     f["wrapper"].prepare(f["trainer"])
     train(f, 1, 5)
-    memory = f["wrapper"].feature_memory
+    out["fm_own_rows"] = own_rows
     out["fm_full"], out["fm_rows"], out["fm_stamps"] = full, memory.features.float().numpy(), memory.stamps.numpy()
     first = []
     g = make(ds, first, recluster_from="training")
@@ -196,6 +242,7 @@ def worker(rank, world, folder):
         except RuntimeError as err:
             out["seed_mismatch"] = str(err)
         out.update(feature_memory_runs(ds, folder, rank))
+        out["plain"], out["plain_len"] = plain_loop_run(ds)
         torch.save(out, os.path.join(folder, f"rank{rank}.pt"))
     finally:
         dist.destroy_process_group()

@@ -138,8 +138,26 @@ def test_feature_memory_holds_every_row_on_every_rank_and_resumes_exactly(ddp_ru
     np.testing.assert_array_equal(r0["fm_stamps"], r1["fm_stamps"])
     last = {i for a in r1["fm_full"] if a["epoch"] == 5 for i in a["indices"]}
     assert last and (r0["fm_stamps"][sorted(last)] > 0).all()
+    # each sample's row on every rank is the newest row of the rank that trained it last
+    for mine, other in ((r0, r1), (r1, r0)):
+        for i, row in mine["fm_own_rows"].items():
+            if i not in other["fm_own_rows"]:  # (a sample both ranks trained in epoch 5 keeps the later one)
+                np.testing.assert_array_equal(other["fm_rows"][i], row)
+                np.testing.assert_array_equal(mine["fm_rows"][i], row)
     seen = r0["fm_stamps"] > 0
     np.testing.assert_allclose(np.linalg.norm(r0["fm_rows"][seen], axis=1), 1.0, atol=2e-3)
     for r in ddp_run:  # resumed from rank 0's checkpoint: the losses of the uninterrupted run
         expected = [a["loss"] for a in r["fm_full"] if a["epoch"] >= 4]
         np.testing.assert_allclose([a["loss"] for a in r["fm_resumed"]], expected, rtol=1e-5, atol=1e-7)
+
+
+def test_a_plain_ddp_loop_with_the_wrapper_inside_an_efficient_distributed_loss_wrapper(ddp_run):
+    """PML's DDP example wraps the loss in DistributedLossWrapper(efficient=True): the wrapper then gets this rank's
+    embeddings and the gathered ones as ref_emb. Both ranks train the same learner on their shares of one cluster
+    batch, through a split, and every epoch has len(loader) steps."""
+    p0, p1 = ddp_run[0]["plain"], ddp_run[1]["plain"]
+    assert len(p0) == len(p1) == 3 * ddp_run[0]["plain_len"]
+    for a, b in zip(p0, p1):
+        assert a["learner"] == b["learner"] == a["clusters"][0] == b["clusters"][0]
+        assert not set(a["indices"]) & set(b["indices"]) and np.isfinite(a["loss"])
+    assert {a["learner"] for a in p0 if a["epoch"] >= 2} == {0, 1}
