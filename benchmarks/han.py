@@ -92,12 +92,27 @@ class Config:
     # regime
     train_classes: int = 0  # 0: all the training split's classes; else a fixed subset of that many
     freeze_batchnorm: bool = True  # BatchNorm of the (pretrained) trunk in eval mode, as in the reference code
+    # research (issue 16): what D&C loses on a few hundred classes
+    full_head: str = "imprint"  # the wrapper's full_head: "imprint" (the library's default) or "assembled"
+    assemble: str = "concat"  # research: the full head restarted after the library's step (ASSEMBLIES)
+    learner_scale: float = 0.0  # ArcFace's scale in the learners' copies of the loss (0: the loss's own, 64)
+    full_epoch: int = 0  # if > 0: the first full-embedding epoch instead of the schedule's
+    curve: int = 0  # evaluate R@1 on the eval classes after every epoch (1), or also every `curve` steps (> 1)
+    scale: float = 0.0  # ArcFace's scale (every copy of the loss; 0: PML's default, 64)
+    imprint_epoch: int = 0  # baseline (control): its head restarted from the class means after this epoch
+    unit_head: bool = False  # baseline (control): the head's class vectors scaled to unit norm at the start
 
     def but(self, **changes):
         return replace(self, **changes)
 
     def phase_epochs(self):
         """(full_embedding_epoch, all_data_epoch) of ``schedule``."""
+        full, all_data = self._phase_epochs()
+        if self.full_epoch:
+            full = self.full_epoch
+        return full, all_data
+
+    def _phase_epochs(self):
         if self.schedule == "journal":
             s = DivideConquerSchedule.journal(self.epochs, self.num_learners, self.recluster_every)
         elif self.schedule == "cvpr":
@@ -293,6 +308,138 @@ class RandomClustersWrapper(DivideConquerWrapper):
         self.reclusterer = random
 
 
+ASSEMBLIES = {
+    "concat": "the library's: the learners' heads concatenated along the embedding dim",
+    "concat-unit": "the learners' heads concatenated, each class's vector scaled to unit norm",
+    "owner": "each class keeps only its owner's chunk (the learner whose cluster holds most of its images), others 0",
+    "fresh": "the full head starts afresh (normal init, as the loss's own)",
+    "imprint": "each class's weight is the normalised mean of its training images' full embeddings (one pass)",
+    "imprint-kept": "as imprint, each class's vector at the norm the assembled one had (the fix's first version)",
+}
+
+
+def patch_assembly(wrapper, mode):
+    """Research: after the library's step that leaves the divide phase, restart the full head as ``mode`` says."""
+    if mode == "concat":
+        return
+    if mode not in ASSEMBLIES:
+        raise ValueError(f"unknown assemble {mode!r}: one of {list(ASSEMBLIES)}")
+    from pml_divide_conquer.schedule import Phase
+
+    controller = wrapper.controller
+    library_step = controller.step
+
+    def step(epoch):
+        leaving = (
+            epoch == wrapper.last_epoch + 1
+            and epoch > 0
+            and wrapper.phase == Phase.DIVIDE
+            and wrapper.schedule.step_after_epoch(epoch).phase != Phase.DIVIDE
+        )
+        owners, k = (controller._class_owners(), wrapper.num_active) if leaving else (None, None)
+        library_step(epoch)
+        if leaving:
+            restart_head(wrapper, mode, owners, k)
+
+    controller.step = step
+
+
+@torch.no_grad()
+def restart_head(wrapper, mode, owners, k):
+    from pml_divide_conquer.heads import FULL_KEY
+
+    w = wrapper.learners[FULL_KEY].W  # embedding_size x classes
+    if mode == "concat-unit":
+        w.copy_(torch.nn.functional.normalize(w, dim=0))
+    elif mode == "owner":
+        size = w.shape[0] // k
+        keep = torch.zeros_like(w)
+        for c, o in enumerate(owners):
+            keep[o * size : (o + 1) * size, c] = 1
+        w.mul_(keep)
+    elif mode == "fresh":
+        w.copy_(torch.randn(w.shape, generator=torch.Generator().manual_seed(4321)))
+    elif mode in ("imprint", "imprint-kept"):
+        from pml_divide_conquer import heads
+
+        norms = w.norm(dim=0, keepdim=True)
+        c = wrapper.controller
+        rng = torch.get_rng_state(), np.random.get_state()
+        emb = wrapper.reclusterer.embed(c.parts, c.capture, wrapper.sampler.labels, space="embedding")
+        torch.set_rng_state(rng[0]), np.random.set_state(rng[1])
+        heads.imprint(
+            wrapper.learners[FULL_KEY],
+            torch.as_tensor(emb),
+            wrapper.map_labels(torch.as_tensor(wrapper.sampler.labels)),
+        )
+        if mode == "imprint-kept":
+            w.mul_(norms)
+    w.grad = None
+
+
+@torch.no_grad()
+def imprint(w, trainer, map_labels):
+    """Each class's column of head ``w`` (embedding_size x classes) := the normalised mean of the L2-normalised
+    embeddings of its training images (one no-grad pass in eval mode; RNG states kept)."""
+    from pytorch_metric_learning import testers
+
+    rng = torch.get_rng_state(), np.random.get_state()
+    tester = testers.BaseTester(
+        batch_size=512,
+        dataloader_num_workers=0,
+        data_device=trainer.data_device,
+        data_and_label_getter=trainer.data_and_label_getter,
+    )
+    emb, labels = tester.get_all_embeddings(
+        trainer.dataset, trainer.models["trunk"], trainer.models["embedder"], return_as_numpy=True
+    )
+    labels = labels[:, 0]
+    torch.set_rng_state(rng[0]), np.random.set_state(rng[1])
+    trainer.set_to_train()
+    mapped = map_labels(torch.as_tensor(labels))
+    emb = torch.as_tensor(emb, dtype=w.dtype)
+    sums = torch.zeros(w.shape[1], w.shape[0], dtype=w.dtype).index_add_(0, mapped, emb)
+    w.copy_(torch.nn.functional.normalize(sums, dim=1).t().to(w.device))
+    w.grad = None
+
+
+def curve_hooks(cfg, trainer, trunk, embedder, data, device, wrapper):
+    """Research: R@1 and MAP@R on the eval classes after every epoch (and every ``cfg.curve`` steps when > 1), the
+    RNG states kept, so a run with its curve trains exactly as one without. Returns (records, iteration hook,
+    end-of-epoch hook, seconds spent)."""
+    records, spent = [], [0.0]
+
+    def record(t, end_of_epoch):
+        start = time.perf_counter()
+        rng = torch.get_rng_state(), np.random.get_state()
+        acc = evaluate(trunk, embedder, data["eval"], device)
+        torch.set_rng_state(rng[0]), np.random.set_state(rng[1])
+        if not end_of_epoch:
+            t.set_to_train()
+        phase = "baseline" if wrapper is None else str(wrapper.schedule.phase_in_epoch(t.epoch))
+        step = (t.epoch - 1) * t.iterations_per_epoch + (
+            t.iteration + 1 if not end_of_epoch else t.iterations_per_epoch
+        )
+        records.append(
+            dict(
+                epoch=t.epoch,
+                step=step,
+                end_of_epoch=end_of_epoch,
+                phase=phase,
+                r1=acc["recall_at_1"],
+                map_at_r=acc["mean_average_precision_at_r"],
+            )
+        )
+        spent[0] += time.perf_counter() - start
+        return True
+
+    def on_iteration(t):
+        if cfg.curve > 1 and (t.iteration + 1) % cfg.curve == 0 and t.iteration + 1 < t.iterations_per_epoch:
+            record(t, False)
+
+    return records, on_iteration, (lambda t: record(t, True)), spent
+
+
 def finetune(cfg, data, trunk_state, device):
     """Fine-tune a copy of the pretrained trunk with the metric loss; returns (trunk, embedder, seconds, stats)."""
     import logging
@@ -320,6 +467,11 @@ def finetune(cfg, data, trunk_state, device):
     )
     trunk.to(device), embedder.to(device)
     loss, miner = make_loss_and_miner(cfg.loss, len(np.unique(labels)), cfg.embedding_size)
+    if cfg.scale:
+        loss.scale = cfg.scale
+    if cfg.unit_head:
+        with torch.no_grad():
+            loss.W.copy_(torch.nn.functional.normalize(loss.W, dim=0))
     optimizers = {
         "trunk_optimizer": torch.optim.Adam(
             trunk.parameters(), lr=cfg.lr * cfg.trunk_lr_multiplier, weight_decay=cfg.weight_decay
@@ -344,6 +496,7 @@ def finetune(cfg, data, trunk_state, device):
             all_data_epoch=all_data,
             grow=cfg.grow,
             heads=cfg.heads,
+            full_head=cfg.full_head if cfg.assemble == "concat" else "assembled",
             cluster_on=cfg.cluster_on,
             recluster_from=cfg.recluster_from,
             orthogonality_weight=cfg.orthogonality_weight,
@@ -351,6 +504,12 @@ def finetune(cfg, data, trunk_state, device):
             cluster_batch_size=512,
             faiss_gpu=False,
         ).to(device)
+        if cfg.learner_scale:
+            from pml_divide_conquer.heads import learner_key
+
+            for k in range(wrapper.num_learners):
+                wrapper.learners[learner_key(k)].scale = cfg.learner_scale
+        patch_assembly(wrapper, cfg.assemble)
         loss_funcs, mining_funcs = {"metric_loss": wrapper}, {}
         hook = wrapper.get_end_of_epoch_hook()
     else:
@@ -378,11 +537,25 @@ def finetune(cfg, data, trunk_state, device):
         freeze_trunk_batchnorm=cfg.freeze_batchnorm,
     )
     stats = {}
+    curve, on_iteration, on_epoch, curve_seconds = [], None, (lambda t: True), [0.0]
+    if cfg.curve:
+        curve, on_iteration, on_epoch, curve_seconds = curve_hooks(cfg, trainer, trunk, embedder, data, device, wrapper)
+        trainer.end_of_iteration_hook = on_iteration
+        trainer.end_of_epoch_hook = on_epoch
+    if cfg.imprint_epoch and wrapper is None:
+        then = on_epoch
+
+        def on_epoch(t):
+            if t.epoch == cfg.imprint_epoch:
+                imprint(loss.W, t, lambda y: torch.as_tensor(y))
+            return then(t)
+
+        trainer.end_of_epoch_hook = on_epoch
     start = time.perf_counter()
     if wrapper is not None:
         seconds = []
         trainer.end_of_epoch_hook = wrapper.get_end_of_epoch_hook(
-            then=lambda t: seconds.append((wrapper.recluster_seconds, wrapper.clustering_seconds)) or True
+            then=lambda t: seconds.append((wrapper.recluster_seconds, wrapper.clustering_seconds)) or on_epoch(t)
         )
         wrapper.prepare(trainer)
         trainer.train(num_epochs=cfg.epochs)
@@ -395,7 +568,10 @@ def finetune(cfg, data, trunk_state, device):
         trainer.train(num_epochs=cfg.epochs)
     if device.type == "cuda":
         torch.cuda.synchronize()
-    train_seconds = time.perf_counter() - start
+    train_seconds = time.perf_counter() - start - curve_seconds[0]
+    if cfg.curve:
+        stats["curve_points"] = curve
+        stats["curve_seconds"] = round(curve_seconds[0], 1)
     if wrapper is not None:
         # what a reclustering's embedding pass costs: one no-grad pass over the training set, timed once here
         pass_start = time.perf_counter()

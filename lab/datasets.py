@@ -1031,7 +1031,17 @@ def save_han_npz(path, **kwargs):
     return glyphs
 
 
-def load_han(split="test", num_pretrain=1000, num_train=1000, num_val=200, num_test=1000, seed=0, npz=None, **kwargs):
+def load_han(
+    split="test",
+    num_pretrain=1000,
+    num_train=1000,
+    num_val=200,
+    num_test=1000,
+    seed=0,
+    npz=None,
+    images_per_class=None,
+    **kwargs,
+):
     """Many-class zero-shot retrieval on Han characters (like Stanford Online Products: thousands of classes, few
     images each): class-disjoint ``pretrain``, ``train`` and ``eval`` sets as a :class:`HanSplits`.
 
@@ -1042,7 +1052,9 @@ def load_han(split="test", num_pretrain=1000, num_train=1000, num_val=200, num_t
 
     ``npz`` (or ``$PML_DC_HAN_NPZ``): prebuilt arrays from :func:`save_han_npz` / ``benchmarks/setup_han.sh``;
     without it the fonts of :data:`HAN_FONT_PACKAGES` must be installed. Other ``kwargs`` go to
-    :func:`han_glyph_arrays` (``size``, ``min_faces``, ``max_per_class``, ...).
+    :func:`han_glyph_arrays` (``size``, ``min_faces``, ``max_per_class``, ...). ``images_per_class``: keep at most
+    that many images of each class (a random subset drawn with ``seed``; each image still from a different face),
+    e.g. 15 for a set like a user's held-out glyph set; it also works with a prebuilt ``npz``.
 
     Example:
         >>> han = load_han("val", npz="han.npz")
@@ -1062,10 +1074,13 @@ def load_han(split="test", num_pretrain=1000, num_train=1000, num_val=200, num_t
     classes = np.random.default_rng(seed).permutation(sum(sizes))  # the best sum(sizes) classes, shuffled
     bounds = np.cumsum((0,) + sizes)
     pretrain, train, val, test = (classes[bounds[i] : bounds[i + 1]] for i in range(4))
-    x = glyphs.images
+    x, y = glyphs.images, glyphs.labels
+    if images_per_class is not None:
+        keep = _per_class_subset(y, int(images_per_class), np.random.default_rng([seed, 15]))
+        x, y = x[keep], y[keep]
 
     def subset(cls):
-        keep = np.isin(glyphs.labels, cls)
-        return ArrayDataset((x[keep].astype(np.float32) / 255.0)[:, None], glyphs.labels[keep])
+        keep = np.isin(y, cls)
+        return ArrayDataset((x[keep].astype(np.float32) / 255.0)[:, None], y[keep])
 
     return HanSplits(subset(pretrain), subset(train), subset(val if split == "val" else test))

@@ -2,10 +2,15 @@
 
 import inspect
 
+import numpy as np
 import torch
 from pytorch_metric_learning.losses import SmoothAPLoss
 from pytorch_metric_learning.miners import BaseMiner, EmbeddingsAlreadyPackagedAsTriplets
 from pytorch_metric_learning.utils.distributed import DistributedMinerWrapper
+
+from . import heads
+from .embedder import SubspaceMaskedEmbedder
+from .sampler import ClusterSampler
 
 # Losses that need the same number of samples of every class in a batch (they raise otherwise)
 EQUAL_COUNT_LOSSES = (SmoothAPLoss,)
@@ -52,3 +57,51 @@ def check_miner(miner):
             "EmbeddingsAlreadyPackagedAsTriplets needs batches laid out as (anchor, positive, negative) triplets, "
             "but ClusterSampler draws m samples per class: use another miner, e.g. TripletMarginMiner"
         )
+
+
+def check_wrapper_arguments(loss, miner, embedder, sampler, heads_mode):
+    """Raise a clear error when DivideConquerWrapper's loss, miner, embedder, sampler or heads do not fit."""
+    check_loss(loss)
+    check_miner(miner)
+    if not isinstance(embedder, SubspaceMaskedEmbedder):
+        raise TypeError(f"embedder must be a SubspaceMaskedEmbedder, got {type(embedder).__name__}")
+    if not isinstance(sampler, ClusterSampler):
+        raise TypeError(
+            f"sampler must be a ClusterSampler, got {type(sampler).__name__}: batches must come from one "
+            "cluster each, and the wrapper must know which"
+        )
+    if heads_mode not in (heads.SHARED, heads.PER_LEARNER):
+        raise ValueError(f'heads must be "{heads.SHARED}" or "{heads.PER_LEARNER}", got {heads_mode!r}')
+    num_classes = len(np.unique(sampler.labels))
+    if embedder.num_learners > num_classes:
+        raise ValueError(
+            f"num_learners={embedder.num_learners} is larger than the number of training classes "
+            f"({num_classes}): every cluster needs several classes. Use at most {num_classes // 2 or 1} learners."
+        )
+    heads.check_fits(loss, embedder.embedding_size, num_classes)
+
+
+RECLUSTER_FROM = ("pass", "training")
+
+
+def recluster_from(value, cluster_dataset):
+    """The checked ``recluster_from`` of a wrapper (None: "training", or "pass" with a ``cluster_dataset``)."""
+    if value is None:
+        value = "pass" if cluster_dataset is not None else "training"
+    if value not in RECLUSTER_FROM:
+        raise ValueError(f'recluster_from must be "pass" or "training", got {value!r}')
+    if value == "training" and cluster_dataset is not None:
+        raise ValueError(
+            'recluster_from="training" clusters the features of the training batches, so cluster_dataset (the '
+            'images to embed for clustering) would be ignored: use recluster_from="pass" with cluster_dataset'
+        )
+    return value
+
+
+FULL_HEADS = ("imprint", "assembled")
+
+
+def full_head(value):
+    if value not in FULL_HEADS:
+        raise ValueError(f'full_head must be "imprint" or "assembled", got {value!r}')
+    return value

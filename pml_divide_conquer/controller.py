@@ -11,6 +11,7 @@ import time
 import weakref
 
 import numpy as np
+import torch
 from pytorch_metric_learning.utils import common_functions as c_f
 
 from . import heads
@@ -129,7 +130,7 @@ class EpochController:
                 "wrapper's state_dict first; it holds the steps taken."
             )
         start = time.perf_counter()
-        w.check_finite()
+        w.router.check()  # what was flagged on the device during the epoch
         if w.feature_memory is not None:
             w.feature_memory.synchronize()  # every rank (and so rank 0's checkpoint) holds every row
         step = w.schedule.step_after_epoch(epoch)
@@ -141,6 +142,8 @@ class EpochController:
                 dims=[w.learner_dims(k, w.num_active) for k in range(w.num_active)],
                 class_owner=self._class_owners(),
             )
+            if w.full_head == "imprint" and heads.has_heads(w.learners[FULL_KEY]):
+                self._imprint_full_head()
         if step.action == Action.ALL_DATA:
             w.sampler.set_assignment(np.zeros(len(w.sampler.labels), dtype=np.int64), 1)
             self._clusters_changed()
@@ -216,6 +219,19 @@ class EpochController:
         halves = None if w.embedder.mode == LEARNED else [np.arange(0, size // 2), np.arange(size // 2, size)]
         child_size = w.embedder.subspace_size(2 * w.num_active)
         heads.split_learners(w.learners, w.miners, w.num_active, halves, optimizers, child_size)
+
+    def _imprint_full_head(self):
+        """Each class's vector of the full-embedding head := its samples' mean full embedding (heads.imprint)."""
+        w = self.wrapper
+        start = time.perf_counter()
+        emb = w.reclusterer.embed(self.parts, self.capture, w.sampler.labels, space="embedding")
+        labels = w.map_labels(torch.as_tensor(w.sampler.labels))
+        count = heads.imprint(w.learners[FULL_KEY], torch.as_tensor(emb), labels)
+        c_f.LOGGER.info(
+            "D&C: %d full-embedding head(s) imprinted from the class means in %.1f s",
+            count,
+            time.perf_counter() - start,
+        )
 
     def _class_owners(self):
         """For each class (0..C-1), the cluster holding most of its samples."""

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
+from pytorch_metric_learning.utils import common_functions as c_f
 
 from . import distributed
 
@@ -155,3 +156,20 @@ class InputCapture:
     def remove(self):
         self.handle.remove()
         self.latest = None
+
+
+def record_batch(memory, features, indices):
+    """recluster_from="training": keep ``features`` (this batch's trunk output or embedding; None when it could not
+    be captured) as the rows of the samples ``indices``; warn once when they do not fit."""
+    n = len(indices)
+    if features is None or len(features) != n:
+        if not getattr(memory, "warned_capture", False):
+            memory.warned_capture = True
+            c_f.LOGGER.warning(
+                "D&C: recluster_from='training' could not capture this batch's trunk output (got %s rows for %d "
+                "samples): those samples are embedded afresh at the next reclustering",
+                None if features is None else len(features),
+                n,
+            )
+        return
+    memory.update(indices, features)

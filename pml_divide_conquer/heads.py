@@ -18,7 +18,7 @@ import copy
 
 import numpy as np
 import torch
-from pytorch_metric_learning.losses import CrossBatchMemory, P2SGradLoss
+from pytorch_metric_learning.losses import CrossBatchMemory, LargeMarginSoftmaxLoss, P2SGradLoss
 
 from .torch_utils import carry_optimizer_state
 
@@ -150,6 +150,24 @@ def memory_size(module):
     return sizes.pop() if sizes else None
 
 
+def learners_extra_state(learners):
+    """What the learners' own state_dicts leave out: their CrossBatchMemory sizes and fill state."""
+    return {
+        "memory_sizes": {k: memory_size(m) for k, m in learners.items()},
+        "memory_fill": {k: memory_fill(m) for k, m in learners.items()},
+    }
+
+
+def load_learners_extra_state(learners, state):
+    """Give the learners' memories their saved sizes (so that the saved tensors fit) and fill state; call it
+    before the learners load their own state_dicts."""
+    for k, size in state.get("memory_sizes", {}).items():
+        if size is not None:
+            resize_memories(learners[k], int(size))
+    for k, fill in state.get("memory_fill", {}).items():
+        set_memory_fill(learners[k], fill)
+
+
 def memory_fill(module):
     """(queue_idx, has_been_filled) of each CrossBatchMemory in ``module``, which its state_dict leaves out."""
     return [[int(m.queue_idx), bool(m.has_been_filled)] for m in memories(module)]
@@ -217,6 +235,47 @@ def assemble(parts, dst, dims, class_owner):
             out.index_copy_(class_axis, cols.to(p.device), chosen.movedim(0, class_axis))
         p.copy_(out)
         p.grad = None
+
+
+def _logits_use_weight_norms(module):
+    """Whether ``module``'s logits grow with its weight vectors' norms (PML's LargeMarginSoftmaxLoss itself; ArcFace,
+    CosFace, SphereFace and the proxy losses use only their directions)."""
+    return (
+        isinstance(module, LargeMarginSoftmaxLoss) and type(module).scale_logits is LargeMarginSoftmaxLoss.scale_logits
+    )
+
+
+@torch.no_grad()
+def imprint(dst, embeddings, labels):
+    """Point each class's vector in ``dst``'s heads at the mean embedding of its samples ("weight imprinting").
+
+    ``embeddings``: the training samples' L2-normalised embeddings (N x embedding_size); ``labels``: their classes,
+    mapped to 0..C-1. Heads with one vector per class (ArcFace, CosFace, NormalizedSoftmax, ProxyAnchor, ProxyNCA,
+    ...) get each class's normalised mean embedding, at unit norm (the loss uses only the direction, and Adam's
+    steps turn a unit vector faster than the longer vectors of a normal initialisation) or, for a loss whose logits
+    grow with the weight norms (LargeMarginSoftmaxLoss), at the norm the vector had. Classes without samples and
+    heads with several vectors per class (SubCenterArcFace, SoftTriple) keep their vectors. Returns the number of
+    heads imprinted.
+    """
+    labels = torch.as_tensor(labels, dtype=torch.long)
+    done = 0
+    for _qual, sub, _name, p, dim in head_params(dst):
+        vectors = p if dim == 1 else p.t()  # a view: classes (x per-class vectors) x embedding
+        classes = getattr(sub, "num_classes", None)
+        if isinstance(classes, int) and classes > 0 and len(vectors) != classes:
+            continue  # several vectors per class
+        emb = torch.as_tensor(embeddings).to(p.device, p.dtype)
+        sums = torch.zeros(len(vectors), p.shape[dim], dtype=p.dtype, device=p.device)
+        sums.index_add_(0, labels.to(p.device), emb)
+        seen = torch.bincount(labels, minlength=len(vectors)).to(p.device) > 0
+        new = torch.nn.functional.normalize(sums, dim=1)
+        if _logits_use_weight_norms(sub):
+            norms = vectors.norm(dim=1, keepdim=True)
+            new = new * torch.where(norms > 0, norms, torch.ones_like(norms))
+        vectors[seen] = new[seen]
+        p.grad = None
+        done += 1
+    return done
 
 
 # ------------------------------------------------------------------------------------------------ the learners

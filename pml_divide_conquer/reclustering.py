@@ -124,9 +124,9 @@ class Reclusterer:
         memory.mark_used()
         return emb
 
-    def embed(self, parts, capture, labels, indices=None):
+    def embed(self, parts, capture, labels, indices=None, space=None):
         """L2-normalised trunk outputs (or embeddings) of the training set (or of its samples ``indices``),
-        checked against ``labels``."""
+        checked against ``labels``. ``space``: "trunk" or "embedding" (default: ``cluster_on``)."""
         if parts is None or parts.model is None or parts.dataset is None:
             raise RuntimeError(
                 "reclustering needs to embed training samples, but no model and dataset were given at set-up: "
@@ -139,7 +139,8 @@ class Reclusterer:
         if indices is not None:
             dataset = torch.utils.data.Subset(dataset, np.asarray(indices).tolist())
             labels = np.asarray(labels)[indices]
-        emb, embedded = embed_dataset(parts, capture, dataset, self.cluster_on == "trunk", self.batch_size, workers)
+        use_trunk = (space or self.cluster_on) == "trunk"
+        emb, embedded = embed_dataset(parts, capture, dataset, use_trunk, self.batch_size, workers)
         if len(embedded) != len(labels) or not np.array_equal(embedded, labels):
             raise ValueError(
                 "the dataset embedded for clustering does not have the sampler's labels in the same order "

@@ -391,8 +391,9 @@ class ClusterSampler(Sampler):
             pos, step = pos + 1, step + 1
             yield from indices.tolist()
 
-    def pop_ticket(self, labels, batch_size_holder="the DataLoader (or trainer)"):
-        """Take the ticket of the next batch and check it against the labels the loss received."""
+    def pop_ticket(self, labels, batch_size_holder="the DataLoader (or trainer)", num_labels=None):
+        """Take the ticket of the next batch and check it against the labels the loss received (``labels=None``:
+        only their number, ``num_labels``; the caller checks them, e.g. on their device)."""
         if not self._tickets:
             raise RuntimeError(
                 "DivideConquerWrapper received a batch that its ClusterSampler did not draw. Give the same "
@@ -401,17 +402,17 @@ class ClusterSampler(Sampler):
                 "wrapper.eval() first; a second call on the same batch: use `with wrapper.one_batch():`)."
             )
         ticket = self._tickets[0]
-        got = as_int_array(labels, "the batch's labels")
-        if got.ndim != 1:
+        got = None if labels is None else as_int_array(labels, "the batch's labels")
+        if got is not None and got.ndim != 1:
             raise ValueError(f"expected 1-D labels, got shape {got.shape}")
-        if len(got) != len(ticket.indices):
+        size = len(got) if got is not None else num_labels
+        if size != len(ticket.indices):
             raise RuntimeError(
-                f"the loss received a batch of {len(got)} samples, but ClusterSampler draws batches of "
+                f"the loss received a batch of {size} samples, but ClusterSampler draws batches of "
                 f"{self.batch_size}. Give {batch_size_holder} batch_size={self.batch_size} (the sampler's), and do "
                 "not drop samples from the batch (e.g. with PML's subset_batch_miner)."
             )
-        expected = self.labels[ticket.indices]
-        if not np.array_equal(got, expected):
+        if got is not None and not np.array_equal(got, self.labels[ticket.indices]):
             raise RuntimeError(
                 "the labels the loss received do not match the batch ClusterSampler drew, so the batch cannot be "
                 "routed to its learner. Build ClusterSampler from the labels exactly as the loop hands them to "

@@ -112,3 +112,18 @@ def as_optimizer_list(optimizers, where="optimizers"):
             )
         out.append(opt)
     return out
+
+
+def plain_loop_parts(wrapper, model, dataset, optimizers, device=None, dtype=None, num_workers=0, collate_fn=None):
+    """The parts of a plain loop: the trunk is whatever of ``model`` is neither the embedder nor the wrapper."""
+    own = {id(p) for p in wrapper.embedder.parameters()} | {id(p) for p in wrapper.parameters()}
+    return TrainingParts(
+        model=model,
+        dataset=dataset,
+        optimizers=as_optimizer_list(optimizers),
+        trunk_params=[p for p in model.parameters() if id(p) not in own],
+        device=device,
+        dtype=dtype,
+        num_workers=num_workers,
+        collate_fn=collate_fn,
+    )

@@ -135,3 +135,16 @@ def test_load_han_splits_are_disjoint_and_load_from_an_npz_without_fonts(tmp_pat
         datasets.load_han("test", npz=npz, num_pretrain=30, num_train=10, num_val=5, num_test=10)
     with pytest.raises(ValueError, match="split"):
         datasets.load_han("train", npz=npz)
+
+
+def test_load_han_keeps_at_most_images_per_class_a_seeded_subset(tmp_path, monkeypatch):
+    monkeypatch.setenv("PML_DC_CACHE", str(tmp_path / "cache"))
+    full = datasets.load_han("test", fonts=sawarabi(), **SPLITS, **TINY)
+    one = datasets.load_han("test", fonts=sawarabi(), images_per_class=1, **SPLITS, **TINY)
+    again = datasets.load_han("test", fonts=sawarabi(), images_per_class=1, **SPLITS, **TINY)
+    for a, b, c in zip(full, one, again):
+        assert np.array_equal(np.unique(a.labels), np.unique(b.labels))  # the same classes
+        assert np.bincount(b.labels).max() == 1 and np.bincount(a.labels).max() > 1
+        assert np.array_equal(b.data.numpy(), c.data.numpy())  # the same subset every time
+        rows = {x.tobytes() for x in a.data.numpy()}
+        assert all(x.tobytes() in rows for x in b.data.numpy())  # images of the full set

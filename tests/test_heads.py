@@ -20,7 +20,9 @@ def small_digits(digits):
     return IndexedDataset(digits.data[keep].numpy(), digits.labels[keep])
 
 
-def trained(dataset, loss, epochs, heads_mode="shared", mode="fixed", full_embedding_epoch=4, all_data_epoch=5):
+def trained(
+    dataset, loss, epochs, heads_mode="shared", mode="fixed", full_embedding_epoch=4, all_data_epoch=5, **wrapper_kwargs
+):
     parts = build(
         dataset,
         num_learners=2,
@@ -32,6 +34,7 @@ def trained(dataset, loss, epochs, heads_mode="shared", mode="fixed", full_embed
         loss=loss,
         embedding_size=D,
         iterations_per_epoch=3,
+        wrapper_kwargs=wrapper_kwargs,
     )
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -91,7 +94,7 @@ def test_shared_head_with_learned_masks_is_the_whole_head_on_the_masked_embeddin
 
 
 def test_per_learner_full_head_starts_from_the_learners_heads_put_together(small_digits):
-    parts = trained(small_digits, losses.ArcFaceLoss(C, D), epochs=2, heads_mode="per_learner")
+    parts = trained(small_digits, losses.ArcFaceLoss(C, D), epochs=2, heads_mode="per_learner", full_head="assembled")
     w = parts["wrapper"]
     halves = [w.learners[k].W.detach()[: D // 2].clone() for k in ("learner0", "learner1")]  # their 8 dims
     w.end_epoch(3)  # into the full-embedding phase (epoch 4)
@@ -100,7 +103,14 @@ def test_per_learner_full_head_starts_from_the_learners_heads_put_together(small
 
 
 def test_per_learner_full_head_with_learned_masks_takes_each_class_from_its_cluster(small_digits):
-    parts = trained(small_digits, losses.ArcFaceLoss(C, D), epochs=2, heads_mode="per_learner", mode="learned")
+    parts = trained(
+        small_digits,
+        losses.ArcFaceLoss(C, D),
+        epochs=2,
+        heads_mode="per_learner",
+        mode="learned",
+        full_head="assembled",
+    )
     w, sampler = parts["wrapper"], parts["sampler"]
     own = [w.learners[k].W.detach().clone() for k in ("learner0", "learner1")]
     # each class's owner counted here, from the clusters the sampler holds: the cluster with most of its samples
@@ -110,6 +120,48 @@ def test_per_learner_full_head_with_learned_masks_takes_each_class_from_its_clus
     full = w.learners["full"].W
     for c in range(C):
         assert torch.equal(full[:, c], own[owners[c]][:, c])
+
+
+@pytest.mark.parametrize("mode", ["fixed", "learned"])
+def test_per_learner_full_head_is_imprinted_from_the_class_means_of_the_full_embedding(small_digits, mode):
+    parts = trained(small_digits, losses.ArcFaceLoss(C, D), epochs=2, heads_mode="per_learner", mode=mode)
+    w = parts["wrapper"]
+    assert w.full_head == "imprint"
+    w.end_epoch(3)  # into the full-embedding phase (epoch 4)
+    with torch.no_grad():
+        x = torch.as_tensor(small_digits.data)
+        parts["trunk"].eval(), parts["embedder"].eval()
+        emb = torch.nn.functional.normalize(parts["embedder"](parts["trunk"](x)), dim=1)
+    labels = torch.as_tensor(small_digits.labels)
+    W = w.learners["full"].W.detach()
+    for c in range(C):
+        mean = torch.nn.functional.normalize(emb[labels == c].mean(0), dim=0)
+        assert torch.allclose(W[:, c], mean, atol=1e-5)  # the class mean, at unit norm
+
+
+def test_full_head_must_be_imprint_or_assembled(small_digits):
+    with pytest.raises(ValueError, match="full_head"):
+        trained(small_digits, losses.ArcFaceLoss(C, D), epochs=0, heads_mode="per_learner", full_head="fresh")
+
+
+def test_imprint_points_one_vector_per_class_at_its_mean_and_leaves_the_rest():
+    emb = torch.nn.functional.normalize(torch.randn(12, 6), dim=1)
+    labels = torch.tensor([0, 0, 1, 1, 1, 2, 2, 2, 2, 0, 1, 2])  # class 3 has no sample
+    for loss, get, keeps_norm in (
+        (losses.ArcFaceLoss(4, 6), lambda m: m.W.detach().t(), False),
+        (losses.ProxyAnchorLoss(4, 6), lambda m: m.proxies.detach(), False),
+        (losses.LargeMarginSoftmaxLoss(4, 6), lambda m: m.W.detach().t(), True),  # logits grow with |W|
+    ):
+        before = get(loss).clone()
+        assert heads.imprint(loss, emb, labels) == 1
+        after = get(loss)
+        for c in range(3):
+            mean = torch.nn.functional.normalize(emb[labels == c].mean(0), dim=0)
+            assert torch.allclose(after[c], mean * (before[c].norm() if keeps_norm else 1), atol=1e-6)
+        assert torch.equal(after[3], before[3])
+    several = losses.SubCenterArcFaceLoss(num_classes=4, embedding_size=6, sub_centers=2)
+    before = several.W.detach().clone()
+    assert heads.imprint(several, emb, labels) == 0 and torch.equal(several.W, before)
 
 
 def test_assemble_averages_the_columns_of_classes_no_cluster_owns():
