@@ -85,6 +85,10 @@ class FeatureMemory:
         self.stamps = newest.cpu()
         self.synced_at = self.step
 
+    def consolidate(self, to=0):
+        """Every row on rank ``to`` (a collective; see DivideConquerWrapper.consolidate_state_dict)."""
+        self.synchronize()
+
     def features_for_clustering(self):
         """(features as float32 numpy, indices of the samples with no row since the last reclustering)."""
         self.synchronize()

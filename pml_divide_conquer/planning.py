@@ -13,7 +13,10 @@ def as_int_array(values, what):
         values = values.detach().cpu().numpy()
     out = np.asarray(values)
     if out.size and not np.issubdtype(out.dtype, np.integer):
-        raise ValueError(f"{what} must be integers, got dtype {out.dtype}")
+        raise ValueError(
+            f"{what} must be integers, got dtype {out.dtype}: encode other labels (strings, ...) as integers first, "
+            "e.g. classes, ids = np.unique(labels, return_inverse=True), and pass ids"
+        )
     return out.astype(np.int64)
 
 

@@ -407,6 +407,15 @@ class DivideConquerWrapper(BaseMetricLossFunction):
         self.end_epoch(epoch)
 
     # ------------------------------------------------------------------ state
+    def consolidate_state_dict(self, to=0):
+        """Under DDP, gather what only other ranks hold (rows of the feature memory) to rank ``to``, so that its
+        :meth:`state_dict` resumes the run exactly. A collective: call it on every rank, then save on rank ``to``
+        (like torch's ``ZeroRedundancyOptimizer.consolidate_state_dict``); ``state_dict()`` itself never
+        communicates. The Lightning callback and PML's end-of-epoch hook call it; without it, a resumed run
+        embeds the missing rows afresh at its next reclustering. A no-op in one process."""
+        if self.feature_memory is not None:
+            self.feature_memory.consolidate(to)
+
     def get_extra_state(self):
         masks = self.embedder.masks
         return {

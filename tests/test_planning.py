@@ -15,6 +15,8 @@ def test_one_integer_array_coercion_for_lists_arrays_and_tensors():
     assert planning.as_int_array(np.zeros((2, 2), dtype=np.int32), "x").shape == (2, 2)
     with pytest.raises(ValueError, match="x must be integers"):
         planning.as_int_array([0.5], "x")
+    with pytest.raises(ValueError, match=r"got dtype <U5: encode .* np\.unique\(labels, return_inverse=True\)"):
+        planning.as_int_array(["apple", "pear"], "x")  # (issue 16 item 8)
 
 
 def test_servable_pools_leave_out_fragments_and_clusters_that_cannot_fill_a_batch():

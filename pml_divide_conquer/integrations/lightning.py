@@ -125,6 +125,11 @@ class DivideConquerCallback(pl.Callback):
     def on_train_epoch_end(self, trainer, pl_module):
         self._wrapper.end_epoch(trainer.current_epoch + 1)  # current_epoch counts from 0
 
+    def on_save_checkpoint(self, trainer, pl_module, checkpoint):
+        # Lightning builds the checkpoint on every rank (rank 0 writes it): gather what rank 0 lacks first
+        if getattr(self, "_wrapper", None) is not None:
+            self._wrapper.consolidate_state_dict(to=0)
+
     # ------------------------------------------------------------------ finding the parts
     def _find_wrapper(self, pl_module):
         if self.wrapper is not None:

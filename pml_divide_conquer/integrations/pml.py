@@ -163,6 +163,7 @@ def end_of_epoch_hook(wrapper, trainer):
             "trainer.train() calls it after each epoch; outside PML's trainers call dc.end_epoch()"
         )
     wrapper.end_epoch(epoch)
+    wrapper.consolidate_state_dict(to=0)  # PML's hooks save on rank 0 after this step (a no-op in one process)
     release_iterator(trainer)
     return True
 
