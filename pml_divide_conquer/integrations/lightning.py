@@ -126,9 +126,16 @@ class DivideConquerCallback(pl.Callback):
         self._wrapper.end_epoch(trainer.current_epoch + 1)  # current_epoch counts from 0
 
     def on_save_checkpoint(self, trainer, pl_module, checkpoint):
-        # Lightning builds the checkpoint on every rank (rank 0 writes it): gather what rank 0 lacks first
-        if getattr(self, "_wrapper", None) is not None:
-            self._wrapper.consolidate_state_dict(to=0)
+        # Lightning builds the checkpoint on every rank (rank 0 writes it), the module's state first: gather what
+        # rank 0 lacks, then put the wrapper's consolidated state in its place
+        dc = getattr(self, "_wrapper", None)
+        if dc is None or trainer.world_size == 1:
+            return
+        dc.consolidate_state_dict(to=0)
+        for name, module in pl_module.named_modules():
+            key = f"{name}._extra_state" if name else "_extra_state"
+            if module is dc and key in checkpoint.get("state_dict", {}):
+                checkpoint["state_dict"][key] = dc.get_extra_state()
 
     # ------------------------------------------------------------------ finding the parts
     def _find_wrapper(self, pl_module):
