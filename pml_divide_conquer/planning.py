@@ -1,8 +1,28 @@
 """Planning one pass of cluster batches: pure functions (labels, assignment, m, batch size, rng -> batches).
 
 :class:`~pml_divide_conquer.ClusterSampler` keeps the state (seed, assignment, position, tickets) and validation;
-everything here is numpy in, numpy out, and deterministic in the generator it is given.
+everything here is numpy in, numpy out, and deterministic in the generator it is given. The cost of a pass grows
+as N log N in the number of samples N (sorts and vectorised numpy; Python loops only over rounds, clusters and the
+few classes of clusters that have fewer than ``batch_size / m`` of them).
+
+A pass, for each cluster that can fill a batch:
+
+- its **units** are groups of ``m`` samples of one class (``2m``, ``4m``, ... under ``equal_counts`` when the
+  cluster has few classes); a batch holds ``batch_size / m`` groups, each class at most one unit;
+- every class gets at least as many units as cover its samples, ``ceil(size / unit)``, so that **a pass draws
+  every sample it can serve** (only classes with fewer than ``m`` samples in their cluster stay out); the rest of
+  the pass's units go to classes in proportion to their size, so samples are used about equally often;
+- each class's units take its samples as a stream of rounds, each a random permutation of the class (without
+  replacement until a round is used up; a unit that crosses into the next round finds its own samples at the end
+  of that round, so no batch holds a sample twice), in the order of the pass;
+- which classes share a batch is random (a column fill, each column's rows shuffled).
+
+Every cluster gives the same number of batches (as many as the cluster that needs most: small clusters are
+oversampled), and the clusters take turns.
 """
+
+from dataclasses import dataclass
+from typing import List, NamedTuple
 
 import numpy as np
 
@@ -20,29 +40,32 @@ def as_int_array(values, what):
     return out.astype(np.int64)
 
 
-def class_pools(labels, assignment, cluster):
-    """The samples of ``cluster``, one array per class."""
-    members = np.flatnonzero(assignment == cluster)
-    classes, inverse = np.unique(labels[members], return_inverse=True)
-    return [members[inverse == i] for i in range(len(classes))]
+# --------------------------------------------------------------------------------------------- grouping
+class Runs(NamedTuple):
+    """The samples grouped by (cluster, class): run r holds ``members[starts[r] : starts[r] + sizes[r]]``."""
+
+    members: np.ndarray  # sample indices sorted by (cluster, class, index)
+    starts: np.ndarray
+    sizes: np.ndarray
+    clusters: np.ndarray  # the cluster of each run
+    classes: np.ndarray  # the class of each run
+
+    def of(self, r):
+        return self.members[self.starts[r] : self.starts[r] + self.sizes[r]]
 
 
-def servable_pools(labels, assignment, num_clusters, m, batch_size, equal_counts=False):
-    """``{cluster: [samples of each class with >= m of them]}`` for the clusters that can fill a batch of
-    ``batch_size`` distinct samples, ``m`` per class (a class with too few samples in its cluster is left out).
-
-    ``equal_counts``: every class of a batch must give the same number of samples (:func:`groups_per_class`)."""
-    per_batch = batch_size // m
-    pools = {}
-    for c in range(num_clusters):
-        usable = [p for p in class_pools(labels, assignment, c) if len(p) >= m]
-        capacity = np.array([len(p) // m for p in usable], dtype=np.int64)
-        if not usable or capacity.sum() < per_batch:
-            continue
-        if equal_counts and groups_per_class(capacity, per_batch) is None:
-            continue
-        pools[c] = usable
-    return pools
+def group_runs(labels, assignment):
+    """Group the samples by (cluster, class) with one sort: O(N log N)."""
+    labels, assignment = np.asarray(labels), np.asarray(assignment)
+    members = np.lexsort((labels, assignment))  # stable: samples in index order within a run
+    if len(members) == 0:
+        empty = np.zeros(0, dtype=np.int64)
+        return Runs(members, empty, empty, empty, empty)
+    a, y = assignment[members], labels[members]
+    cuts = np.flatnonzero((a[1:] != a[:-1]) | (y[1:] != y[:-1])) + 1
+    starts = np.concatenate([[0], cuts]).astype(np.int64)
+    sizes = np.diff(np.append(starts, len(members)))
+    return Runs(members.astype(np.int64), starts, sizes, a[starts], y[starts])
 
 
 def groups_per_class(capacity, per_batch):
@@ -56,66 +79,255 @@ def groups_per_class(capacity, per_batch):
     return None
 
 
+@dataclass
+class ClusterLayout:
+    """How one cluster fills its batches: the runs it draws from, the unit (``unit`` samples of a class), the units
+    per batch, the most units a class gives to one batch, and the units each run needs to cover its samples."""
+
+    cluster: int
+    runs: np.ndarray  # run ids
+    unit: int
+    per_batch: int
+    max_per_batch: np.ndarray  # per run
+    cover: np.ndarray  # per run: units that cover its samples
+    several: bool  # a class may give several units to a batch (fewer classes than groups, no equal counts)
+
+    def batches_needed(self):
+        return int(max(-(-self.cover.sum() // self.per_batch), (-(-self.cover // self.max_per_batch)).max()))
+
+
+def layouts(runs, num_clusters, m, batch_size, equal_counts=False):
+    """{cluster: ClusterLayout} of the clusters that can fill a batch of ``batch_size`` distinct samples, ``m`` per
+    class (classes with fewer than m samples in the cluster left out)."""
+    per_batch = batch_size // m
+    usable = np.flatnonzero(runs.sizes >= m)
+    by_cluster = np.split(usable, np.searchsorted(runs.clusters[usable], np.arange(1, num_clusters)))
+    out = {}
+    for c, ids in enumerate(by_cluster):
+        capacity = runs.sizes[ids] // m
+        if len(ids) == 0 or capacity.sum() < per_batch:
+            continue
+        if len(ids) >= per_batch:
+            unit, units, several, keep = m, per_batch, False, np.ones(len(ids), bool)
+        elif equal_counts:
+            g = groups_per_class(capacity, per_batch)
+            if g is None:
+                continue
+            unit, units, several, keep = g * m, per_batch // g, False, capacity >= g
+        else:
+            unit, units, several, keep = m, per_batch, True, np.ones(len(ids), bool)
+        ids = ids[keep]
+        sizes = runs.sizes[ids]
+        max_per_batch = sizes // m if several else np.ones(len(ids), dtype=np.int64)
+        out[c] = ClusterLayout(c, ids, unit, units, max_per_batch, -(-sizes // unit), several)
+    return out
+
+
+# --------------------------------------------------------------------------------------------- one pass
+class Plan:
+    """The batches of one pass: ``plan[i]`` is ``(cluster, indices)``, indices over all ranks."""
+
+    def __init__(self, clusters, batches):
+        self.clusters, self.batches = clusters, batches
+
+    def __len__(self):
+        return len(self.clusters)
+
+    def __getitem__(self, i):
+        return int(self.clusters[i]), self.batches[i]
+
+    def __iter__(self):
+        return (self[i] for i in range(len(self)))
+
+
+def allocate(minimum, maximum, weights, total, rng):
+    """Integers ``minimum <= a <= maximum`` summing to ``total``, the part above the minimum drawn in proportion to
+    ``weights`` (minimums scaled down when they exceed the total)."""
+    minimum = np.minimum(minimum, maximum).astype(np.int64)
+    if minimum.sum() > total:
+        minimum = np.floor(minimum * (total / minimum.sum())).astype(np.int64)
+    a = minimum.copy()
+    while a.sum() < total:
+        room = maximum - a
+        w = np.where(room > 0, weights, 0).astype(np.float64)
+        a += np.minimum(rng.multinomial(total - a.sum(), w / w.sum()), room)
+    return a
+
+
+def unit_streams(runs, run_ids, unit, counts, rng):
+    """``counts[i]`` units of ``unit`` samples from each run ``run_ids[i]``, as one flat array (run after run).
+
+    A run's samples come as rounds, each a random permutation of the run; the samples of a unit that crosses from
+    one round into the next go to the end of that next round, so no unit holds a sample twice. Vectorised over the
+    runs, one loop iteration per round.
+    """
+    sizes = runs.sizes[run_ids]
+    need = counts * unit
+    offsets = np.concatenate([[0], np.cumsum(need)])
+    out = np.empty(offsets[-1], dtype=np.int64)
+    rounds = -(-need // sizes)
+    late = np.zeros(len(runs.members), dtype=bool)  # by position in members: goes to the end of the next round
+    active = np.flatnonzero(rounds > 0)
+    r = 0
+    while len(active):
+        s = sizes[active]
+        first = np.concatenate([[0], np.cumsum(s)[:-1]])
+        owner = np.repeat(np.arange(len(active)), s)
+        pos = np.arange(int(s.sum())) - first[owner]  # position within the run
+        where = runs.starts[run_ids[active]][owner] + pos  # into members
+        keys = rng.random(len(where)) + late[where]
+        late[where] = False
+        order = np.argsort(owner + keys / 2.0, kind="stable")  # each run's samples, in this round's order
+        where = where[order]
+        at = r * s[owner] + pos  # position in the run's stream
+        keep = at < need[active][owner]
+        out[offsets[active][owner[keep]] + at[keep]] = runs.members[where[keep]]
+        # the last ((r+1) * s) % unit samples of this round go with the first unit of the next
+        crossing = ((r + 1) * s) % unit
+        goes_on = rounds[active] > r + 1
+        late[where[(pos >= (s - crossing)[owner]) & goes_on[owner]]] = True
+        active, r = active[goes_on], r + 1
+    return out, offsets
+
+
+def _column_rows(column_runs, n, rng):
+    """Rows (batches) of the units laid out column after column (``column_runs``: the run of each unit, n units a
+    column): each column's rows shuffled, a run split between two columns kept on distinct rows."""
+    rows = np.empty(len(column_runs), dtype=np.int64)
+    for k in range(len(column_runs) // n):
+        lo = k * n
+        col = column_runs[lo : lo + n]
+        if k and col[0] == column_runs[lo - 1]:  # a run continued from the previous column
+            y = int(np.argmin(col == col[0])) if not (col == col[0]).all() else n
+            taken = np.zeros(n, dtype=bool)
+            taken[rows[lo - n : lo][column_runs[lo - n : lo] == col[0]]] = True
+            free = rng.permutation(np.flatnonzero(~taken))
+            rows[lo : lo + y] = free[:y]
+            rows[lo + y : lo + n] = rng.permutation(np.concatenate([np.flatnonzero(taken), free[y:]]))
+        else:
+            rows[lo : lo + n] = rng.permutation(n)
+    return rows
+
+
+def cluster_batches_single(runs, layout, n, rng):
+    """n batches (an n x batch_size array) of one cluster whose classes give at most one unit a batch."""
+    ids, units = layout.runs, layout.per_batch
+    counts = allocate(layout.cover, np.full(len(ids), n), runs.sizes[ids], n * units, rng)
+    order = rng.permutation(len(ids))  # the classes in a random order, laid out column after column
+    unit_run = np.repeat(order, counts[order])  # index into ids
+    rows = _column_rows(unit_run, n, rng)
+    columns = np.arange(len(unit_run)) // n
+    # each run's units in batch order take its stream's units in order (a round is used up before the next)
+    by_run = np.lexsort((rows, unit_run))
+    rank = np.empty(len(unit_run), dtype=np.int64)
+    rank[by_run] = np.arange(len(unit_run)) - np.repeat(np.cumsum(counts) - counts, counts)[np.arange(len(by_run))]
+    flat, offsets = unit_streams(runs, ids, layout.unit, counts, rng)
+    start = offsets[unit_run] + rank * layout.unit
+    cells = np.empty((n, units), dtype=np.int64)
+    cells[rows, columns] = start
+    return flat[cells[..., None] + np.arange(layout.unit)].reshape(n, units * layout.unit)
+
+
+def cluster_batches_several(runs, layout, n, m, rng):
+    """n batches of a cluster with fewer classes than groups a batch: classes give several groups to a batch (never
+    more than they hold distinct samples), taken together from the class's stream."""
+    ids, per_batch = layout.runs, layout.per_batch
+    sizes = runs.sizes[ids]
+    counts = allocate(layout.cover, layout.max_per_batch * n, sizes, n * per_batch, rng)
+    order = rng.permutation(len(ids))
+    unit_run = np.repeat(order, counts[order])
+    groups = np.zeros((n, len(ids)), dtype=np.int64)  # groups of each class in each batch: a column fill
+    np.add.at(groups, (np.arange(len(unit_run)) % n, unit_run), 1)
+    groups = groups[rng.permutation(n)]
+    parts = []
+    for i in order:
+        pool = runs.of(ids[i])
+        queue, head, chunks = rng.permutation(pool), 0, []
+        for need in groups[:, i] * m:
+            if need == 0:
+                chunks.append(pool[:0])
+                continue
+            if len(queue) - head >= need:
+                chunks.append(queue[head : head + need])
+                head += need
+                continue
+            rest = queue[head:]  # a new round; the rest's samples go to its end
+            fresh = rng.permutation(pool)
+            late = np.isin(fresh, rest)
+            queue = np.concatenate([fresh[~late], fresh[late]])
+            chunks.append(np.concatenate([rest, queue[: need - len(rest)]]))
+            head = need - len(rest)
+        parts.append(chunks)
+    return np.stack([np.concatenate([parts[j][b] for j in range(len(order))]) for b in range(n)])
+
+
+def plan_layouts(runs, cluster_layouts, m, rng, n=None):
+    """One pass over ``cluster_layouts`` (from :func:`layouts`): every cluster ``n`` batches (default: as many as
+    the cluster that needs most, to cover its samples), the clusters in turn."""
+    if not cluster_layouts:
+        return Plan(np.zeros(0, dtype=np.int64), np.zeros((0, 0), dtype=np.int64))
+    clusters = sorted(cluster_layouts)
+    n = max(cluster_layouts[c].batches_needed() for c in clusters) if n is None else n
+    per_cluster = []
+    for c in clusters:
+        layout = cluster_layouts[c]
+        if layout.several:
+            per_cluster.append(cluster_batches_several(runs, layout, n, m, rng))
+        else:
+            per_cluster.append(cluster_batches_single(runs, layout, n, rng))
+    batches = np.stack(per_cluster, axis=1).reshape(n * len(clusters), -1)  # batch i of every cluster, in turn
+    return Plan(np.tile(np.asarray(clusters, dtype=np.int64), n), batches)
+
+
+def batches_per_pass(cluster_layouts):
+    if not cluster_layouts:
+        return 0
+    return len(cluster_layouts) * max(layout.batches_needed() for layout in cluster_layouts.values())
+
+
+# --------------------------------------------------------------------------------------------- per-cluster views
+def servable_pools(labels, assignment, num_clusters, m, batch_size, equal_counts=False):
+    """``{cluster: [samples of each class it draws from]}`` for the clusters that can fill a batch of
+    ``batch_size`` distinct samples, ``m`` per class (a class with too few samples in its cluster is left out)."""
+    runs = group_runs(labels, assignment)
+    return {
+        c: [runs.of(r) for r in lay.runs] for c, lay in layouts(runs, num_clusters, m, batch_size, equal_counts).items()
+    }
+
+
 def fragments(labels, assignment, num_clusters, m):
     """The class fragments (samples of one class in one cluster) too small to give ``m`` distinct samples."""
-    return [p for c in range(num_clusters) for p in class_pools(labels, assignment, c) if len(p) < m]
+    runs = group_runs(labels, assignment)
+    return [runs.of(r) for r in np.flatnonzero(runs.sizes < m)]
 
 
-def batches_per_cluster(pools, batch_size):
-    """Batches each cluster gives in a pass: as many as the largest cluster needs (small clusters oversampled)."""
-    return max(1, max(sum(len(p) for p in ps) for ps in pools.values()) // batch_size)
+def _runs_of_pools(pools_by_cluster):
+    """Runs (and their clusters) from ``{cluster: [samples of each class]}``."""
+    members, sizes, clusters = [], [], []
+    for c in sorted(pools_by_cluster):
+        for p in pools_by_cluster[c]:
+            members.append(np.asarray(p, dtype=np.int64))
+            sizes.append(len(p))
+            clusters.append(c)
+    sizes = np.asarray(sizes, dtype=np.int64)
+    starts = np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.int64)
+    flat = np.concatenate(members) if members else np.zeros(0, dtype=np.int64)
+    clusters = np.asarray(clusters, dtype=np.int64)
+    return Runs(flat, starts, sizes, clusters, np.arange(len(sizes)))
 
 
 def plan_pass(pools, batch_size, m, rng, equal_counts=False):
     """One pass: ``(cluster, indices)`` batches, the clusters round-robin, each ``batch_size`` long."""
-    clusters = sorted(pools)
-    n = batches_per_cluster(pools, batch_size)
-    per_cluster = [cluster_batches(pools[c], n, batch_size // m, m, rng, equal_counts) for c in clusters]
-    return [(c, per_cluster[j][i]) for i in range(n) for j, c in enumerate(clusters)]
+    runs = _runs_of_pools(pools)
+    k = int(runs.clusters.max()) + 1 if len(runs.clusters) else 0
+    return plan_layouts(runs, layouts(runs, k, m, batch_size, equal_counts), m, rng)
 
 
-def cluster_batches(pools, n_batches, per_batch, m, rng, equal_counts=False):
+def cluster_batches(pools, n_batches, per_batch, m, rng, equal_counts=False) -> List[np.ndarray]:
     """``n_batches`` batches of ``per_batch`` groups of ``m`` samples from the classes ``pools`` (each >= m samples),
-    no sample twice in a batch.
-
-    Classes are drawn with probability proportional to their unused samples; each class is used without
-    replacement until fewer than m samples remain, then starts a new round (leftovers first). When there are
-    fewer classes than groups, some classes give several groups (never more than they hold); with
-    ``equal_counts`` every class of the batch gives the same number g of groups (:func:`groups_per_class`), as
-    losses such as SmoothAPLoss require.
-    """
-    counts = np.array([len(p) for p in pools])
-    capacity = counts // m
-    equal_groups = groups_per_class(capacity, per_batch) if equal_counts and per_batch > len(pools) else None
-    queues = [rng.permutation(p) for p in pools]
-    heads = np.zeros(len(pools), dtype=np.int64)
-    batches = []
-    for _ in range(n_batches):
-        left = counts - heads
-        weight = np.where(left < m, counts, left).astype(np.float64)  # a class about to start a new round is full
-        groups = np.zeros(len(pools), dtype=np.int64)
-        if per_batch <= len(pools):
-            groups[rng.choice(len(pools), per_batch, replace=False, p=weight / weight.sum())] = 1
-        elif equal_groups is not None:  # per_batch / g classes that can give g groups each
-            able = np.flatnonzero(capacity >= equal_groups)
-            w = weight[able]
-            groups[rng.choice(able, per_batch // equal_groups, replace=False, p=w / w.sum())] = equal_groups
-        else:  # every class once, then extra groups from classes that still have distinct samples to give
-            groups[:] = 1
-            for _ in range(per_batch - len(pools)):
-                w = np.where(groups < capacity, weight, 0.0)
-                groups[rng.choice(len(pools), p=w / w.sum())] += 1
-        parts = []
-        for i in np.flatnonzero(groups)[rng.permutation(int((groups > 0).sum()))]:
-            need = int(groups[i]) * m
-            if left[i] >= need:
-                parts.append(queues[i][heads[i] : heads[i] + need])
-                heads[i] += need
-                continue
-            rest = queues[i][heads[i] :]
-            fresh = rng.permutation(pools[i])
-            fresh = np.concatenate([fresh[~np.isin(fresh, rest)], fresh[np.isin(fresh, rest)]])
-            parts.append(np.concatenate([rest, fresh[: need - len(rest)]]))
-            queues[i], heads[i] = fresh, need - len(rest)
-        batches.append(np.concatenate(parts))
-    return batches
+    no sample twice in a batch (one cluster)."""
+    runs = _runs_of_pools({0: pools})
+    lay = layouts(runs, 1, m, per_batch * m, equal_counts)
+    if not lay:
+        raise ValueError("these classes cannot fill a batch of distinct samples")
+    return list(plan_layouts(runs, lay, m, rng, n=n_batches).batches)

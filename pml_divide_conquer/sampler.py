@@ -122,6 +122,7 @@ class ClusterSampler(Sampler):
         self._checked_world = None
         self._plan_cache = (None, None)
         self._pools_cache = (None, None)
+        self._runs_cache = (None, None)
         self._check_world()
         self.assignment = np.zeros(len(self.labels), dtype=np.int64)
         self.num_clusters = 1
@@ -236,9 +237,7 @@ class ClusterSampler(Sampler):
         return np.bincount(self.assignment, minlength=self.num_clusters)
 
     def classes_per_cluster(self):
-        return np.array(
-            [len(np.unique(self.labels[self.assignment == c])) for c in range(self.num_clusters)], dtype=np.int64
-        )
+        return np.bincount(self._runs().clusters, minlength=self.num_clusters).astype(np.int64)
 
     def _warn_once(self, key, message):
         if key not in self._warned:
@@ -253,8 +252,8 @@ class ClusterSampler(Sampler):
                 f"empty-v{self.version}",
                 f"clusters {empty} are empty: their learners get no batches until the next reclustering.",
             )
-        pools = self._pools()
-        left_out = [c for c in range(self.num_clusters) if sizes[c] > 0 and c not in pools]
+        served = self._layouts()
+        left_out = [c for c in range(self.num_clusters) if sizes[c] > 0 and c not in served]
         if left_out:
             self._warn_once(
                 f"unservable-v{self.version}",
@@ -262,12 +261,13 @@ class ClusterSampler(Sampler):
                 "per class: their learners get no batches until the next reclustering. Use fewer learners, a "
                 "smaller batch_size or a smaller m.",
             )
-        if not pools:
+        if not served:
             raise RuntimeError(
                 f"no cluster can fill a batch of {self.global_batch_size} distinct samples with m={self.m} per class "
                 f"(cluster sizes {sizes.tolist()}): use fewer learners, a smaller batch_size or a smaller m"
             )
-        dropped = sum(len(p) for p in self._fragments())
+        runs = self._runs()
+        dropped = int(runs.sizes[runs.sizes < self.m].sum())
         if dropped:
             self._warn_once(
                 "fragments",
@@ -277,23 +277,26 @@ class ClusterSampler(Sampler):
             )
 
     # ---------------------------------------------------------------- planning
-    def _pools(self):
-        """{cluster: [samples of each class with >= m of them]} for the clusters that can fill a batch."""
+    def _runs(self):
+        """The samples grouped by (cluster, class), for the current assignment."""
+        if self._runs_cache[0] != self.version:
+            self._runs_cache = (self.version, planning.group_runs(self.labels, self.assignment))
+            self._pools_cache = (None, None)
+        return self._runs_cache[1]
+
+    def _layouts(self):
+        """{cluster: how it fills its batches} for the clusters that can fill a batch (planning.layouts)."""
         self._check_world()
         if self._pools_cache[0] != self.version:
-            pools = planning.servable_pools(
-                self.labels, self.assignment, self.num_clusters, self.m, self.global_batch_size, self.equal_counts
+            layouts = planning.layouts(
+                self._runs(), self.num_clusters, self.m, self.global_batch_size, self.equal_counts
             )
-            self._pools_cache = (self.version, pools)
+            self._pools_cache = (self.version, layouts)
         return self._pools_cache[1]
-
-    def _fragments(self):
-        return planning.fragments(self.labels, self.assignment, self.num_clusters, self.m)
 
     def batches_per_pass(self):
         """Batches in one pass over the clusters (it need not match an epoch)."""
-        pools = self._pools()
-        return len(pools) * planning.batches_per_cluster(pools, self.global_batch_size)
+        return planning.batches_per_pass(self._layouts())
 
     def _plan(self, pass_index):
         key = (self.version, pass_index)
@@ -309,7 +312,7 @@ class ClusterSampler(Sampler):
         Deterministic in (seed, assignment version, pass), so every rank plans the same pass.
         """
         rng = np.random.default_rng([self.seed, self.version, pass_index])
-        return planning.plan_pass(self._pools(), self.global_batch_size, self.m, rng, self.equal_counts)
+        return planning.plan_layouts(self._runs(), self._layouts(), self.m, rng)
 
     # ---------------------------------------------------------------- epochs
     def __len__(self):
@@ -480,6 +483,7 @@ class ClusterSampler(Sampler):
         self._generation += 1  # a live iterator stops: the next one starts at the loaded position
         self._plan_cache = (None, None)
         self._pools_cache = (None, None)
+        self._runs_cache = (None, None)
         self._warned = set(state.get("warned", []))
 
 

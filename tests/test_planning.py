@@ -54,3 +54,44 @@ def test_a_pass_visits_the_clusters_round_robin():
     pools = planning.servable_pools(labels, assignment, 2, m=2, batch_size=4)
     plan = planning.plan_pass(pools, 4, 2, np.random.default_rng(0))
     assert [c for c, _ in plan] == [0, 1] * 15  # as many batches as the larger cluster needs
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    sizes=st.lists(st.integers(1, 30), min_size=2, max_size=25),
+    k=st.integers(1, 4),
+    m=st.sampled_from([1, 2, 3, 4]),
+    per_batch=st.integers(1, 6),
+    equal_counts=st.booleans(),
+    seed=st.integers(0, 2**16),
+)
+def test_a_pass_draws_every_servable_sample_and_nothing_twice_in_a_batch(sizes, k, m, per_batch, equal_counts, seed):
+    """Every sample of a class with at least m samples in a cluster that can fill a batch is drawn at least once a
+    pass (with equal counts: of a class that can give the batch's units), and no batch holds a sample twice."""
+    rng = np.random.default_rng(seed)
+    labels = np.repeat(np.arange(len(sizes)), sizes)
+    assignment = rng.integers(0, k, len(labels))
+    runs = planning.group_runs(labels, assignment)
+    lay = planning.layouts(runs, k, m, per_batch * m, equal_counts)
+    plan = planning.plan_layouts(runs, lay, m, np.random.default_rng(seed))
+    assert len(plan) == planning.batches_per_pass(lay)
+    drawn = np.zeros(len(labels), dtype=int)
+    for cluster, batch in plan:
+        assert len(batch) == per_batch * m and len(np.unique(batch)) == len(batch)
+        assert (assignment[batch] == cluster).all()
+        counts = np.unique(labels[batch], return_counts=True)[1]
+        assert (counts % m == 0).all() and (not equal_counts or len(set(counts.tolist())) == 1)
+        np.add.at(drawn, batch, 1)
+    for layout in lay.values():
+        for r in layout.runs:
+            assert (drawn[runs.of(r)] >= 1).all()
+    servable = np.concatenate([runs.of(r) for layout in lay.values() for r in layout.runs] or [np.zeros(0, int)])
+    assert (drawn[np.setdiff1d(np.arange(len(labels)), servable)] == 0).all()
+
+
+def test_grouping_by_cluster_and_class_is_one_sort():
+    labels = np.array([3, 1, 3, 1, 2, 3])
+    assignment = np.array([1, 0, 0, 1, 0, 1])
+    runs = planning.group_runs(labels, assignment)
+    assert runs.clusters.tolist() == [0, 0, 0, 1, 1] and runs.classes.tolist() == [1, 2, 3, 1, 3]
+    assert [runs.of(r).tolist() for r in range(5)] == [[1], [4], [2], [3], [0, 5]]
