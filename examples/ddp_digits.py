@@ -86,6 +86,7 @@ def main():
         print(
             f"{world} ranks, {args.epochs} epochs, K={dc.num_active}: test R@1 = {100 * result['precision_at_1']:.1f}"
         )
+    dist.barrier()  # (a rank that tears its process group down while another still evaluates can abort)
     dist.destroy_process_group()
 
 

@@ -78,3 +78,21 @@ def check_same_on_all_ranks(values, what):
             f"{what} differs across ranks: {seen}. Every rank must use the same ClusterSampler seed, labels and "
             "batch size, and take the same end-of-epoch steps."
         )
+
+
+def all_gather_varying(local):
+    """The concatenation over ranks of 1-D int64 arrays of different lengths (``local`` itself in one process)."""
+    local = np.asarray(local, dtype=np.int64)
+    if not is_distributed():
+        return local
+    world, _ = world_size_and_rank()
+    device = _device()
+    size = torch.tensor([len(local)], device=device)
+    sizes = [torch.empty_like(size) for _ in range(world)]
+    dist.all_gather(sizes, size)
+    sizes = [int(x) for x in sizes]
+    padded = torch.zeros(max(sizes), dtype=torch.long, device=device)
+    padded[: len(local)] = torch.as_tensor(local, device=device)
+    parts = [torch.empty_like(padded) for _ in range(world)]
+    dist.all_gather(parts, padded)
+    return np.concatenate([p[:n].cpu().numpy() for p, n in zip(parts, sizes)])

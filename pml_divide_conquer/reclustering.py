@@ -89,7 +89,7 @@ class Reclusterer:
         if distributed.world_size_and_rank()[1] == 0:
             new = self.cluster(emb, labels, assignment, current_k, k, split)
         else:
-            new = np.zeros(len(emb), dtype=np.int64)
+            new = np.zeros(len(labels), dtype=np.int64)
         self.clustering_seconds = time.perf_counter() - clustering_start
         new = distributed.broadcast_array(new)
         self.seconds = time.perf_counter() - start
@@ -113,14 +113,15 @@ class Reclusterer:
 
     def from_memory(self, parts, capture, labels, memory):
         """The rows training last computed, with the samples that have none since the last reclustering embedded
-        afresh (all of them when the memory is empty)."""
-        emb, stale = memory.features_for_clustering()
+        afresh (all of them when the memory is empty); under DDP, on rank 0 (None on the others)."""
+        emb, stale = memory.features_for_clustering()  # the rows on rank 0 only
         self.fresh_samples = len(stale)
         if len(stale):
-            fresh = self.embed(parts, capture, labels, indices=stale)
-            if emb is None:
-                emb = np.zeros((len(labels), fresh.shape[1]), dtype=np.float32)
-            emb[stale] = fresh
+            fresh = self.embed(parts, capture, labels, indices=stale)  # (every rank embeds a shard of them)
+            if distributed.world_size_and_rank()[1] == 0:
+                if emb is None:
+                    emb = np.zeros((len(labels), fresh.shape[1]), dtype=np.float32)
+                emb[stale] = fresh
         memory.mark_used()
         return emb
 

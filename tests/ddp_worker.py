@@ -147,26 +147,31 @@ def plain_loop_run(ds):
 
 
 def feature_memory_runs(ds, folder, rank):
-    """recluster_from="training": each rank records the samples of its own batches; every rank (and so rank 0's
-    checkpoint) ends each epoch with every row; a run resumed from that checkpoint continues exactly."""
+    """recluster_from="training": each rank computes the rows of its own batches, and every row lives on one rank
+    (sample i on rank i % 2); rank 0's checkpoint (consolidated by the end-of-epoch hook) resumes the run exactly."""
+    import torch.nn.functional as F
+
     out = {}
     full = []
     f = make(ds, full, recluster_from="training")
     memory = f["wrapper"].feature_memory
-    own_rows = {}  # this rank's newest row of each sample it trained in epoch 5, before the synchronisation
+    computed = {}  # sample -> (step, row) of the rows this rank computed in epoch 5
     update = memory.update
 
     def recording_update(indices, features):
         update(indices, features)
         if f["trainer"].epoch == 5:
-            for i in np.asarray(indices).tolist():
-                own_rows[i] = memory.features[i].float().numpy().copy()
+            rows = F.normalize(features.detach().flatten(1).float(), dim=1).to(torch.float16).float().numpy()
+            for i, row in zip(np.asarray(indices).tolist(), rows):
+                computed[i] = (memory.step, row)
 
     memory.update = recording_update
     f["wrapper"].prepare(f["trainer"])
     train(f, 1, 5)
-    out["fm_own_rows"] = own_rows
+    out["fm_computed"] = computed
     out["fm_full"], out["fm_rows"], out["fm_stamps"] = full, memory.features.float().numpy(), memory.stamps.numpy()
+    out["fm_own"] = memory.own
+    out["fm_bytes"] = (memory.nbytes, memory.bookkeeping_nbytes, len(ds))
     first = []
     g = make(ds, first, recluster_from="training")
     g["wrapper"].prepare(g["trainer"])
