@@ -89,6 +89,7 @@ def train(parts, start_epoch, num_epochs):
 
 
 def save_once(parts, path, rank):
+    parts["wrapper"].consolidate_state_dict(to=0)  # every rank: the protocol before rank 0 saves
     if rank == 0:  # saved once, as PML's HookContainer does
         torch.save(
             {

@@ -152,7 +152,7 @@ def prepare(wrapper, trainer):
     wrapper.controller.setup(parts_from_trainer(trainer))
 
 
-def end_of_epoch_hook(wrapper, trainer):
+def end_of_epoch_hook(wrapper, trainer, consolidate=True):
     check_trainer(trainer, wrapper)
     if not wrapper.controller.is_set_up:
         raise RuntimeError(f"DivideConquerWrapper's end-of-epoch hook ran before set-up: {HINTS.setup}")
@@ -163,14 +163,15 @@ def end_of_epoch_hook(wrapper, trainer):
             "trainer.train() calls it after each epoch; outside PML's trainers call dc.end_epoch()"
         )
     wrapper.end_epoch(epoch)
-    wrapper.consolidate_state_dict(to=0)  # PML's hooks save on rank 0 after this step (a no-op in one process)
+    if consolidate:  # the hook after it may save a checkpoint on rank 0 (under DDP: gathers what rank 0 lacks)
+        wrapper.consolidate_state_dict(to=0)
     release_iterator(trainer)
     return True
 
 
 def get_end_of_epoch_hook(wrapper, then=None):
     def hook(trainer):
-        end_of_epoch_hook(wrapper, trainer)
+        end_of_epoch_hook(wrapper, trainer, consolidate=then is not None)
         return True if then is None else then(trainer)
 
     hook.divide_conquer_wrapper = wrapper  # lets prepare() see that the trainer's hook takes the D&C step
