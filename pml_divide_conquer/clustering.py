@@ -20,11 +20,31 @@ def faiss_gpu_available() -> bool:
     return hasattr(faiss, "get_num_gpus") and faiss.get_num_gpus() > 0
 
 
-def kmeans(x, k, *, niter=100, seed=0, gpu=None, max_points_per_centroid=None):
-    """Assign each row of ``x`` (n x d, float) to one of ``k`` clusters with faiss k-means.
+BACKENDS = ("faiss", "torch")
 
-    ``gpu=None`` uses a GPU when faiss-gpu sees one, False forces the CPU. ``max_points_per_centroid=None`` trains
-    on all points, as the reference code does (faiss's own default subsamples 256 points per centroid).
+
+def choose_backend(backend=None, gpu=None):
+    """``backend`` as given, else where the data is: faiss on a GPU when faiss sees one, k-means in torch on the GPU
+    when torch sees one but faiss does not (faiss-gpu is often not installable), faiss on the CPU otherwise
+    (``gpu=False``: always faiss on the CPU)."""
+    if backend is not None:
+        if backend not in BACKENDS:
+            raise ValueError(f'kmeans_backend must be "faiss" or "torch", got {backend!r}')
+        return backend
+    if gpu is False or faiss_gpu_available():
+        return "faiss"
+    import torch
+
+    return "torch" if torch.cuda.is_available() else "faiss"
+
+
+def kmeans(x, k, *, niter=100, seed=0, gpu=None, max_points_per_centroid=None, backend=None):
+    """Assign each row of ``x`` (n x d, float) to one of ``k`` clusters with k-means.
+
+    faiss (``backend="faiss"``; ``gpu=None`` uses a GPU when faiss-gpu sees one, False forces the CPU) or the same
+    algorithm in torch (``backend="torch"``: :func:`torch_kmeans`, on the GPU when there is one and ``gpu`` is not
+    False); by default where the data is (:func:`choose_backend`). ``max_points_per_centroid=None`` trains on all
+    points, as the reference code does (faiss's own default subsamples 256 points per centroid).
     Returns int64 ids in [0, k).
     """
     x = np.ascontiguousarray(x, dtype=np.float32)
@@ -37,6 +57,13 @@ def kmeans(x, k, *, niter=100, seed=0, gpu=None, max_points_per_centroid=None):
         raise ValueError(f"cannot make {k} clusters out of {n} points")
     if k == 1:
         return np.zeros(n, dtype=np.int64)
+    if choose_backend(backend, gpu) == "torch":
+        import torch
+
+        device = "cuda" if gpu is not False and torch.cuda.is_available() else "cpu"
+        return torch_kmeans(
+            x, k, niter=niter, seed=seed, device=device, max_points_per_centroid=max_points_per_centroid
+        )
     faiss = _faiss()
     use_gpu = faiss_gpu_available() if gpu is None else bool(gpu)
     km = faiss.Kmeans(x.shape[1], k, niter=niter, seed=int(seed) % (2**31), gpu=use_gpu, verbose=False)
@@ -49,6 +76,67 @@ def kmeans(x, k, *, niter=100, seed=0, gpu=None, max_points_per_centroid=None):
     return ids[:, 0].astype(np.int64)
 
 
+def torch_kmeans(x, k, *, niter=100, seed=0, device="cpu", max_points_per_centroid=None, chunk=1 << 18):
+    """k-means in torch, as faiss runs it: k distinct random points as the first centroids (seeded), ``niter``
+    Lloyd iterations, an empty cluster refilled by splitting a large one (faiss's ``split_clusters``). Returns the
+    int64 id of each row's nearest centroid.
+
+    Deterministic for a seed on one device: the centroid sums are products with one-hot matrices (no atomic adds);
+    GPU and CPU results may differ in the last bits. Distances are computed ``chunk`` rows at a time.
+    """
+    import torch
+
+    gen = torch.Generator().manual_seed(int(seed) % (2**63))
+    data = torch.as_tensor(x, dtype=torch.float32)
+    n = len(data)
+    train = data
+    if max_points_per_centroid is not None and n > k * max_points_per_centroid:
+        train = data[torch.randperm(n, generator=gen)[: k * int(max_points_per_centroid)]]
+    train = train.to(device)
+    centroids = train[torch.randperm(len(train), generator=gen)[:k].to(device)].clone()
+
+    def assign(points):
+        ids = torch.empty(len(points), dtype=torch.long, device=device)
+        half_norms = (centroids * centroids).sum(1) / 2
+        for start in range(0, len(points), chunk):
+            part = points[start : start + chunk].to(device)
+            ids[start : start + len(part)] = (part @ centroids.t() - half_norms).argmax(1)
+        return ids
+
+    for _ in range(niter):
+        ids = assign(train)
+        sums = torch.zeros_like(centroids)
+        counts = torch.zeros(k, dtype=torch.float32, device=device)
+        for start in range(0, len(train), chunk):
+            one_hot = torch.nn.functional.one_hot(ids[start : start + chunk], k).to(torch.float32)
+            sums += one_hot.t() @ train[start : start + chunk]
+            counts += one_hot.sum(0)
+        nonempty = counts > 0
+        centroids = torch.where(nonempty[:, None], sums / counts.clamp(min=1)[:, None], centroids)
+        if not bool(nonempty.all()):
+            centroids = _split_large_clusters(centroids, counts, gen)
+    return assign(data).cpu().numpy().astype(np.int64)
+
+
+def _split_large_clusters(centroids, counts, gen, eps=1.0 / 1024):
+    """Refill each empty centroid with a copy of a large cluster's, the two nudged apart (faiss's rule: the cluster
+    chosen with probability growing with its size)."""
+    import torch
+
+    counts = counts.clone().cpu()
+    centroids = centroids.clone()
+    for empty in torch.nonzero(counts == 0).flatten().tolist():
+        weights = (counts - 1).clamp(min=0)
+        j = int(torch.multinomial(weights / weights.sum(), 1, generator=gen))
+        sign = torch.ones(centroids.shape[1], device=centroids.device)
+        sign[1::2] = -1
+        centroids[empty] = centroids[j] * (1 + eps * sign)
+        centroids[j] = centroids[j] * (1 - eps * sign)
+        counts[empty] = counts[j] // 2
+        counts[j] -= counts[empty]
+    return centroids
+
+
 def cluster_is_valid(cluster_labels, min_classes=2, min_per_class=2) -> bool:
     """True when at least ``min_classes`` classes have ``min_per_class`` or more members (reference rule)."""
     _, counts = np.unique(cluster_labels, return_counts=True)
@@ -59,7 +147,9 @@ def invalid_clusters(assignment, labels, k, min_classes=2, min_per_class=2):
     return [c for c in range(k) if not cluster_is_valid(labels[assignment == c], min_classes, min_per_class)]
 
 
-def kmeans_with_retries(x, k, labels, *, niter=100, seed=0, max_retries=30, gpu=None, max_points_per_centroid=None):
+def kmeans_with_retries(
+    x, k, labels, *, niter=100, seed=0, max_retries=30, gpu=None, max_points_per_centroid=None, backend=None
+):
     """k-means, retried with new seeds until every cluster has >= 2 classes with >= 2 members each.
 
     If no seed succeeds, the last result is returned with a warning naming the degenerate clusters.
@@ -67,7 +157,15 @@ def kmeans_with_retries(x, k, labels, *, niter=100, seed=0, max_retries=30, gpu=
     labels = np.asarray(labels)
     bad = []
     for attempt in range(max_retries):
-        ids = kmeans(x, k, niter=niter, seed=seed + attempt, gpu=gpu, max_points_per_centroid=max_points_per_centroid)
+        ids = kmeans(
+            x,
+            k,
+            niter=niter,
+            seed=seed + attempt,
+            gpu=gpu,
+            max_points_per_centroid=max_points_per_centroid,
+            backend=backend,
+        )
         bad = invalid_clusters(ids, labels, k)
         if not bad:
             return ids
@@ -80,7 +178,16 @@ def kmeans_with_retries(x, k, labels, *, niter=100, seed=0, max_retries=30, gpu=
 
 
 def split_clusters(
-    x, assignment, labels=None, *, niter=100, seed=0, max_retries=30, gpu=None, max_points_per_centroid=None
+    x,
+    assignment,
+    labels=None,
+    *,
+    niter=100,
+    seed=0,
+    max_retries=30,
+    gpu=None,
+    max_points_per_centroid=None,
+    backend=None,
 ):
     """Split every cluster c in two with 2-means: its members get ids 2c and 2c+1.
 
@@ -105,6 +212,7 @@ def split_clusters(
                 seed=seed + attempt,
                 gpu=gpu,
                 max_points_per_centroid=max_points_per_centroid,
+                backend=backend,
             )
             if labels is None or not invalid_clusters(sub, np.asarray(labels)[members], 2):
                 break

@@ -31,8 +31,10 @@ class Reclusterer:
             test-time transforms); None: the training dataset.
         batch_size: batch size of the embedding pass.
         num_workers: DataLoader workers of the embedding pass (None: the training loop's).
-        niter, max_points_per_centroid, max_retries, gpu: faiss k-means settings (None points per centroid: all
-            points, as the reference code).
+        niter, max_points_per_centroid, max_retries, gpu: k-means settings (None points per centroid: all points,
+            as the reference code).
+        backend: ``"faiss"`` or ``"torch"`` (k-means in torch, on the GPU when there is one); None: where the data
+            is (:func:`~pml_divide_conquer.clustering.choose_backend`).
         seed: k-means seed, the same at every reclustering (trial t uses seed + t).
 
     After each :meth:`assign`, ``seconds`` and ``clustering_seconds`` hold how long it took, all of it and the
@@ -54,6 +56,7 @@ class Reclusterer:
         max_retries=30,
         gpu=None,
         seed=0,
+        backend=None,
     ):
         if cluster_on not in CLUSTER_SPACES:
             raise ValueError(f'cluster_on must be "trunk" or "embedding", got {cluster_on!r}')
@@ -62,7 +65,11 @@ class Reclusterer:
         self.batch_size = int(batch_size)
         self.num_workers = num_workers
         self.kmeans = dict(
-            niter=int(niter), max_points_per_centroid=max_points_per_centroid, max_retries=int(max_retries), gpu=gpu
+            niter=int(niter),
+            max_points_per_centroid=max_points_per_centroid,
+            max_retries=int(max_retries),
+            gpu=gpu,
+            backend=None if backend is None else clustering.choose_backend(backend),
         )
         self.seed = int(seed)
         self.seconds = 0.0

@@ -65,6 +65,8 @@ class DivideConquerWrapper(BaseMetricLossFunction):
         cluster_batch_size, cluster_num_workers: of the embedding pass (workers default: the training loop's).
         kmeans_niter, kmeans_max_points_per_centroid, kmeans_max_retries, faiss_gpu, seed: k-means as the reference
             runs it (100 iterations, all points, retried with seed + t until every cluster has 2 classes of 2).
+        kmeans_backend: ``"faiss"`` or ``"torch"``; None (default): faiss on a GPU when faiss-gpu sees one, k-means
+            in torch on the GPU when only torch does, faiss on the CPU otherwise.
         conquer_epoch: deprecated; ``full_embedding_epoch = all_data_epoch = conquer_epoch``.
 
     Examples:
@@ -107,6 +109,7 @@ class DivideConquerWrapper(BaseMetricLossFunction):
         kmeans_max_points_per_centroid=None,
         kmeans_max_retries=30,
         faiss_gpu=None,
+        kmeans_backend=None,
         seed=0,
         recluster_from=None,
         feature_memory_device="cpu",
@@ -142,6 +145,7 @@ class DivideConquerWrapper(BaseMetricLossFunction):
             max_retries=kmeans_max_retries,
             gpu=faiss_gpu,
             seed=seed,
+            backend=kmeans_backend,
         )
         self.recluster_from = checks.recluster_from(recluster_from, cluster_dataset)
         memory = (

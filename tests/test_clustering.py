@@ -102,3 +102,40 @@ def test_split_with_labels_gives_valid_children_when_possible():
         child = clustering.split_clusters(x, np.zeros(40, dtype=np.int64), labels, seed=0, gpu=False)
     assert not clustering.invalid_clusters(child, labels, 2)
     assert set(child[:20]) != set(child[20:])
+
+
+def _objective(x, ids):
+    return sum(((x[ids == c] - x[ids == c].mean(0)) ** 2).sum() for c in np.unique(ids))
+
+
+@pytest.mark.parametrize("k, blobs", [(2, 6), (8, 24), (8, 8)])
+def test_torch_kmeans_is_as_good_as_faiss(k, blobs):
+    """The torch k-means (the GPU path when faiss-gpu is missing), run here on the CPU, over 10 seeds: its adjusted
+    Rand index against faiss (same seed) as high as faiss's against itself with the next seed (within 0.02: both
+    are means over seeds of local optima), its objective within 1 % of faiss's."""
+    from sklearn.metrics import adjusted_rand_score
+
+    rng = np.random.default_rng(0)
+    centers = rng.normal(size=(blobs, 16))
+    x = centers[rng.integers(0, blobs, 3000)] + 0.6 * rng.normal(size=(3000, 16))
+    x = (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+    faiss_runs = [clustering.kmeans(x, k, seed=s, gpu=False) for s in range(11)]
+    torch_runs = [clustering.kmeans(x, k, seed=s, backend="torch", gpu=False) for s in range(10)]
+    faiss_faiss = np.mean([adjusted_rand_score(faiss_runs[s], faiss_runs[s + 1]) for s in range(10)])
+    faiss_torch = np.mean([adjusted_rand_score(faiss_runs[s], torch_runs[s]) for s in range(10)])
+    assert faiss_torch >= faiss_faiss - 0.02, (faiss_torch, faiss_faiss)
+    objective = np.mean([_objective(x, t) for t in torch_runs]) / np.mean([_objective(x, f) for f in faiss_runs[:10]])
+    assert objective <= 1.01, objective
+    assert all(sorted(np.unique(t)) == list(range(k)) for t in torch_runs)
+    assert np.array_equal(torch_runs[0], clustering.kmeans(x, k, seed=0, backend="torch", gpu=False))  # deterministic
+
+
+def test_torch_kmeans_refills_empty_clusters_and_subsamples_like_faiss():
+    x = np.repeat(np.eye(3, dtype=np.float32), [50, 50, 2], axis=0)  # 3 tight groups, one tiny
+    ids = clustering.torch_kmeans(x, 5, niter=20, seed=0)
+    assert len(np.unique(ids)) >= 3 and all((ids[x[:, j] == 1] == ids[x[:, j] == 1][0]).all() for j in range(2))
+    sub = clustering.torch_kmeans(x, 2, niter=5, seed=0, max_points_per_centroid=10)
+    assert sub.shape == (102,)
+    with pytest.raises(ValueError, match='kmeans_backend must be "faiss" or "torch"'):
+        clustering.choose_backend("sklearn")
+    assert clustering.choose_backend(None, gpu=False) == "faiss"
