@@ -38,8 +38,8 @@ class Router:
     def flag(self, bad, message, error=RuntimeError):
         """Raise ``error(message)`` if the boolean tensor ``bad`` is true: now on the CPU, at the next check on a
         device."""
-        if bad.device.type == "cpu":
-            if bad:
+        if bad.device.type == "cpu":  # (read through numpy: on the CPU nothing waits for a device)
+            if bad.numpy().any():
                 raise error(message)
             return
         key = (message, error)

@@ -298,3 +298,38 @@ def test_plain_loop_without_d_and_c_needs_four_lines_more(digits):
     added = [line for line in diff.splitlines() if line.startswith("+")]
     removed = [line for line in diff.splitlines() if line.startswith("-")]
     assert len(added) - len(removed) <= 4, diff
+
+
+@pytest.mark.parametrize("variant", ["fixed", "learned", "memory", "arcface"])
+def test_the_wrapper_reads_no_tensor_value_on_the_host_during_a_step(digits, monkeypatch, variant):
+    """No Tensor.item / float() / bool() / int() in the wrapper's forward and backward (a GPU would sync at each):
+    non-finite values and labels on a device are flagged there and raised at the epoch end."""
+    from pytorch_metric_learning import reducers
+
+    kw = dict(num_learners=2, recluster_every=1, loss=losses.TripletMarginLoss(reducer=reducers.MeanReducer()))
+    if variant == "learned":
+        kw.update(mode="learned")
+    elif variant == "memory":
+        kw.update(wrapper_kwargs=dict(recluster_from="training"))
+    elif variant == "arcface":
+        kw.update(loss=losses.ArcFaceLoss(10, 16))
+    parts = build_plain(digits, **kw)
+    train_plain(parts, 1)  # past the split: K=2
+    model, dc, opt = parts["model"], parts["wrapper"], parts["optimizer"]
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a tensor value was read on the host during the step")
+
+    steps = 0
+    for x, y, _ in parts["loader"]:
+        opt.zero_grad()
+        emb = model(x)
+        with monkeypatch.context() as patch:
+            for name in ("item", "__float__", "__bool__", "__int__", "tolist"):
+                patch.setattr(torch.Tensor, name, refuse)
+            loss = dc(emb, y)
+            loss.backward()
+        opt.step()
+        steps += 1
+    assert steps == len(parts["loader"]) and dc.current_learner in (0, 1)
+    dc.end_epoch()
