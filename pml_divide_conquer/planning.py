@@ -167,27 +167,44 @@ def unit_streams(runs, run_ids, unit, counts, rng):
     out = np.empty(offsets[-1], dtype=np.int64)
     rounds = -(-need // sizes)
     late = np.zeros(len(runs.members), dtype=bool)  # by position in members: goes to the end of the next round
-    active = np.flatnonzero(rounds > 0)
+    # blocks of runs of about BLOCK samples, one after the other: the temporary arrays stay that size
+    ends = np.searchsorted(np.cumsum(sizes), np.arange(BLOCK, sizes.sum() + BLOCK, BLOCK), side="right")
+    for lo, hi in zip(np.concatenate([[0], ends[:-1]]), ends):
+        if hi > lo:
+            _streams_of_block(runs, run_ids, sizes, need, offsets, rounds, late, out, unit, rng, lo, hi)
+    return out, offsets
+
+
+BLOCK = 1 << 17  # samples: the temporaries of a round of a block, about 60 bytes a sample, stay under 8 MiB
+
+
+def _streams_of_block(runs, run_ids, sizes, need, offsets, rounds, late, out, unit, rng, lo, hi):
+    active = lo + np.flatnonzero(rounds[lo:hi] > 0)
     r = 0
     while len(active):
         s = sizes[active]
         first = np.concatenate([[0], np.cumsum(s)[:-1]])
-        owner = np.repeat(np.arange(len(active)), s)
-        pos = np.arange(int(s.sum())) - first[owner]  # position within the run
+        owner = np.repeat(np.arange(len(active), dtype=np.int32), s)
+        pos = np.arange(int(s.sum()), dtype=np.int64) - first[owner]  # position within the run
         where = runs.starts[run_ids[active]][owner] + pos  # into members
-        keys = rng.random(len(where)) + late[where]
+        keys = rng.random(len(where))
+        keys += late[where]
         late[where] = False
-        order = np.argsort(owner + keys / 2.0, kind="stable")  # each run's samples, in this round's order
+        keys /= 2.0
+        keys += owner
+        order = np.argsort(keys, kind="stable")  # each run's samples, in this round's order
+        del keys
         where = where[order]
+        del order
         at = r * s[owner] + pos  # position in the run's stream
         keep = at < need[active][owner]
         out[offsets[active][owner[keep]] + at[keep]] = runs.members[where[keep]]
+        del keep
         # the last ((r+1) * s) % unit samples of this round go with the first unit of the next
         crossing = ((r + 1) * s) % unit
         goes_on = rounds[active] > r + 1
         late[where[(pos >= (s - crossing)[owner]) & goes_on[owner]]] = True
         active, r = active[goes_on], r + 1
-    return out, offsets
 
 
 def _column_rows(column_runs, n, rng):
@@ -222,10 +239,9 @@ def cluster_batches_single(runs, layout, n, rng):
     rank = np.empty(len(unit_run), dtype=np.int64)
     rank[by_run] = np.arange(len(unit_run)) - np.repeat(np.cumsum(counts) - counts, counts)[np.arange(len(by_run))]
     flat, offsets = unit_streams(runs, ids, layout.unit, counts, rng)
-    start = offsets[unit_run] + rank * layout.unit
     cells = np.empty((n, units), dtype=np.int64)
-    cells[rows, columns] = start
-    return flat[cells[..., None] + np.arange(layout.unit)].reshape(n, units * layout.unit)
+    cells[rows, columns] = offsets[unit_run] // layout.unit + rank  # the unit's place in the flat stream
+    return flat.reshape(-1, layout.unit)[cells.reshape(-1)].reshape(n, units * layout.unit)
 
 
 def cluster_batches_several(runs, layout, n, m, rng):

@@ -124,8 +124,8 @@ def test_overhead_benchmark_smoke(bench, tmp_path, capsys):
             str(tmp_path),
         ]
     )
-    records = check_outputs(tmp_path, "overhead", capsys, ["| 1 |", "| 2 |"])
-    assert [int(r["K"]) for r in records] == [1, 2]
+    records = check_outputs(tmp_path, "overhead", capsys, ["| plain | 1 |", "| pml | 2 |"])
+    assert [(r["loop"], int(r["K"])) for r in records] == [("plain", 1), ("plain", 2), ("pml", 1), ("pml", 2)]
     for r in records:
         assert float(r["bare_median_ms"]) > 0 and float(r["wrapper_median_ms"]) > 0
         assert math.isclose(
