@@ -131,6 +131,7 @@ def build_plain(
     embedding_size=16,
     wrapper_kwargs=None,
     setup=True,
+    device="cpu",
     **loader_kwargs,
 ):
     """The same tiny set-up as build(), in a plain PyTorch loop: one model, one optimizer (trunk, embedder and
@@ -159,6 +160,7 @@ def build_plain(
         seed=seed,
         **(wrapper_kwargs or {}),
     )
+    model.to(device), wrapper.to(device)
     groups = [{"params": trunk.parameters()}] + embedder.parameter_groups(lr=1e-3, mask_lr_multiplier=10)
     if any(p.requires_grad for p in wrapper.parameters()):
         groups.append({"params": wrapper.parameters()})
@@ -166,7 +168,7 @@ def build_plain(
     if setup:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            wrapper.setup(model, dataset, optimizers=[optimizer])
+            wrapper.setup(model, dataset, optimizers=[optimizer], device=device)
     return dict(
         model=model,
         trunk=trunk,

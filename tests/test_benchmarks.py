@@ -287,3 +287,33 @@ def test_han_random_clusters_ablation_draws_its_clusters_at_random(bench, digits
     assert set(np.unique(first)) == {0, 1, 2, 3} and (first != second).mean() > 0.5
     kmeans = han.Reclusterer(seed=3).cluster(emb, digits.labels, sampler.assignment, 4, 4)
     assert (first != kmeans).mean() > 0.5
+
+
+def test_scale_benchmark_smoke(bench, tmp_path, capsys):
+    bench("scale").main(
+        [
+            "--sizes",
+            "3000,6000",
+            "--old-up-to",
+            "6000",
+            "--recluster-sizes",
+            "3000,6000",
+            "--dim",
+            "16",
+            "--out",
+            str(tmp_path),
+        ]
+    )
+    records = check_outputs(tmp_path, "scale", capsys, ["#### Sampler pass", "| 6,000 |", "slope"])
+    sampler = [r for r in records if r["table"] == "sampler"]
+    assert {(r["planner"], int(r["K"])) for r in sampler} == {("new", 1), ("new", 8), ("old", 1), ("old", 8)}
+    assert all(float(r["drawn"]) >= 0.95 * int(r["n"]) for r in sampler if r["planner"] == "new")  # every sample
+    assert all(float(r["held_bytes_per_sample"]) > 0 for r in sampler)
+
+
+def test_kmeans_backends_benchmark_smoke(bench, tmp_path, capsys):
+    records = bench("kmeans_backends").main(
+        ["--n", "3000", "--dim", "8", "--k", "4", "--niter", "10", "--device", "cpu", "--out", str(tmp_path)]
+    )
+    assert len(records) == 3 and all(r["seconds"] > 0 for r in records)
+    assert (tmp_path / "kmeans_backends.md").read_text().count("|") > 10

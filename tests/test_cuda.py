@@ -114,3 +114,80 @@ def test_whole_batch_dataset_on_the_gpu_trains_and_reclusters(digits):
         parts["wrapper"].prepare(parts["trainer"])
         parts["trainer"].train(num_epochs=2)
     assert parts["wrapper"].num_active == 2 and parts["trunk"][0].weight.device.type == DEVICE
+
+
+@pytest.mark.parametrize("variant", ["fixed", "learned", "arcface", "memory"])
+def test_float16_autocast_with_a_grad_scaler_in_a_plain_loop(digits, variant):
+    from pytorch_metric_learning import losses
+
+    from helpers import build_plain
+
+    kw = dict(num_learners=2, recluster_every=1, full_embedding_epoch=3, device=DEVICE)
+    if variant == "learned":
+        kw.update(mode="learned")
+    elif variant == "arcface":
+        kw.update(loss=losses.ArcFaceLoss(10, 16))
+    elif variant == "memory":
+        kw.update(wrapper_kwargs=dict(recluster_from="training", feature_memory_device=DEVICE))
+    parts = build_plain(digits, **kw)
+    model, dc, opt = parts["model"], parts["wrapper"], parts["optimizer"]
+    scaler = torch.amp.GradScaler(DEVICE)
+    seen = []
+    for _epoch in range(3):
+        for x, y, _ in parts["loader"]:
+            x, y = x.to(DEVICE), y.to(DEVICE)
+            opt.zero_grad()
+            with torch.autocast(DEVICE, dtype=torch.float16):
+                emb = model(x)
+                loss = dc(emb, y)
+            assert emb.dtype == torch.float16 and loss.dtype == torch.float32
+            scaler.scale(loss).backward()
+            scaler.step(opt)
+            scaler.update()
+            seen.append(loss.detach())
+        dc.end_epoch()
+    assert torch.isfinite(torch.stack(seen)).all() and dc.num_active == 2 and str(dc.phase) == "full_embedding"
+
+
+def test_non_finite_embeddings_on_the_device_are_raised_at_the_epoch_end(digits):
+    from helpers import build_plain
+
+    parts = build_plain(digits, num_learners=2, device=DEVICE)
+    model, dc = parts["model"], parts["wrapper"]
+    x, y, _ = next(iter(parts["loader"]))
+    emb = model(x.to(DEVICE))
+    emb = emb + torch.tensor(float("nan"), device=DEVICE)
+    if DEVICE == "cpu":  # nothing to wait for there: at once
+        with pytest.raises(FloatingPointError, match="non-finite"):
+            dc(emb, y.to(DEVICE))
+        return
+    dc(emb, y.to(DEVICE))  # no host sync in the step
+    with pytest.raises(FloatingPointError, match="non-finite"):
+        dc.end_epoch()
+
+
+def test_the_step_reads_no_tensor_value_on_the_host_with_labels_on_the_device(digits, monkeypatch):
+    from pytorch_metric_learning import losses, reducers
+
+    from helpers import build_plain
+
+    loss = losses.TripletMarginLoss(reducer=reducers.MeanReducer())
+    parts = build_plain(
+        digits, num_learners=2, device=DEVICE, loss=loss, wrapper_kwargs=dict(recluster_from="training")
+    )
+    model, dc, opt = parts["model"], parts["wrapper"], parts["optimizer"]
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a tensor value was read on the host during the step")
+
+    for x, y, _ in parts["loader"]:
+        x, y = x.to(DEVICE), y.to(DEVICE)
+        opt.zero_grad()
+        emb = model(x)
+        with monkeypatch.context() as patch:
+            for name in ("item", "__float__", "__bool__", "__int__", "tolist"):
+                patch.setattr(torch.Tensor, name, refuse)
+            dc(emb, y).backward()
+        opt.step()
+    dc.end_epoch()  # the flags are read here: nothing was wrong
+    assert dc.last_epoch == 1
