@@ -236,8 +236,9 @@ class EpochController:
     def _class_owners(self):
         """For each class (0..C-1), the cluster holding most of its samples."""
         w = self.wrapper
-        mapped = np.searchsorted(w.class_ids.numpy(), w.sampler.labels)
-        counts = np.zeros((len(w.class_ids), w.num_active), dtype=np.int64)
+        class_ids = w.label_map.class_ids.numpy()
+        mapped = np.searchsorted(class_ids, w.sampler.labels)
+        counts = np.zeros((len(class_ids), w.num_active), dtype=np.int64)
         np.add.at(counts, (mapped, np.minimum(w.sampler.assignment, w.num_active - 1)), 1)
         return counts.argmax(axis=1)
 

@@ -302,8 +302,10 @@ class InputCapture:
 
 def record_batch(memory, features, indices):
     """recluster_from="training": keep ``features`` (this batch's trunk output or embedding; None when it could not
-    be captured) as the rows of the samples ``indices``; warn once when they do not fit."""
+    be captured) as the rows of the samples ``indices``; warn once when they do not fit. (Inside PML's
+    DistributedLossWrapper the loss gets the gathered embeddings: this rank's rows come first.)"""
     n = len(indices)
+    features = None if features is None else features[:n] if len(features) > n else features
     if features is None or len(features) != n:
         if not getattr(memory, "warned_capture", False):
             memory.warned_capture = True

@@ -27,6 +27,23 @@ SHARED = "shared"
 PER_LEARNER = "per_learner"
 
 
+class LabelMap:
+    """Training labels -> 0..C-1, the range classification heads are built for; a copy of the class ids per device
+    (labels on a GPU are mapped there: no host sync)."""
+
+    def __init__(self, class_ids):
+        self.class_ids = torch.as_tensor(np.asarray(class_ids))
+        self._on = {}
+
+    def __call__(self, labels, known=False):
+        """The mapped labels, or None if some label is no training class (``known``: they are, unchecked)."""
+        ids = self._on.get(labels.device)
+        if ids is None:
+            ids = self._on[labels.device] = self.class_ids.to(labels.device)
+        pos = torch.searchsorted(ids, labels).clamp(max=len(ids) - 1)
+        return pos if known or bool((ids[pos] == labels).all()) else None
+
+
 def learner_key(k):
     # name-like keys: record-keeper builds SQL table names from module paths, and "0" would break them
     return f"learner{k}"

@@ -9,15 +9,14 @@ import torch.nn.functional as F
 from pytorch_metric_learning.losses import BaseMetricLossFunction
 from pytorch_metric_learning.utils import common_functions as c_f
 
-from . import checks, heads, routing
+from . import checks, heads, records, routing, state
 from .controller import EpochController
 from .embedder import LEARNED
 from .feature_memory import FeatureMemory, record_batch
-from .heads import FULL_KEY, PER_LEARNER, learner_key
+from .heads import FULL_KEY, PER_LEARNER, LabelMap, learner_key
 from .reclustering import Reclusterer
 from .routing import Router
 from .schedule import Phase, make_schedule
-from .torch_utils import to_cpu
 from .training import plain_loop_parts
 
 HALF = (torch.float16, torch.bfloat16)
@@ -156,30 +155,17 @@ class DivideConquerWrapper(BaseMetricLossFunction):
             sampler.require_equal_counts()  # e.g. SmoothAPLoss: the same number of samples of every class a batch
         # labels reach the learners mapped to 0..C-1, the range classification heads are built for (kept on the
         # CPU, where loaders hand labels over: mapping them costs no device sync)
-        self.class_ids = torch.as_tensor(np.unique(sampler.labels))
+        self.__dict__["label_map"] = LabelMap(np.unique(sampler.labels))
         self._build_learners(loss, miner)
         self.num_active = 1
         self.last_epoch = -1  # last epoch whose end-of-epoch step has been taken (0: the step before training)
         self.__dict__["router"] = Router(sampler)
-        self._init_recordables()
+        records.init(self)
 
     def _build_learners(self, loss, miner):
         """One learner (a copy of the loss and miner) per cluster, plus the full-embedding learner."""
         first_size = self.embedder.subspace_size(self.schedule.learners_in_epoch(1))
         self.learners, self.miners = heads.make_learners(loss, miner, self.num_learners, self.heads, first_size)
-
-    def _init_recordables(self):
-        # scalars that PML's record-keeper logs (one series each); losses stay tensors until read (no device sync)
-        per_learner = [f"{w}{k}_{s}" for k in range(self.num_learners) for w, s in self._PER_LEARNER_STATS]
-        for name in per_learner + ["orthogonality", "full_loss", "recluster_seconds", "clustering_seconds"]:
-            setattr(self, name, 0.0)
-        self.current_learner = -1
-        fixed = ["num_active", "num_clusters", "current_learner", "orthogonality", "phase_id", "full_loss"]
-        fixed += ["recluster_seconds", "clustering_seconds"]
-        self.add_to_recordable_attributes(list_of_names=fixed + per_learner, is_stat=False)
-        self.update_cluster_stats()
-
-    _PER_LEARNER_STATS = (("learner", "loss"), ("cluster", "size"), ("cluster", "classes"), ("learner", "mask_usage"))
 
     @property
     def phase(self):
@@ -233,8 +219,10 @@ class DivideConquerWrapper(BaseMetricLossFunction):
         parts = self.controller.parts
         epoch = parts.current_epoch() if parts.current_epoch is not None else None
         ticket = self.router.take(labels, self.controller.hints, self.last_epoch, epoch)
-        if self.feature_memory is not None:
-            self._record_features(embeddings, ticket)
+        if self.feature_memory is not None:  # the trunk's output (the embedder's input), or the embedding
+            capture = self.controller.capture
+            features = embeddings.detach() if capture is None else capture.take()
+            record_batch(self.feature_memory, features, ticket.indices)
         if self.phase != Phase.DIVIDE:
             self.current_learner = self.num_learners
             ref = None if ref_emb is None else F.normalize(ref_emb, dim=1)
@@ -259,26 +247,10 @@ class DivideConquerWrapper(BaseMetricLossFunction):
                 loss = loss + self.orthogonality_weight * ortho.to(loss.device)
         return loss
 
-    def _record_features(self, embeddings, ticket):
-        if self.reclusterer.cluster_on == "embedding":
-            features = embeddings.detach()[: len(ticket.indices)]  # (inside DistributedLossWrapper: this rank's first)
-        else:
-            capture = self.controller.capture
-            features = capture.take() if capture is not None else None
-        record_batch(self.feature_memory, features, ticket.indices)
-
     def map_labels(self, labels, known=False):
         """Training labels -> 0..C-1 (C training classes), on the labels' device. Labels outside the training classes
         (eval on other classes) stay as they are; ``known``: the labels are training labels (no check, no sync)."""
-        ids = self._class_ids_on(labels.device)
-        pos = torch.searchsorted(ids, labels).clamp(max=len(ids) - 1)
-        return pos if known or bool((ids[pos] == labels).all()) else None
-
-    def _class_ids_on(self, device):
-        cached = self.__dict__.get("_class_ids_cache")
-        if cached is None or cached.device != device:
-            cached = self.__dict__["_class_ids_cache"] = self.class_ids.to(device)
-        return cached
+        return self.label_map(labels, known)
 
     def _learner_loss(self, key, x, labels, indices_tuple, ref_emb=None, ref_labels=None, learner=None):
         mapped = self.map_labels(labels, known=self.training)  # training labels were checked against the sampler's
@@ -377,14 +349,7 @@ class DivideConquerWrapper(BaseMetricLossFunction):
         return self.controller.embed_training_set()
 
     def update_cluster_stats(self):
-        sizes = self.sampler.cluster_sizes()
-        classes = self.sampler.classes_per_cluster()
-        usage = self.embedder.mask_usage(self.num_active)
-        for k in range(self.num_learners):
-            active = k < self.num_active and k < len(sizes)
-            setattr(self, f"cluster{k}_size", int(sizes[k]) if active else 0)
-            setattr(self, f"cluster{k}_classes", int(classes[k]) if active else 0)
-            setattr(self, f"learner{k}_mask_usage", float(usage[k]) if k < self.num_active else 0.0)
+        records.update_cluster_stats(self)
 
     # ------------------------------------------------------------------ PML's trainers (integrations/pml.py)
     _pml = None  # set by pml_divide_conquer.integrations.pml when the package is imported: the core imports no glue
@@ -421,28 +386,7 @@ class DivideConquerWrapper(BaseMetricLossFunction):
             self.feature_memory.consolidate(to)
 
     def get_extra_state(self):
-        masks = self.embedder.masks
-        return {
-            "num_active": self.num_active,
-            "last_epoch": self.last_epoch,
-            "sampler": self.sampler.state_dict(),
-            "masks": None if masks is None else masks.detach().cpu().clone(),
-            **heads.learners_extra_state(self.learners),
-            "feature_memory": None if self.feature_memory is None else self.feature_memory.state_dict(),
-        }
+        return state.extra_state(self)
 
-    def set_extra_state(self, state):
-        # a checkpoint loaded with map_location="cuda" (PML's HookContainer on a GPU) holds CUDA tensors
-        state = to_cpu(state)
-        self.num_active = int(state["num_active"])
-        self.last_epoch = int(state["last_epoch"])
-        self.sampler.load_state_dict(state["sampler"])
-        heads.load_learners_extra_state(self.learners, state)  # before the learners load their own state
-        if self.feature_memory is not None and state.get("feature_memory") is not None:
-            self.feature_memory.load_state_dict(state["feature_memory"])
-        if state["masks"] is not None:
-            if self.embedder.masks is None or self.embedder.masks.shape != state["masks"].shape:
-                raise ValueError("the saved state has learned masks that do not fit this SubspaceMaskedEmbedder")
-            with torch.no_grad():
-                self.embedder.masks.copy_(state["masks"])
-        self.update_cluster_stats()
+    def set_extra_state(self, saved):
+        state.load_extra_state(self, saved)
