@@ -27,8 +27,23 @@ def test_per_subspace_evaluation_and_cluster_purity(small):
         parts["trunk"], parts["embedder"], small, w.num_active, data_and_label_getter=drop_index
     )
     assert set(results) == {"full", "learner0", "learner1"}
-    for r in results.values():
-        assert 0.0 < r["precision_at_1"] <= 1.0 and 0.0 <= r["NMI"] <= 1.0
+    # each learner's figures are PML's AccuracyCalculator on that learner's subspace of the embeddings (computed
+    # here independently: the model in eval mode on every sample, then the chunk, normalised)
+    import torch
+    from pytorch_metric_learning.utils.accuracy_calculator import AccuracyCalculator
+
+    parts["trunk"].eval(), parts["embedder"].eval()
+    with torch.no_grad():
+        emb = parts["embedder"](parts["trunk"](torch.as_tensor(small.data)))
+    labels = torch.as_tensor(small.labels)
+    calc = AccuracyCalculator(include=("precision_at_1", "NMI"), k="max_bin_count")
+    spaces = {"full": torch.nn.functional.normalize(emb, dim=1)}
+    for k in range(2):
+        spaces[f"learner{k}"] = torch.nn.functional.normalize(emb[:, 8 * k : 8 * (k + 1)], dim=1)
+    for name, space in spaces.items():
+        expected = calc.get_accuracy(space, labels)
+        for metric in ("precision_at_1", "NMI"):
+            assert results[name][metric] == pytest.approx(expected[metric], abs=1e-6), (name, metric)
     assert results["learner0"] != results["learner1"]
     per_cluster, overall = cluster_purity(parts["sampler"].assignment, small.labels, 2)
     assert per_cluster.shape == (2,) and 0.1 <= overall <= 1.0

@@ -102,7 +102,7 @@ def test_hook_container_checkpoints_resume_the_run_exactly(small, tmp_path):
     c, _, _, start_epoch = run_with_hooks(small, str(tmp_path / "b"), epochs=4, start_fresh=False, losses_out=resumed)
     assert start_epoch == 3
     assert c["wrapper"].last_epoch == 4 and c["wrapper"].num_active == 4
-    np.testing.assert_allclose([x for _, x in resumed], [x for e, x in full if e > 2], rtol=1e-5, atol=1e-7)
+    assert [x for _, x in resumed] == [x for e, x in full if e > 2]  # bit for bit (one torch thread)
     assert np.array_equal(c["sampler"].assignment, a["sampler"].assignment)
 
 

@@ -70,3 +70,28 @@ def test_cluster_space_and_the_time_of_each_part(digits):
     r, s = w.reclusterer, parts["sampler"]
     new = r.assign(w.controller.parts, w.controller.capture, s.labels, s.assignment, current_k=1, k=2, split=True)
     assert sorted(np.unique(new)) == [0, 1] and 0 < r.clustering_seconds < r.seconds
+
+
+def test_a_cluster_dataset_is_what_reclustering_embeds(digits):
+    """cluster_dataset (e.g. the training images with test-time transforms): the pass embeds it, not the training
+    set; one whose samples are not in the training set's order is refused."""
+    from helpers import IndexedDataset
+
+    shifted = IndexedDataset(digits.data.numpy() * 0.5 + 0.25, digits.labels)  # another view of the same samples
+    parts = build(digits, num_learners=2, wrapper_kwargs=dict(cluster_dataset=shifted, cluster_on="embedding"))
+    w = parts["wrapper"]
+    assert w.recluster_from == "pass"
+    w.prepare(parts["trainer"])
+    emb = w.embed_training_set()
+    with torch.no_grad():
+        parts["trunk"].eval(), parts["embedder"].eval()
+        expected = torch.nn.functional.normalize(parts["embedder"](parts["trunk"](shifted.data)), dim=1).numpy()
+        of_training = torch.nn.functional.normalize(parts["embedder"](parts["trunk"](digits.data)), dim=1).numpy()
+    np.testing.assert_allclose(emb, expected, atol=1e-6)
+    assert not np.allclose(emb, of_training, atol=1e-3)
+    order = np.argsort(digits.labels, kind="stable")
+    shuffled = IndexedDataset(digits.data.numpy()[order], digits.labels[order])
+    bad = build(digits, num_learners=2, wrapper_kwargs=dict(cluster_dataset=shuffled))
+    bad["wrapper"].prepare(bad["trainer"])
+    with pytest.raises(ValueError, match="in the same order"):
+        bad["wrapper"].embed_training_set()

@@ -118,9 +118,12 @@ def test_resume_gives_the_same_losses(digits, stop_after, recluster_every, worke
     assert [x for e, x in first] == [x for e, x in full if e <= stop_after]
     expected = [x for e, x in full if e > stop_after]
     assert len(resumed) == len(expected) > 0
-    np.testing.assert_allclose([x for e, x in resumed], expected, rtol=1e-5, atol=1e-7)
-    if variant == "masks":
-        assert torch.equal(c["embedder"].masks, a["embedder"].masks)
+    assert [x for e, x in resumed] == expected  # bit for bit: one torch thread on the CPU (conftest.py)
+    for name in ("trunk", "embedder"):
+        for (key, p), q in zip(a[name].state_dict().items(), c[name].state_dict().values()):
+            assert torch.equal(p, q), (name, key)
+    for (key, p), q in zip(a["wrapper"].state_dict().items(), c["wrapper"].state_dict().values()):
+        assert not torch.is_tensor(p) or torch.equal(p, q), key
     assert np.array_equal(c["sampler"].assignment, a["sampler"].assignment)
 
 
