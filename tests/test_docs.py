@@ -238,6 +238,18 @@ def test_code_in_the_docs_fits_the_content_column():
     assert not long, "\n".join(long)
 
 
+def test_the_plain_loop_diff_is_the_pages_own_two_loops():
+    """docs/how-to/plain-loop.md shows D&C as a diff of PML's plain loop: its old side must be the page's first
+    python block (the loop without D&C) and its new side the second (the loop with D&C), which
+    test_page_code_runs runs (tests/test_plain_loop.py counts the lines it adds)."""
+    page = ROOT / "docs" / "how-to" / "plain-loop.md"
+    diff = next(code for lang, _, code, _ in fenced_blocks(page) if lang == "diff")
+    without, with_dc = [code for _, _, code, _ in python_blocks(page)][:2]
+    lines = diff.splitlines()
+    assert "\n".join(line[1:] for line in lines if not line.startswith("+")).strip() == without.strip()
+    assert "\n".join(line[1:] for line in lines if not line.startswith("-")).strip() == with_dc.strip()
+
+
 # ---------------------------------------------------------------------------------------------------- the FAQ
 FAQ = ROOT / "docs" / "faq.md"
 # messages a new user meets first: the FAQ must explain each (fragments of the package's messages)
