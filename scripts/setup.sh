@@ -1,5 +1,7 @@
 #!/usr/bin/env bash
-# Creates .venv and installs pml-divide-conquer with its test tools (the "dev" extra).
+# Creates .venv and installs pml-divide-conquer with its test tools (the "dev" extra); then, as root and when they are
+# missing, 13 Debian packages (fonts, Fashion-MNIST) that only the lab's benchmark datasets and their tests use. It
+# says which before it installs them; without root it prints the apt-get command instead.
 #
 #   bash scripts/setup.sh                                                       # this workplace
 #   TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu bash scripts/setup.sh   # anywhere else, CPU-only torch
@@ -30,15 +32,18 @@ else
 fi
 .venv/bin/python -c "import torch, faiss, pytorch_metric_learning as pml, pml_divide_conquer as dc; \
 print(f'ready: torch {torch.__version__}, faiss {faiss.__version__}, PML {pml.__version__}, pml-divide-conquer {dc.__version__}')"
-# Offline data for the benchmarks and their tests (Debian packages): Fashion-MNIST, fonts for the glyph set, and two
-# small Japanese fonts (1.8 MB each installed) for the tests of the Han set (the full Han set needs
-# benchmarks/setup_han.sh, about 1.2 GB of CJK fonts).
+# Offline data for the lab's benchmark datasets and their tests (Debian packages): Fashion-MNIST, fonts for the glyph
+# set, and two small Japanese fonts (1.8 MB each installed) for the tests of the Han set (the full Han set needs
+# benchmarks/setup_han.sh, about 1.2 GB of CJK fonts). The library itself (pip install) needs none of them.
 DATA_PACKAGES="dataset-fashion-mnist fonts-dejavu-core fonts-dejavu-extra fonts-liberation fonts-freefont-ttf \
 fonts-urw-base35 fonts-texgyre fonts-croscore fonts-go fonts-linuxlibertine fonts-open-sans \
 fonts-sawarabi-gothic fonts-sawarabi-mincho"
 missing=$(for p in $DATA_PACKAGES; do dpkg -s "$p" >/dev/null 2>&1 || echo "$p"; done)
 if [ -n "$missing" ]; then
+  echo "The lab's benchmark datasets and their tests (not the library) read Fashion-MNIST and fonts from Debian"
+  echo "packages; missing:" $missing
   if command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then
+    echo "Installing them as root: apt-get update && apt-get install --no-install-recommends <the packages above>"
     apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $missing >/dev/null
   else
     echo "warning: benchmark data missing; install with: sudo apt-get install -y" $missing >&2
