@@ -3,12 +3,16 @@
     python docs/faq_messages.py            # every message, wrapped as the FAQ's ```text blocks
 
 Each message is rendered as a template: the text of the string (f-strings and concatenations joined), with
-``{name}`` where a value is filled in at run time. The FAQ (docs/faq.md) quotes them in ```text blocks, whole or
+``{name}`` where a value is filled in at run time. Messages kept in module-level constants (``NONFINITE = "..."``)
+count too, and a message that names the calls of the loop in use (``{hints.setup}``, ``{hints.end_epoch}``,
+``{batch_size_holder}``: a ``LoopHints`` of training.py or of an integration) is also rendered once per loop, with
+that loop's text filled in, as users see it. The FAQ (docs/faq.md) quotes them in ```text blocks, whole or
 in part (a leading or trailing "…" marks a part), wrapped at 88 characters; tests/test_docs.py checks that every
 such block is a piece of one of these templates, so the FAQ cannot quote a message the code no longer gives.
 """
 
 import ast
+import re
 import sys
 import textwrap
 from pathlib import Path
@@ -17,6 +21,10 @@ PACKAGE = Path(__file__).resolve().parents[1] / "pml_divide_conquer"
 WIDTH = 88
 # calls whose (last) string argument is a warning message
 WARN_CALLS = {"warn", "_warn_once"}
+# module-level constants holding a message (e.g. routing.NONFINITE): upper-case names, text with spaces
+CONSTANT = re.compile(r"^[A-Z][A-Z0-9_]*$")
+# the fields of training.LoopHints: how messages name the calls of the loop in use
+HINT_FIELDS = ("setup", "end_epoch", "batch_size_holder")
 
 
 def _short(node):
@@ -74,12 +82,41 @@ def _message_of_call(call):
     return None
 
 
+def _loop_hints(trees):
+    """The texts of every ``LoopHints(...)`` in the package: [{field: text}], one dict per kind of loop."""
+    found = []
+    for tree in trees:
+        for node in ast.walk(tree):
+            func = getattr(node, "func", None)
+            if isinstance(node, ast.Call) and getattr(func, "id", getattr(func, "attr", None)) == "LoopHints":
+                hints = {kw.arg: render(kw.value) for kw in node.keywords if kw.arg in HINT_FIELDS}
+                if hints and all(v is not None for v in hints.values()):
+                    found.append(hints)
+    return found
+
+
+def _with_each_loop(text, all_hints):
+    """``text`` with its ``{setup}`` / ``{end_epoch}`` / ``{batch_size_holder}`` filled in for each loop."""
+    out = []
+    for hints in all_hints:
+        filled = text
+        for name, value in hints.items():
+            filled = filled.replace("{" + name + "}", value)
+        if filled != text and filled not in out:
+            out.append(filled)
+    return out
+
+
 def templates(package=PACKAGE):
-    """{file name: [message templates]} of every ``raise X(...)`` and ``warn(...)`` in the package."""
+    """{file name (relative to the package): [message templates]} of every ``raise X(...)``, ``warn(...)`` and
+    message constant in the package, integrations included."""
+    files = sorted(Path(package).rglob("*.py"))
+    trees = {path: ast.parse(path.read_text()) for path in files}
+    all_hints = _loop_hints(trees.values())
     out = {}
-    for path in sorted(Path(package).glob("*.py")):
+    for path, tree in trees.items():
         found = []
-        for node in ast.walk(ast.parse(path.read_text())):
+        for node in ast.walk(tree):
             if isinstance(node, ast.Raise):
                 text = _message_of_call(node.exc)
             elif isinstance(node, ast.Call):
@@ -88,10 +125,18 @@ def templates(package=PACKAGE):
                 text = _message_of_call(node) if name in WARN_CALLS else None
             else:
                 continue
-            if text and text not in found:
-                found.append(text)
+            for t in [text] + (_with_each_loop(text, all_hints) if text else []):
+                if t and t not in found:
+                    found.append(t)
+        for node in tree.body:  # message constants
+            if isinstance(node, ast.Assign) and len(node.targets) == 1:
+                target = node.targets[0]
+                text = render(node.value)
+                if isinstance(target, ast.Name) and CONSTANT.match(target.id) and text and " " in text:
+                    if text not in found:
+                        found.append(text)
         if found:
-            out[path.name] = found
+            out[path.relative_to(package).as_posix()] = found
     return out
 
 

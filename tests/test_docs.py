@@ -254,29 +254,49 @@ def test_the_plain_loop_diff_is_the_pages_own_two_loops():
 FAQ = ROOT / "docs" / "faq.md"
 # messages a new user meets first: the FAQ must explain each (fragments of the package's messages)
 FAQ_MUST_COVER = [
-    "DivideConquerWrapper was not prepared: call wrapper.prepare(trainer)",
+    # setting up, in each kind of loop
+    "DivideConquerWrapper was not set up: in your own loop call dc.setup(",
+    "must contain the wrapper's SubspaceMaskedEmbedder",
+    "is the embedder itself",
+    "must hold the {number of labels} samples of the ClusterSampler's labels",
     "which does not take the D&C step",
-    "the trainer's end_of_epoch_hook does not call it",
-    "has trainable parameters that no optimizer of the trainer holds",
-    "freeze_trunk_epochs needs the trunk's optimizer",
+    "has trainable parameters that no optimizer holds",
+    "freeze_trunk_epochs needs an optimizer that holds the trunk's parameters",
+    "give the trunk a group of its own",
+    "is in eval mode but gradients are being computed",
+    "cannot read (inputs, labels) from a batch",
+    # the sampler and the DataLoader
     "ClusterSampler takes batch_size and m as keywords",
     "is not a multiple of m=",
     "classes per batch",
+    "must be integers, got dtype",
+    "ClusterSampler yields sample indices, but the DataLoader got it as batch_sampler=",
+    "the DataLoader's batch_size=",
     "cannot fill a batch of",
     "no cluster can fill a batch of",
     "they are left out of the batches until the next reclustering",
+    # PML's trainers
     "the trainer's sampler is not the wrapper's ClusterSampler",
     "differs from ClusterSampler's batch_size",
+    "freeze_these contains",
+    # Lightning
+    "the training DataLoader does not draw from the wrapper's ClusterSampler",
+    "use_distributed_sampler=False",
+    "DivideConquerCallback found",
+    # during training
+    "reached DivideConquerWrapper, but the end-of-epoch step after epoch",
+    "DivideConquerWrapper's end-of-epoch step was last taken after epoch",
+    "were never taken",
     "received a batch that its ClusterSampler did not draw",
+    "wrapper.one_batch()",
     "the labels the loss received do not match the batch ClusterSampler drew",
-    "got an indices_tuple from the trainer's mining_funcs and a miner in DivideConquerWrapper",
+    "got an indices_tuple and a miner in DivideConquerWrapper",
+    # the schedule, the wrapper's arguments, reclustering
     "conquer_epoch is deprecated",
     "give the schedule either as schedule= or as",
     "is not a power of two",
     "it was built with embedding_size=",
     "k-means with K=",
-    "were never taken",
-    "freeze_these contains",
     "does not use class labels",
 ]
 
@@ -299,6 +319,7 @@ def test_faq_covers_the_main_messages():
     assert not missing, missing
     text = FAQ.read_text()
     assert "optimizer got an empty parameter list" in text  # torch's error, with a parameter-free loss
+    assert "Converting a tensor with requires_grad=True" in text  # torch's warning about PML's progress bar
     assert '\\"' not in text  # no escaped quotes in titles
 
 
