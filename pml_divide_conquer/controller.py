@@ -53,6 +53,7 @@ class EpochController:
         return self.parts.hints if self.parts is not None else NOT_SET_UP
 
     # ------------------------------------------------------------------ set-up
+
     def setup(self, parts):
         """Check ``parts`` against the wrapper, hook the embedder and the optimizers, take the step before epoch 1
         (a step already taken, e.g. when resuming from a loaded state, is not repeated)."""
@@ -111,6 +112,7 @@ class EpochController:
             self.freezer = None
 
     # ------------------------------------------------------------------ steps
+
     def end_epoch(self, epoch=None):
         """Take the step after ``epoch`` (default: the epoch after the last step taken)."""
         w = self.wrapper

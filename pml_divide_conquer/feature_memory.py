@@ -55,6 +55,7 @@ class FeatureMemory:
         self._layout()
 
     # ------------------------------------------------------------------ layout
+
     def _layout(self):
         world, rank = distributed.world_size_and_rank()
         if (world, rank) == (self.world, self.rank):
@@ -84,6 +85,7 @@ class FeatureMemory:
         return self.stamps.numel() * self.stamps.element_size() + staged
 
     # ------------------------------------------------------------------ training
+
     def update(self, indices, features):
         """Keep ``features`` (one row per sample of ``indices``), L2-normalised, as these samples' rows (staged: no
         host sync; written at the next flush)."""
@@ -160,6 +162,7 @@ class FeatureMemory:
         self.flush()
 
     # ------------------------------------------------------------------ reclustering
+
     def _gather(self, what, to=0):
         """All rows (``what="features"``: (N, dim) float16) or stamps on rank ``to``, in chunks; None elsewhere."""
         local = self.features if what == "features" else self.stamps
@@ -201,6 +204,7 @@ class FeatureMemory:
         self.used_until = self.step
 
     # ------------------------------------------------------------------ state
+
     def consolidate(self, to=0):
         """Every row on rank ``to`` until the next update, for its ``state_dict`` (a collective; see
         ``DivideConquerWrapper.consolidate_state_dict``)."""

@@ -41,6 +41,7 @@ def as_int_array(values, what):
 
 
 # --------------------------------------------------------------------------------------------- grouping
+
 class Runs(NamedTuple):
     """The samples grouped by (cluster, class): run r holds ``members[starts[r] : starts[r] + sizes[r]]``."""
 
@@ -124,6 +125,7 @@ def layouts(runs, num_clusters, m, batch_size, equal_counts=False):
 
 
 # --------------------------------------------------------------------------------------------- one pass
+
 class Plan:
     """The batches of one pass: ``plan[i]`` is ``(cluster, indices)``, indices over all ranks."""
 
@@ -302,6 +304,7 @@ def batches_per_pass(cluster_layouts):
 
 
 # --------------------------------------------------------------------------------------------- per-cluster views
+
 def servable_pools(labels, assignment, num_clusters, m, batch_size, equal_counts=False):
     """``{cluster: [samples of each class it draws from]}`` for the clusters that can fill a batch of
     ``batch_size`` distinct samples, ``m`` per class (a class with too few samples in its cluster is left out)."""

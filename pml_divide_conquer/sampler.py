@@ -137,6 +137,7 @@ class ClusterSampler(Sampler):
         self._warned = set()
 
     # ---------------------------------------------------------------- assignment
+
     def set_assignment(self, assignment, num_clusters=None):
         """Give each sample its cluster id (0..K-1). Starts a new pass from the new assignment."""
         self._check_world()
@@ -277,6 +278,7 @@ class ClusterSampler(Sampler):
             )
 
     # ---------------------------------------------------------------- planning
+
     def _runs(self):
         """The samples grouped by (cluster, class), for the current assignment."""
         if self._runs_cache[0] != self.version:
@@ -315,6 +317,7 @@ class ClusterSampler(Sampler):
         return planning.plan_layouts(self._runs(), self._layouts(), self.m, rng)
 
     # ---------------------------------------------------------------- epochs
+
     def __len__(self):
         """Indices in an epoch, ``batches_per_epoch * batch_size`` (it counts indices, like PML's
         MPerClassSampler: ``len(DataLoader(ds, batch_size=..., sampler=sampler))`` is ``batches_per_epoch``)."""
@@ -346,6 +349,7 @@ class ClusterSampler(Sampler):
         return ClusterBatchSampler(self)
 
     # ---------------------------------------------------------------- iteration and tickets
+
     def __iter__(self):
         """The rest of the current epoch (a full epoch when the last one is complete), as flat indices.
 
@@ -435,6 +439,7 @@ class ClusterSampler(Sampler):
         return ticket
 
     # ---------------------------------------------------------------- state
+
     def state_dict(self):
         return {
             "seed": self.seed,

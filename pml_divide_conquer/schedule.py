@@ -138,6 +138,7 @@ class DivideConquerSchedule:
             )
 
     # ------------------------------------------------------------------ the authors' schedules
+
     @classmethod
     def journal(cls, num_epochs, num_learners, recluster_every=2, freeze_trunk_epochs=0):
         """The journal version (TPAMI 2021): K doubles every T epochs from 1; from 80/180 of the run on, the loss is
@@ -179,6 +180,7 @@ class DivideConquerSchedule:
         )
 
     # ------------------------------------------------------------------ queries
+
     def phase_in_epoch(self, epoch: int) -> Phase:
         if self.all_data_epoch is not None and epoch >= self.all_data_epoch:
             return Phase.ALL_DATA

@@ -185,6 +185,7 @@ class DivideConquerWrapper(BaseMetricLossFunction):
         return self.embedder.num_learners
 
     # ------------------------------------------------------------------ the loss
+
     # it routes each batch by the sampler's records (host-side state): always eager, also inside torch.compile
     @torch.compiler.disable
     def forward(self, embeddings, labels=None, indices_tuple=None, ref_emb=None, ref_labels=None):
@@ -291,6 +292,7 @@ class DivideConquerWrapper(BaseMetricLossFunction):
             self.router.held = None
 
     # ------------------------------------------------------------------ epochs (a plain loop; see also integrations)
+
     def setup(
         self,
         model,
@@ -352,6 +354,7 @@ class DivideConquerWrapper(BaseMetricLossFunction):
         records.update_cluster_stats(self)
 
     # ------------------------------------------------------------------ PML's trainers (integrations/pml.py)
+
     _pml = None  # set by pml_divide_conquer.integrations.pml when the package is imported: the core imports no glue
 
     def prepare(self, trainer):
@@ -376,6 +379,7 @@ class DivideConquerWrapper(BaseMetricLossFunction):
         self.end_epoch(epoch)
 
     # ------------------------------------------------------------------ state
+
     def consolidate_state_dict(self, to=0):
         """Under DDP, gather what only other ranks hold (rows of the feature memory) to rank ``to``, so that its
         :meth:`state_dict` resumes the run exactly. A collective: call it on every rank, then save on rank ``to``

@@ -21,3 +21,30 @@ def ruff():
 def test_ruff_is_clean(args):
     done = subprocess.run([ruff(), *args], cwd=ROOT, capture_output=True, text=True)
     assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-2000:]
+
+
+def _members_help_shows():
+    """Every function and method of the package with what `help()` shows for it (docstring, or the comment above)."""
+    import importlib
+    import inspect
+    import pkgutil
+
+    import pml_divide_conquer
+
+    for info in pkgutil.walk_packages(pml_divide_conquer.__path__, "pml_divide_conquer."):
+        module = importlib.import_module(info.name)
+        for name, obj in vars(module).items():
+            if getattr(obj, "__module__", None) != module.__name__:
+                continue
+            members = vars(obj).items() if inspect.isclass(obj) else [(None, obj)]
+            for member_name, member in members:
+                if inspect.isfunction(member):
+                    shown = inspect.getdoc(member) or inspect.getcomments(member) or ""
+                    yield f"{module.__name__}.{name}" + (f".{member_name}" if member_name else ""), shown
+
+
+def test_help_shows_no_separator_comment_as_a_docstring():
+    # pydoc falls back to the comment right above an undocumented def: a "# ---- state" banner would show as the
+    # method's documentation in help(ClusterSampler) (issue 16 item 7)
+    banners = [name for name, shown in _members_help_shows() if shown.lstrip().startswith("# ---")]
+    assert not banners, banners

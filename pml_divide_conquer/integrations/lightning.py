@@ -91,6 +91,7 @@ class DivideConquerCallback(pl.Callback):
         self.dataset = dataset
 
     # ------------------------------------------------------------------ hooks
+
     def on_fit_start(self, trainer, pl_module):
         dc = self._find_wrapper(pl_module)
         loader = self._train_loader(trainer, pl_module)
@@ -138,6 +139,7 @@ class DivideConquerCallback(pl.Callback):
                 checkpoint["state_dict"][key] = dc.get_extra_state()
 
     # ------------------------------------------------------------------ finding the parts
+
     def _find_wrapper(self, pl_module):
         if self.wrapper is not None:
             found = [self.wrapper]
