@@ -78,7 +78,8 @@ class ClusterSampler(Sampler):
         >>> loader = torch.utils.data.DataLoader(train_set, batch_size=32, sampler=sampler)
         >>> len(loader) == len(train_labels) // 32
         True
-        >>> loader = torch.utils.data.DataLoader(train_set, batch_sampler=sampler.batch_sampler())
+        >>> loader = torch.utils.data.DataLoader(
+        ...     train_set, batch_sampler=sampler.batch_sampler())
     """
 
     def __init__(
@@ -499,7 +500,8 @@ class ClusterBatchSampler(BatchSampler):
     ``set_epoch`` on it). Get it from :meth:`ClusterSampler.batch_sampler`.
 
     Examples:
-        >>> loader = torch.utils.data.DataLoader(train_set, batch_sampler=sampler.batch_sampler())
+        >>> loader = torch.utils.data.DataLoader(
+        ...     train_set, batch_sampler=sampler.batch_sampler())
         >>> len(loader) == sampler.batches_per_epoch
         True
     """

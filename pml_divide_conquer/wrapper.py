@@ -69,11 +69,13 @@ class DivideConquerWrapper(BaseMetricLossFunction):
         conquer_epoch: deprecated; ``full_embedding_epoch = all_data_epoch = conquer_epoch``.
 
     Examples:
-        >>> embedder = SubspaceMaskedEmbedder(64, num_learners=4, embedder=torch.nn.Linear(128, 64))
+        >>> embedder = SubspaceMaskedEmbedder(
+        ...     64, num_learners=4, embedder=torch.nn.Linear(128, 64))
         >>> model = torch.nn.Sequential(trunk, embedder)
         >>> sampler = ClusterSampler(train_labels, batch_size=32, m=4)
         >>> loader = torch.utils.data.DataLoader(train_set, batch_size=32, sampler=sampler)
-        >>> dc = DivideConquerWrapper(losses.TripletMarginLoss(), embedder=embedder, sampler=sampler,
+        >>> dc = DivideConquerWrapper(
+        ...     losses.TripletMarginLoss(), embedder=embedder, sampler=sampler,
         ...     schedule=DivideConquerSchedule.journal(num_epochs=20, num_learners=4))
         >>> dc.setup(model, train_set, optimizers=[optimizer])
         >>> for epoch in range(1, 21):
@@ -370,7 +372,8 @@ class DivideConquerWrapper(BaseMetricLossFunction):
         """A PML end-of-epoch hook that takes the D&C step, then calls ``then`` (e.g. HookContainer's hook).
 
         Examples:
-            >>> hook = dc.get_end_of_epoch_hook(then=hooks.end_of_epoch_hook(tester, dataset_dict, model_folder))
+            >>> then = hooks.end_of_epoch_hook(tester, dataset_dict, model_folder)
+            >>> hook = dc.get_end_of_epoch_hook(then=then)
         """
         return self._pml.get_end_of_epoch_hook(self, then)
 

@@ -69,7 +69,8 @@ class DivideConquerCallback(pl.Callback):
         >>> class Module(pl.LightningModule):
         ...     def __init__(self):
         ...         super().__init__()
-        ...         self.trunk, self.embedder = trunk, SubspaceMaskedEmbedder(64, 4, embedder=head)
+        ...         self.trunk = trunk
+        ...         self.embedder = SubspaceMaskedEmbedder(64, 4, embedder=head)
         ...         self.sampler = ClusterSampler(train_labels, batch_size=32, m=4)
         ...         self.dc = DivideConquerWrapper(losses.MarginLoss(), embedder=self.embedder,
         ...                                        sampler=self.sampler, schedule=schedule)
@@ -80,7 +81,9 @@ class DivideConquerCallback(pl.Callback):
         ...         return self.dc(self(x), y)
         ...     def train_dataloader(self):
         ...         return DataLoader(train_set, batch_size=32, sampler=self.sampler)
-        >>> pl.Trainer(callbacks=[DivideConquerCallback()], use_distributed_sampler=False).fit(Module())
+        >>> trainer = pl.Trainer(callbacks=[DivideConquerCallback()],
+        ...                      use_distributed_sampler=False)
+        >>> trainer.fit(Module())
     """
 
     def __init__(self, wrapper=None, *, model=None, data_and_label_getter=None, dataset=None):
