@@ -297,6 +297,7 @@ def imprint(dst, embeddings, labels):
 
 # ------------------------------------------------------------------------------------------------ the learners
 
+
 def make_learners(loss, miner, num_learners, mode, first_size):
     """(losses, miners): a copy of ``loss`` (and ``miner``) per learner plus the full-embedding learner, in
     ``ModuleDict``s keyed ``learner0..`` and ``"full"``. With ``mode="shared"`` the full learner owns the loss's

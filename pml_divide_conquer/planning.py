@@ -42,6 +42,7 @@ def as_int_array(values, what):
 
 # --------------------------------------------------------------------------------------------- grouping
 
+
 class Runs(NamedTuple):
     """The samples grouped by (cluster, class): run r holds ``members[starts[r] : starts[r] + sizes[r]]``."""
 
@@ -125,6 +126,7 @@ def layouts(runs, num_clusters, m, batch_size, equal_counts=False):
 
 
 # --------------------------------------------------------------------------------------------- one pass
+
 
 class Plan:
     """The batches of one pass: ``plan[i]`` is ``(cluster, indices)``, indices over all ranks."""
@@ -304,6 +306,7 @@ def batches_per_pass(cluster_layouts):
 
 
 # --------------------------------------------------------------------------------------------- per-cluster views
+
 
 def servable_pools(labels, assignment, num_clusters, m, batch_size, equal_counts=False):
     """``{cluster: [samples of each class it draws from]}`` for the clusters that can fill a batch of

@@ -48,3 +48,30 @@ def test_help_shows_no_separator_comment_as_a_docstring():
     # method's documentation in help(ClusterSampler) (issue 16 item 7)
     banners = [name for name, shown in _members_help_shows() if shown.lstrip().startswith("# ---")]
     assert not banners, banners
+
+
+def test_the_core_imports_no_trainer_framework():
+    # issue 17 item 10: routing, the epoch step and the parts know no trainer; the glue for PML's trainers and for
+    # Lightning lives in integrations/ and imports the core, never the reverse
+    import ast
+
+    package = Path(__file__).resolve().parents[1] / "pml_divide_conquer"
+    banned = ("pytorch_metric_learning.trainers", "pytorch_lightning", "lightning", "pml_divide_conquer.integrations")
+    found = []
+    for path in package.rglob("*.py"):
+        if "integrations" in path.relative_to(package).parts or path == package / "__init__.py":
+            continue  # the glue itself, and the package's front door, which loads the PML glue for prepare()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                base = node.module or ""
+                if node.level:  # relative: resolve against the package
+                    base = "pml_divide_conquer" + ("." + base if base else "")
+                names = [base] + [f"{base}.{alias.name}" for alias in node.names]
+            else:
+                continue
+            for name in names:
+                if any(name == b or name.startswith(b + ".") for b in banned):
+                    found.append(f"{path.relative_to(package)}:{node.lineno}: {name}")
+    assert not found, found

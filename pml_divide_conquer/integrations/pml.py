@@ -180,6 +180,7 @@ def get_end_of_epoch_hook(wrapper, then=None):
 
 # ----------------------------------------------------------------------------------------- the trainer's iterator
 
+
 def release_iterator(trainer):
     """Drop the trainer's DataLoader iterator: PML makes a new one when the next batch is asked for, which then
     starts where training stands in the sampler's stream (batches prefetched before a reclustering are drawn
