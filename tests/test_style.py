@@ -54,6 +54,7 @@ def test_the_core_imports_no_trainer_framework():
     # issue 17 item 10: routing, the epoch step and the parts know no trainer; the glue for PML's trainers and for
     # Lightning lives in integrations/ and imports the core, never the reverse
     import ast
+    import importlib.util
 
     package = Path(__file__).resolve().parents[1] / "pml_divide_conquer"
     banned = ("pytorch_metric_learning.trainers", "pytorch_lightning", "lightning", "pml_divide_conquer.integrations")
@@ -65,9 +66,8 @@ def test_the_core_imports_no_trainer_framework():
             if isinstance(node, ast.Import):
                 names = [alias.name for alias in node.names]
             elif isinstance(node, ast.ImportFrom):
-                base = node.module or ""
-                if node.level:  # relative: resolve against the package
-                    base = "pml_divide_conquer" + ("." + base if base else "")
+                here = ".".join(("pml_divide_conquer",) + path.relative_to(package).parent.parts)
+                base = importlib.util.resolve_name("." * node.level + (node.module or ""), here)
                 names = [base] + [f"{base}.{alias.name}" for alias in node.names]
             else:
                 continue
