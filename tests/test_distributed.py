@@ -118,9 +118,10 @@ def test_torchrun_example_runs_on_cpu():
         "4",
     ]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=root)
-    assert done.returncode == 0, done.stderr[-3000:]
+    report = f"exit {done.returncode}\nstdout:\n{done.stdout[-2000:]}\nstderr:\n{done.stderr[-3000:]}"
+    assert done.returncode == 0, report
     line = [x for x in done.stdout.splitlines() if "test R@1" in x]
-    assert line and line[0].startswith("2 ranks, 4 epochs, K=2")
+    assert line and line[0].startswith("2 ranks, 4 epochs, K=2"), report
 
 
 def test_samplers_with_different_seeds_on_different_ranks_are_caught(ddp_run):
