@@ -1,7 +1,6 @@
 """Divide & Conquer the Embedding Space for Metric Learning, as a plugin for pytorch-metric-learning."""
 
 from .embedder import SubspaceMaskedEmbedder
-from .integrations import pml as _pml  # noqa: F401  (gives DivideConquerWrapper its PML-trainer methods)
 from .sampler import ClusterBatchSampler, ClusterSampler
 from .schedule import DivideConquerSchedule, Phase
 from .wrapper import DivideConquerWrapper

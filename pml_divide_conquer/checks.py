@@ -6,9 +6,9 @@ import numpy as np
 import torch
 from pytorch_metric_learning.losses import SmoothAPLoss
 from pytorch_metric_learning.miners import BaseMiner, EmbeddingsAlreadyPackagedAsTriplets
-from pytorch_metric_learning.utils.distributed import DistributedMinerWrapper
 
 from . import heads
+from .compat import DistributedMinerWrapper
 from .embedder import SubspaceMaskedEmbedder
 from .sampler import ClusterSampler
 
@@ -41,6 +41,14 @@ def check_loss(loss):
             "cluster, so it needs a loss computed from class labels. Self-supervised losses on pairs of views "
             "(SelfSupervisedLoss, VICRegLoss, ManifoldLoss) are not supported."
         )
+
+
+def check_shapes(embeddings, labels):
+    """One 1-D label per embedding (the messages of PML 2's ``check_shapes``)."""
+    if labels is not None and embeddings.shape[0] != labels.shape[0]:
+        raise ValueError("Number of embeddings must equal number of labels")
+    if labels is not None and labels.ndim != 1:
+        raise ValueError("labels must be a 1D tensor of shape (batch_size,)")
 
 
 def needs_equal_counts(loss):

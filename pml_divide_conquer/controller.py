@@ -12,9 +12,9 @@ import weakref
 
 import numpy as np
 import torch
-from pytorch_metric_learning.utils import common_functions as c_f
 
 from . import heads
+from .compat import LOGGER
 from .embedder import LEARNED
 from .feature_memory import InputCapture
 from .freezing import TrunkFreezer, trunk_groups
@@ -151,7 +151,7 @@ class EpochController:
             self._clusters_changed()
         elif step.action in (Action.RECLUSTER, Action.SPLIT):
             self._divide(step)
-            c_f.LOGGER.info(
+            LOGGER.info(
                 "D&C: %s after epoch %d in %.1f s (k-means %.1f s%s): K=%d, cluster sizes %s",
                 "split every cluster in two" if step.action == Action.SPLIT else "reclustered",
                 epoch,
@@ -164,10 +164,10 @@ class EpochController:
                 w.sampler.cluster_sizes().tolist(),
             )
         if new_phase:
-            c_f.LOGGER.info("D&C: %s phase from epoch %d", str(step.phase).replace("_", " "), epoch + 1)
+            LOGGER.info("D&C: %s phase from epoch %d", str(step.phase).replace("_", " "), epoch + 1)
         was_frozen = epoch > 0 and w.schedule.trunk_frozen_in_epoch(epoch)
         if step.trunk_frozen != was_frozen:
-            c_f.LOGGER.info("D&C: trunk %s in epoch %d", "frozen" if step.trunk_frozen else "trained", epoch + 1)
+            LOGGER.info("D&C: trunk %s in epoch %d", "frozen" if step.trunk_frozen else "trained", epoch + 1)
         w.last_epoch = epoch
         w.sampler.start_epoch()
         w.update_cluster_stats()
@@ -229,7 +229,7 @@ class EpochController:
         emb = w.reclusterer.embed(self.parts, self.capture, w.sampler.labels, space="embedding")
         labels = w.map_labels(torch.as_tensor(w.sampler.labels))
         count = heads.imprint(w.learners[FULL_KEY], torch.as_tensor(emb), labels)
-        c_f.LOGGER.info(
+        LOGGER.info(
             "D&C: %d full-embedding head(s) imprinted from the class means in %.1f s",
             count,
             time.perf_counter() - start,

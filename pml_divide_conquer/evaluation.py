@@ -3,8 +3,9 @@
 import numpy as np
 import torch
 import torch.nn.functional as F
-from pytorch_metric_learning import testers
-from pytorch_metric_learning.utils.accuracy_calculator import AccuracyCalculator
+
+from .compat import AccuracyCalculator
+from .training import default_data_and_label_getter
 
 DEFAULT_METRICS = ("precision_at_1", "NMI")
 
@@ -66,16 +67,39 @@ def evaluate_subspaces(
         >>> results["learner0"]["precision_at_1"]
     """
     calc = accuracy_calculator or AccuracyCalculator(include=DEFAULT_METRICS, k="max_bin_count")
-    tester = testers.BaseTester(
-        normalize_embeddings=False,  # keep the raw embedding: subspaces are normalised one by one below
-        batch_size=batch_size,
-        dataloader_num_workers=dataloader_num_workers,
-        data_device=data_device or torch.device("cpu"),
-        data_and_label_getter=data_and_label_getter,
-    )
-    emb, labels = tester.get_all_embeddings(dataset, trunk, embedder)
-    labels = labels[:, 0]
+    emb, labels = embed(
+        trunk, embedder, dataset, batch_size, data_device or torch.device("cpu"), dataloader_num_workers,
+        data_and_label_getter or default_data_and_label_getter,
+    )  # fmt: skip
     spaces = {"full": F.normalize(emb, dim=1)}
     for k in range(num_active):
         spaces[f"learner{k}"] = embedder.subspace(emb, k, num_active).detach()
     return {name: calc.get_accuracy(x, labels) for name, x in spaces.items()}
+
+
+def embed(trunk, embedder, dataset, batch_size=256, device="cpu", num_workers=0, data_and_label_getter=None):
+    """The raw (unnormalised) embeddings ``embedder(trunk(x))`` of ``dataset`` in eval mode without gradients, and
+    its labels: the embeddings PML 2's testers compute (``BaseTester.get_all_embeddings`` with
+    ``normalize_embeddings=False``), one batch after another in dataset order. The modules' modes are restored.
+
+    Examples:
+        >>> emb, labels = embed(trunk, embedder, test_set)
+        >>> emb.shape, labels.shape
+        (torch.Size([n, 64]), torch.Size([n]))
+    """
+    getter = data_and_label_getter or default_data_and_label_getter
+    loader = torch.utils.data.DataLoader(dataset, batch_size=int(batch_size), shuffle=False, num_workers=num_workers)
+    modes = [(m, m.training) for module in (trunk, embedder) for m in module.modules()]
+    chunks, all_labels = [], []
+    try:
+        trunk.eval(), embedder.eval()
+        with torch.no_grad():
+            for batch in loader:
+                x, y = getter(batch)
+                x = x.to(device) if torch.is_tensor(x) else x
+                chunks.append(embedder(trunk(x)))
+                all_labels.append(torch.as_tensor(y).reshape(len(chunks[-1]), -1)[:, 0].to(device))
+    finally:
+        for m, training in modes:
+            m.training = training
+    return torch.cat(chunks), torch.cat(all_labels)

@@ -19,9 +19,9 @@ import numpy as np
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
-from pytorch_metric_learning.utils import common_functions as c_f
 
 from . import distributed
+from .compat import LOGGER
 
 CHUNK_BYTES = 64 << 20  # staging and gathers move at most this much at a time
 
@@ -256,7 +256,7 @@ class FeatureMemory:
         else:  # another rank's shard: this rank's rows are missing, embedded afresh at the next reclustering
             self.features = torch.zeros(len(self.own), features.shape[1], dtype=torch.float16, device=self.device)
             self.stamps = torch.zeros(len(self.own), dtype=torch.long)
-            c_f.LOGGER.info(
+            LOGGER.info(
                 "D&C: the checkpoint holds the feature rows of rank %d of %d only (call dc.consolidate_state_dict() "
                 "on every rank before saving): this rank's rows are embedded afresh at the next reclustering",
                 rank,
@@ -313,7 +313,7 @@ def record_batch(memory, features, indices):
     if features is None or len(features) != n:
         if not getattr(memory, "warned_capture", False):
             memory.warned_capture = True
-            c_f.LOGGER.warning(
+            LOGGER.warning(
                 "D&C: recluster_from='training' could not capture this batch's trunk output (got %s rows for %d "
                 "samples): those samples are embedded afresh at the next reclustering",
                 None if features is None else len(features),

@@ -7,7 +7,6 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from pytorch_metric_learning.losses import BaseMetricLossFunction
-from pytorch_metric_learning.utils import common_functions as c_f
 
 from . import checks, heads, records, routing, state
 from .controller import EpochController
@@ -193,7 +192,7 @@ class DivideConquerWrapper(BaseMetricLossFunction):
     def forward(self, embeddings, labels=None, indices_tuple=None, ref_emb=None, ref_labels=None):
         if labels is None:
             raise ValueError("DivideConquerWrapper needs the batch labels: call it as dc(embeddings, labels)")
-        c_f.check_shapes(embeddings, labels)
+        checks.check_shapes(embeddings, labels)
         if indices_tuple is not None and self.miners is not None:
             raise ValueError(
                 "got an indices_tuple and a miner in DivideConquerWrapper: give the miner only to the wrapper, which "
@@ -356,17 +355,20 @@ class DivideConquerWrapper(BaseMetricLossFunction):
         records.update_cluster_stats(self)
 
     # ------------------------------------------------------------------ PML's trainers (integrations/pml.py)
-
-    _pml = None  # set by pml_divide_conquer.integrations.pml when the package is imported: the core imports no glue
+    # The glue is imported here, where it is used: the core imports no trainer framework (PML 3 has none).
 
     def prepare(self, trainer):
         """PML's ``MetricLossOnly`` / ``TrainWithClassifier``: check the trainer and take the step before epoch 1.
         Required before ``trainer.train()``; load a saved state first when resuming."""
-        self._pml.prepare(self, trainer)
+        from .integrations import pml
+
+        pml.prepare(self, trainer)
 
     def end_of_epoch_hook(self, trainer):
         """PML end-of-epoch hook: take the D&C step after ``trainer.epoch``. Returns True."""
-        return self._pml.end_of_epoch_hook(self, trainer)
+        from .integrations import pml
+
+        return pml.end_of_epoch_hook(self, trainer)
 
     def get_end_of_epoch_hook(self, then=None):
         """A PML end-of-epoch hook that takes the D&C step, then calls ``then`` (e.g. HookContainer's hook).
@@ -375,7 +377,9 @@ class DivideConquerWrapper(BaseMetricLossFunction):
             >>> then = hooks.end_of_epoch_hook(tester, dataset_dict, model_folder)
             >>> hook = dc.get_end_of_epoch_hook(then=then)
         """
-        return self._pml.get_end_of_epoch_hook(self, then)
+        from .integrations import pml
+
+        return pml.get_end_of_epoch_hook(self, then)
 
     def step(self, trainer, epoch):
         warnings.warn("step(trainer, epoch) is deprecated: call end_epoch(epoch)", FutureWarning, stacklevel=2)

@@ -50,28 +50,73 @@ def test_help_shows_no_separator_comment_as_a_docstring():
     assert not banners, banners
 
 
-def test_the_core_imports_no_trainer_framework():
-    # issue 17 item 10: routing, the epoch step and the parts know no trainer; the glue for PML's trainers and for
-    # Lightning lives in integrations/ and imports the core, never the reverse
+PACKAGE = ROOT / "pml_divide_conquer"
+# what the core may import from PML outside integrations/ and compat.py: PML's component packages
+PML_COMPONENTS = tuple(
+    f"pytorch_metric_learning.{p}" for p in ("losses", "miners", "distances", "reducers", "regularizers")
+)
+
+
+def imports_of(path, top_level_only=False):
+    """(line, imported name) of every import in ``path`` (relative imports resolved; ``from a import b`` gives
+    ``a`` and ``a.b``); ``top_level_only``: only the module's own statements, not imports inside functions."""
     import ast
     import importlib.util
 
-    package = Path(__file__).resolve().parents[1] / "pml_divide_conquer"
+    tree = ast.parse(path.read_text())
+    nodes = tree.body if top_level_only else ast.walk(tree)
+    here = ".".join(("pml_divide_conquer",) + path.relative_to(PACKAGE).parent.parts)
+    for node in nodes:
+        if isinstance(node, ast.Import):
+            for alias in node.names:
+                yield node.lineno, alias.name
+        elif isinstance(node, ast.ImportFrom):
+            base = importlib.util.resolve_name("." * node.level + (node.module or ""), here)
+            yield node.lineno, base
+            for alias in node.names:
+                yield node.lineno, f"{base}.{alias.name}"
+
+
+def core_modules():
+    """The package's modules outside integrations/ (the glue)."""
+    return [p for p in PACKAGE.rglob("*.py") if "integrations" not in p.relative_to(PACKAGE).parts]
+
+
+def test_the_core_imports_no_trainer_framework():
+    # routing, the epoch step and the parts know no trainer; the glue for PML's trainers and for Lightning lives in
+    # integrations/ and imports the core, never the reverse. (The wrapper's prepare() and get_end_of_epoch_hook()
+    # import the PML glue where they use it: inside those methods, not at import time.)
     banned = ("pytorch_metric_learning.trainers", "pytorch_lightning", "lightning", "pml_divide_conquer.integrations")
-    found = []
-    for path in package.rglob("*.py"):
-        if "integrations" in path.relative_to(package).parts or path == package / "__init__.py":
-            continue  # the glue itself, and the package's front door, which loads the PML glue for prepare()
-        for node in ast.walk(ast.parse(path.read_text())):
-            if isinstance(node, ast.Import):
-                names = [alias.name for alias in node.names]
-            elif isinstance(node, ast.ImportFrom):
-                here = ".".join(("pml_divide_conquer",) + path.relative_to(package).parent.parts)
-                base = importlib.util.resolve_name("." * node.level + (node.module or ""), here)
-                names = [base] + [f"{base}.{alias.name}" for alias in node.names]
-            else:
-                continue
-            for name in names:
-                if any(name == b or name.startswith(b + ".") for b in banned):
-                    found.append(f"{path.relative_to(package)}:{node.lineno}: {name}")
+    found = [
+        f"{path.relative_to(PACKAGE)}:{line}: {name}"
+        for path in core_modules()
+        for line, name in imports_of(path, top_level_only=True)
+        if any(name == b or name.startswith(b + ".") for b in banned)
+    ]
+    assert not found, found
+
+
+def test_importing_the_package_loads_no_trainer_glue():
+    done = subprocess.run(
+        [sys.executable, "-c", "import sys, pml_divide_conquer; print(sorted(m for m in sys.modules if "
+         "m.startswith(('pml_divide_conquer.integrations', 'pytorch_metric_learning.trainers', "
+         "'pytorch_metric_learning.testers', 'pytorch_lightning'))))"],
+        cwd=ROOT, capture_output=True, text=True,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]", done.stdout
+
+
+def test_the_core_reaches_pml_only_through_its_components_and_one_compat_module():
+    # one seam to PML (PML 3 removed trainers, testers and most of utils): outside integrations/ and compat.py the
+    # package imports only PML's component packages
+    found = [
+        f"{path.relative_to(PACKAGE)}:{line}: {name}"
+        for path in core_modules()
+        if path.name != "compat.py"
+        for line, name in imports_of(path)
+        if name.startswith("pytorch_metric_learning")
+        and name != "pytorch_metric_learning"
+        and not any(name == c or name.startswith(c + ".") for c in PML_COMPONENTS)
+    ]
     assert not found, found

@@ -12,7 +12,6 @@ Examples:
     >>> trainer.train(num_epochs=20)
 """
 
-import sys
 import weakref
 
 import torch
@@ -22,7 +21,6 @@ from pytorch_metric_learning.utils import common_functions as c_f
 from ..sampler import ClusterBatchSampler
 from ..torch_utils import unwrap
 from ..training import LoopHints, TrainingParts, as_optimizer_list
-from ..wrapper import DivideConquerWrapper
 
 # Trainers whose loss call is not ``loss(embeddings, labels, indices_tuple)`` on one batch of the sampler.
 UNSUPPORTED_TRAINERS = (
@@ -205,6 +203,3 @@ def release_workers(loader, iterator):
     shutdown = getattr(iterator, "_shutdown_workers", None)
     if shutdown is not None:
         shutdown()
-
-
-DivideConquerWrapper._pml = sys.modules[__name__]  # DivideConquerWrapper.prepare(trainer) etc. call this module
