@@ -40,8 +40,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pml_divide_conquer import ClusterSampler, DivideConquerSchedule, DivideConquerWrapper, SubspaceMaskedEmbedder
-from pml_divide_conquer.reclustering import Reclusterer
+from pml_divide_conquer import (
+    ClusterSampler,
+    DivideConquerSchedule,
+    DivideConquerWrapper,
+    KMeansSettings,
+    Reclusterer,
+    ReclusterSettings,
+    SubspaceMaskedEmbedder,
+)
 
 from common import markdown_table, pyplot, report, setup, write_csv
 
@@ -289,23 +296,14 @@ def pretrain(cfg, data, device, out):
 
 
 class RandomReclusterer(Reclusterer):
-    """Ablation: every reclustering draws each sample's cluster at random (no k-means, no matching)."""
+    """Ablation: every reclustering draws each sample's cluster at random (no k-means, no matching); learners on
+    their subspaces and batches from clusters as in D&C. Passed to the wrapper as ``reclusterer=``."""
 
     calls = 0
 
     def cluster(self, emb, labels, assignment, current_k, k, split=False):
         self.calls += 1
-        return np.random.default_rng([self.seed, self.calls]).integers(0, k, len(emb))
-
-
-class RandomClustersWrapper(DivideConquerWrapper):
-    """Ablation: learners on their subspaces, batches from clusters, but the clusters are random."""
-
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        random = RandomReclusterer.__new__(RandomReclusterer)
-        random.__dict__.update(vars(self.reclusterer))  # the same settings (space, embedding pass, seed)
-        self.reclusterer = random
+        return np.random.default_rng([self.settings.kmeans.seed, self.calls]).integers(0, k, len(emb))
 
 
 ASSEMBLIES = {
@@ -486,23 +484,29 @@ def finetune(cfg, data, trunk_state, device):
     if cfg.method == "dc":
         sampler = ClusterSampler(labels, batch_size=cfg.batch_size, m=cfg.m, seed=cfg.seed)
         full, all_data = cfg.phase_epochs()
-        wrapper = (RandomClustersWrapper if cfg.random_clusters else DivideConquerWrapper)(
+        settings = ReclusterSettings(
+            cluster_on=cfg.cluster_on,
+            features_from=cfg.recluster_from,
+            batch_size=512,
+            kmeans=KMeansSettings(gpu=False),
+        )
+        wrapper = DivideConquerWrapper(
             loss,
             miner,
             embedder=embedder,
             sampler=sampler,
-            recluster_every=cfg.recluster_every,
-            full_embedding_epoch=full,
-            all_data_epoch=all_data,
-            grow=cfg.grow,
+            schedule=DivideConquerSchedule(
+                num_learners=cfg.num_learners,
+                recluster_every=cfg.recluster_every,
+                full_embedding_epoch=full,
+                all_data_epoch=all_data,
+                grow=cfg.grow,
+                freeze_trunk_epochs=cfg.freeze_trunk_epochs,
+            ),
+            reclusterer=(RandomReclusterer if cfg.random_clusters else Reclusterer)(settings),
             heads=cfg.heads,
             full_head=cfg.full_head if cfg.assemble == "concat" else "assembled",
-            cluster_on=cfg.cluster_on,
-            recluster_from=cfg.recluster_from,
             orthogonality_weight=cfg.orthogonality_weight,
-            freeze_trunk_epochs=cfg.freeze_trunk_epochs,
-            cluster_batch_size=512,
-            faiss_gpu=False,
         ).to(device)
         if cfg.learner_scale:
             from pml_divide_conquer.heads import learner_key

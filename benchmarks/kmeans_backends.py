@@ -15,7 +15,7 @@ import time
 import numpy as np
 import torch
 
-from pml_divide_conquer import clustering
+from pml_divide_conquer import KMeansSettings, clustering
 
 from common import markdown_table, report, setup, write_csv
 
@@ -53,10 +53,10 @@ def main(argv=None):
         (f"torch, {args.device}, seed 0", dict(backend="torch", gpu=args.device != "cpu", seed=0)),
     ):
         if kw["backend"] == "torch" and args.device != "cpu":
-            clustering.kmeans(x[:10000], args.k, niter=2, **kw)  # (CUDA start-up outside the timing)
+            clustering.kmeans(x[:10000], args.k, KMeansSettings(niter=2, **kw))  # (CUDA start-up outside the timing)
             torch.cuda.synchronize()
         start = time.perf_counter()
-        ids = clustering.kmeans(x, args.k, niter=args.niter, **kw)
+        ids = clustering.kmeans(x, args.k, KMeansSettings(niter=args.niter, **kw))
         runs[name] = (time.perf_counter() - start, ids)
         print(f"  {name}: {runs[name][0]:.2f} s", flush=True)
     names = list(runs)

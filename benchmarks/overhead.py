@@ -25,7 +25,14 @@ import torch
 from pytorch_metric_learning import trainers
 
 from lab import experiment as ex
-from pml_divide_conquer import ClusterSampler, DivideConquerWrapper, SubspaceMaskedEmbedder
+from pml_divide_conquer import (
+    ClusterSampler,
+    DivideConquerSchedule,
+    DivideConquerWrapper,
+    KMeansSettings,
+    Reclusterer,
+    SubspaceMaskedEmbedder,
+)
 
 from common import Timer, markdown_table, pyplot, report, setup, write_csv
 
@@ -89,7 +96,12 @@ def measure(dataset, k, args, loop, device):
     loss = loss.to(device)
     sampler = ClusterSampler(dataset.labels, batch_size=args.batch_size, m=args.m, seed=0)
     wrapper = DivideConquerWrapper(
-        loss, miner, embedder=embedder, sampler=sampler, grow=False, recluster_every=1000, faiss_gpu=False
+        loss,
+        miner,
+        embedder=embedder,
+        sampler=sampler,
+        schedule=DivideConquerSchedule(num_learners=embedder.num_learners, recluster_every=1000, grow=False),
+        reclusterer=Reclusterer(kmeans=KMeansSettings(gpu=False)),
     ).to(device)
     params = list(model.parameters()) + list(loss.parameters()) + list(wrapper.parameters())
     opt = torch.optim.Adam([p for p in params if p.requires_grad], lr=1e-4)

@@ -26,7 +26,13 @@ from pytorch_metric_learning import losses, miners, testers, trainers
 from pytorch_metric_learning.utils.accuracy_calculator import AccuracyCalculator
 
 from lab import experiment as ex
-from pml_divide_conquer import ClusterSampler, DivideConquerSchedule, DivideConquerWrapper, SubspaceMaskedEmbedder
+from pml_divide_conquer import (
+    ClusterSampler,
+    DivideConquerSchedule,
+    DivideConquerWrapper,
+    Reclusterer,
+    SubspaceMaskedEmbedder,
+)
 
 from common import setup
 
@@ -106,8 +112,7 @@ def build(cfg, trunk, trunk_dim, train_set, cluster_set, device):
             cfg["epochs"], cfg["num_learners"], cfg["recluster_every"], freeze_trunk_epochs=cfg["freeze_trunk_epochs"]
         ),
         orthogonality_weight=cfg["orthogonality_weight"],
-        cluster_on=cfg["cluster_on"],
-        cluster_dataset=cluster_set,
+        reclusterer=Reclusterer(cluster_on=cfg["cluster_on"], dataset=cluster_set),
     ).to(device)
     optimizers = {
         "trunk_optimizer": torch.optim.Adam(trunk.parameters(), lr=cfg["lr"], weight_decay=cfg["weight_decay"]),

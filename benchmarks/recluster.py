@@ -16,8 +16,7 @@ import sys
 import numpy as np
 
 from lab import experiment as ex
-from pml_divide_conquer import clustering
-from pml_divide_conquer.reclustering import embed_dataset
+from pml_divide_conquer import KMeansSettings, clustering
 
 from common import Timer, markdown_table, pyplot, report, setup, write_csv
 
@@ -42,8 +41,7 @@ def training_set_part(args):
     forward, recluster = [], []
     for _ in range(args.repeats):
         with Timer() as t:
-            parts, capture = wrapper.controller.parts, wrapper.controller.capture
-            embed_dataset(parts, capture, train_set, False, wrapper.reclusterer.batch_size, 0)
+            wrapper.embed_training_set()  # the embedding pass of a reclustering, alone
         forward.append(t.seconds)
         with Timer() as t:
             wrapper.recluster()
@@ -82,12 +80,12 @@ def main(argv=None):
     rng = np.random.default_rng(0)
     for size in args.sizes:
         x, labels = synthetic(size, args.dim, args.k, rng)
-        old = clustering.kmeans(x, args.k, seed=1)
+        old = clustering.kmeans(x, args.k, KMeansSettings(seed=1))
         with Timer() as t:
-            new = clustering.kmeans_with_retries(x, args.k, labels, seed=2)
+            new = clustering.kmeans_with_retries(x, args.k, labels, KMeansSettings(seed=2))
             clustering.match_clusters(old, new, args.k)
         with Timer() as s:
-            clustering.split_clusters(x, np.arange(size) % max(1, args.k // 2), seed=3)
+            clustering.split_clusters(x, np.arange(size) % max(1, args.k // 2), settings=KMeansSettings(seed=3))
         records.append(
             dict(
                 part="k-means alone",

@@ -30,9 +30,8 @@ import warnings
 import numpy as np
 import torch
 
-from pml_divide_conquer import ClusterSampler, clustering
+from pml_divide_conquer import ClusterSampler, DivideConquerSchedule, KMeansSettings, clustering
 from pml_divide_conquer.feature_memory import FeatureMemory
-from pml_divide_conquer.reclustering import Reclusterer
 
 from common import markdown_table, pyplot, report, setup, write_csv
 
@@ -87,14 +86,14 @@ def reclustering_parts(n, dim, k, split, seed=0):
         memory.update(idx, torch.from_numpy(rng.standard_normal((len(idx), dim), dtype=np.float32)))
     current = k // 2 if split else k
     old = (class_cluster[labels] % current).astype(np.int64)
-    r = Reclusterer(seed=0, gpu=False)
+    settings = KMeansSettings(seed=0, gpu=False, backend="faiss")
     times = {}
     t = time.perf_counter()
     emb, stale = memory.features_for_clustering()
     times["gather"] = time.perf_counter() - t
     assert len(stale) == 0
     t = time.perf_counter()
-    base = clustering.kmeans_with_retries(emb, current, labels, seed=0, **_kmeans(r))
+    base = clustering.kmeans_with_retries(emb, current, labels, settings)
     times["kmeans"] = time.perf_counter() - t
     t = time.perf_counter()
     matched = clustering.match_clusters(old, base, current)
@@ -102,7 +101,7 @@ def reclustering_parts(n, dim, k, split, seed=0):
     new = matched
     if split:
         t = time.perf_counter()
-        new = clustering.split_clusters(emb, matched, labels, seed=0, **_kmeans(r))
+        new = clustering.split_clusters(emb, matched, labels, settings)
         times["kmeans"] += time.perf_counter() - t  # (2-means in each cluster: k-means too)
     t = time.perf_counter()
     s = ClusterSampler(labels, batch_size=128, m=2, seed=0)
@@ -112,12 +111,6 @@ def reclustering_parts(n, dim, k, split, seed=0):
         s.plan_pass(0)
     times["sampler"] = time.perf_counter() - t
     return times
-
-
-def _kmeans(r):
-    kw = dict(r.kmeans)
-    kw.pop("backend")
-    return dict(kw, backend="faiss")
 
 
 def memory_per_rank(n, dim, world):
@@ -146,7 +139,12 @@ def ddp_worker(rank, world, folder, n, dim, out):
     embedder = SubspaceMaskedEmbedder(16, 2, embedder=torch.nn.Linear(dim, 16))
     model = torch.nn.parallel.DistributedDataParallel(torch.nn.Sequential(trunk, embedder))
     sampler = ClusterSampler(labels, batch_size=64, m=2)
-    dc = DivideConquerWrapper(losses.ContrastiveLoss(), embedder=embedder, sampler=sampler, recluster_every=1)
+    dc = DivideConquerWrapper(
+        losses.ContrastiveLoss(),
+        embedder=embedder,
+        sampler=sampler,
+        schedule=DivideConquerSchedule(num_learners=embedder.num_learners, recluster_every=1),
+    )
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
     loader = torch.utils.data.DataLoader(dataset, batch_size=64, sampler=sampler)
     with warnings.catch_warnings():

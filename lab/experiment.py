@@ -19,7 +19,14 @@ import torch
 from pytorch_metric_learning import losses, miners, samplers, testers, trainers
 from pytorch_metric_learning.utils.accuracy_calculator import AccuracyCalculator
 
-from pml_divide_conquer import ClusterSampler, DivideConquerWrapper, SubspaceMaskedEmbedder
+from pml_divide_conquer import (
+    ClusterSampler,
+    DivideConquerSchedule,
+    DivideConquerWrapper,
+    KMeansSettings,
+    Reclusterer,
+    SubspaceMaskedEmbedder,
+)
 
 METRICS = ("precision_at_1", "NMI", "mean_average_precision_at_r")
 RECALL_KS = (1, 2, 4, 8)
@@ -208,15 +215,17 @@ def build_trainer(train_set, cfg, end_of_epoch_hook=None):
             miner,
             embedder=embedder,
             sampler=sampler,
-            recluster_every=cfg.recluster_every,
-            full_embedding_epoch=cfg.full_embedding_epoch,
-            all_data_epoch=cfg.all_data_epoch,
+            schedule=DivideConquerSchedule(
+                num_learners=cfg.num_learners,
+                recluster_every=cfg.recluster_every,
+                full_embedding_epoch=cfg.full_embedding_epoch,
+                all_data_epoch=cfg.all_data_epoch,
+                grow=cfg.grow,
+                freeze_trunk_epochs=cfg.freeze_trunk_epochs,
+            ),
+            reclusterer=Reclusterer(cluster_on=cfg.cluster_on, kmeans=KMeansSettings(seed=cfg.seed)),
             heads=cfg.heads,
-            freeze_trunk_epochs=cfg.freeze_trunk_epochs,
             orthogonality_weight=cfg.orthogonality_weight,
-            cluster_on=cfg.cluster_on,
-            grow=cfg.grow,
-            seed=cfg.seed,
         )
         loss_funcs, mining_funcs = {"metric_loss": wrapper}, {}
         hook = wrapper.get_end_of_epoch_hook(then=end_of_epoch_hook)

@@ -19,7 +19,14 @@ import torch
 from pytorch_metric_learning import losses, miners, testers, trainers
 from pytorch_metric_learning.utils.accuracy_calculator import AccuracyCalculator
 
-from pml_divide_conquer import ClusterSampler, DivideConquerSchedule, DivideConquerWrapper, SubspaceMaskedEmbedder
+from pml_divide_conquer import (
+    ClusterSampler,
+    DivideConquerSchedule,
+    DivideConquerWrapper,
+    KMeansSettings,
+    Reclusterer,
+    SubspaceMaskedEmbedder,
+)
 
 from . import datasets
 
@@ -73,7 +80,7 @@ def _parts(cfg, train_set):
         embedder=embedder,
         sampler=sampler,
         schedule=DivideConquerSchedule.journal(cfg.epochs, cfg.num_learners),
-        seed=cfg.seed,
+        reclusterer=Reclusterer(kmeans=KMeansSettings(seed=cfg.seed)),
     )
     groups = [{"params": trunk.parameters()}] + embedder.parameter_groups(lr=cfg.lr, mask_lr_multiplier=10)
     if any(p.requires_grad for p in dc.parameters()):

@@ -1,6 +1,8 @@
 """Divide & Conquer the Embedding Space for Metric Learning, as a plugin for pytorch-metric-learning."""
 
+from .clustering import KMeansSettings
 from .embedder import SubspaceMaskedEmbedder
+from .reclustering import Reclusterer, ReclusterSettings
 from .sampler import ClusterBatchSampler, ClusterSampler
 from .schedule import DivideConquerSchedule, Phase
 from .wrapper import DivideConquerWrapper
@@ -12,6 +14,9 @@ __all__ = [
     "ClusterSampler",
     "DivideConquerSchedule",
     "DivideConquerWrapper",
+    "KMeansSettings",
     "Phase",
+    "ReclusterSettings",
+    "Reclusterer",
     "SubspaceMaskedEmbedder",
 ]

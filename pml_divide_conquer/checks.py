@@ -89,23 +89,6 @@ def check_wrapper_arguments(loss, miner, embedder, sampler, heads_mode):
     heads.check_fits(loss, embedder.embedding_size, num_classes)
 
 
-RECLUSTER_FROM = ("pass", "training")
-
-
-def recluster_from(value, cluster_dataset):
-    """The checked ``recluster_from`` of a wrapper (None: "training", or "pass" with a ``cluster_dataset``)."""
-    if value is None:
-        value = "pass" if cluster_dataset is not None else "training"
-    if value not in RECLUSTER_FROM:
-        raise ValueError(f'recluster_from must be "pass" or "training", got {value!r}')
-    if value == "training" and cluster_dataset is not None:
-        raise ValueError(
-            'recluster_from="training" clusters the features of the training batches, so cluster_dataset (the '
-            'images to embed for clustering) would be ignored: use recluster_from="pass" with cluster_dataset'
-        )
-    return value
-
-
 FULL_HEADS = ("imprint", "assembled")
 
 

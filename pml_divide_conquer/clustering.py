@@ -1,12 +1,85 @@
 """Cluster bookkeeping: faiss k-means, 2-way splits and Hungarian matching. Numpy in, numpy out.
 
-The torch/PML side (embedding the training set, ranks) lives in :mod:`pml_divide_conquer.reclustering`.
+Every k-means setting is on one :class:`KMeansSettings` (as faiss bundles its ``ClusteringParameters``). The
+torch/PML side (embedding the training set, ranks) lives in :mod:`pml_divide_conquer.reclustering`.
 """
 
+import dataclasses
 import warnings
+from dataclasses import dataclass
+from typing import Optional
 
 import numpy as np
 from scipy.optimize import linear_sum_assignment
+
+from .deprecation import warn_deprecated
+
+BACKENDS = ("faiss", "torch")
+
+
+@dataclass(frozen=True)
+class KMeansSettings:
+    """How k-means runs: the reference's settings by default (100 iterations, all points, retried with seed + t
+    until every cluster has 2 classes of 2 samples, up to 30 times).
+
+    Args:
+        niter: Lloyd iterations.
+        seed: the seed of the first try (try t uses ``seed + t``; the same at every reclustering).
+        max_points_per_centroid: train on at most this many points per centroid (None: all points, as the
+            reference; faiss's own default subsamples 256 per centroid).
+        max_retries: tries of :func:`kmeans_with_retries` and of each split in :func:`split_clusters`.
+        gpu: faiss on a GPU (None: when faiss-gpu sees one; False: always the CPU).
+        backend: ``"faiss"`` or ``"torch"`` (the same algorithm in torch, on the GPU when there is one); None:
+            where the data is (:func:`choose_backend`).
+
+    Examples:
+        >>> KMeansSettings(niter=20, seed=3)
+        KMeansSettings(niter=20, seed=3, max_points_per_centroid=None, max_retries=30, gpu=None, backend=None)
+        >>> KMeansSettings(n_iter=20)
+        Traceback (most recent call last):
+        TypeError: KMeansSettings.__init__() got an unexpected keyword argument 'n_iter'
+    """
+
+    niter: int = 100
+    seed: int = 0
+    max_points_per_centroid: Optional[int] = None
+    max_retries: int = 30
+    gpu: Optional[bool] = None
+    backend: Optional[str] = None
+
+    def __post_init__(self):
+        for name in ("niter", "max_retries"):
+            value = getattr(self, name)
+            if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"KMeansSettings.{name} must be a positive integer, got {value!r}")
+        if not isinstance(self.seed, (int, np.integer)) or isinstance(self.seed, bool):
+            raise ValueError(f"KMeansSettings.seed must be an integer, got {self.seed!r}")
+        points = self.max_points_per_centroid
+        if points is not None and (not isinstance(points, (int, np.integer)) or isinstance(points, bool) or points < 1):
+            raise ValueError(
+                f"KMeansSettings.max_points_per_centroid must be None or a positive integer, got {points!r}"
+            )
+        if self.backend is not None and self.backend not in BACKENDS:
+            raise ValueError(f'kmeans backend must be "faiss" or "torch", got {self.backend!r}')
+
+    def with_seed(self, seed):
+        return dataclasses.replace(self, seed=int(seed))
+
+
+def settings_of(settings, deprecated, where):
+    """``settings`` (default KMeansSettings()), or one built from the keywords 0.3 took (with a FutureWarning)."""
+    if deprecated:
+        unknown = sorted(set(deprecated) - {f.name for f in dataclasses.fields(KMeansSettings)})
+        if unknown:
+            raise TypeError(f"{where}() got unexpected keyword arguments {unknown}")
+        spelled = ", ".join(f"{k}={v!r}" for k, v in deprecated.items())
+        warn_deprecated(f"{where}(..., {spelled})", f"pass settings=KMeansSettings({spelled})", stacklevel=4)
+        settings = dataclasses.replace(settings or KMeansSettings(), **deprecated)
+    if settings is None:
+        return KMeansSettings()
+    if not isinstance(settings, KMeansSettings):
+        raise TypeError(f"settings must be a KMeansSettings, got {type(settings).__name__}")
+    return settings
 
 
 def _faiss():
@@ -20,16 +93,13 @@ def faiss_gpu_available() -> bool:
     return hasattr(faiss, "get_num_gpus") and faiss.get_num_gpus() > 0
 
 
-BACKENDS = ("faiss", "torch")
-
-
 def choose_backend(backend=None, gpu=None):
     """``backend`` as given, else where the data is: faiss on a GPU when faiss sees one, k-means in torch on the GPU
     when torch sees one but faiss does not (faiss-gpu is often not installable), faiss on the CPU otherwise
     (``gpu=False``: always faiss on the CPU)."""
     if backend is not None:
         if backend not in BACKENDS:
-            raise ValueError(f'kmeans_backend must be "faiss" or "torch", got {backend!r}')
+            raise ValueError(f'kmeans backend must be "faiss" or "torch", got {backend!r}')
         return backend
     if gpu is False or faiss_gpu_available():
         return "faiss"
@@ -38,15 +108,18 @@ def choose_backend(backend=None, gpu=None):
     return "torch" if torch.cuda.is_available() else "faiss"
 
 
-def kmeans(x, k, *, niter=100, seed=0, gpu=None, max_points_per_centroid=None, backend=None):
-    """Assign each row of ``x`` (n x d, float) to one of ``k`` clusters with k-means.
+def kmeans(x, k, settings=None, **deprecated):
+    """Assign each row of ``x`` (n x d, float) to one of ``k`` clusters with k-means, run as ``settings`` (a
+    :class:`KMeansSettings`) says: faiss (``backend="faiss"``; ``gpu=None`` uses a GPU when faiss-gpu sees one, False
+    forces the CPU) or the same algorithm in torch (``backend="torch"``: :func:`torch_kmeans`, on the GPU when there
+    is one and ``gpu`` is not False); by default where the data is (:func:`choose_backend`). Returns int64 ids in
+    [0, k). (The keywords of 0.3, ``niter=``, ``seed=``, ..., still work for one release, with a FutureWarning.)
 
-    faiss (``backend="faiss"``; ``gpu=None`` uses a GPU when faiss-gpu sees one, False forces the CPU) or the same
-    algorithm in torch (``backend="torch"``: :func:`torch_kmeans`, on the GPU when there is one and ``gpu`` is not
-    False); by default where the data is (:func:`choose_backend`). ``max_points_per_centroid=None`` trains on all
-    points, as the reference code does (faiss's own default subsamples 256 points per centroid).
-    Returns int64 ids in [0, k).
+    Examples:
+        >>> ids = kmeans(x, 4, KMeansSettings(niter=20, seed=1))
     """
+    s = settings_of(settings, deprecated, "kmeans")
+    niter, seed, gpu, max_points_per_centroid, backend = s.niter, s.seed, s.gpu, s.max_points_per_centroid, s.backend
     x = np.ascontiguousarray(x, dtype=np.float32)
     if x.ndim != 2:
         raise ValueError(f"expected a 2-D array of embeddings, got shape {x.shape}")
@@ -147,53 +220,35 @@ def invalid_clusters(assignment, labels, k, min_classes=2, min_per_class=2):
     return [c for c in range(k) if not cluster_is_valid(labels[assignment == c], min_classes, min_per_class)]
 
 
-def kmeans_with_retries(
-    x, k, labels, *, niter=100, seed=0, max_retries=30, gpu=None, max_points_per_centroid=None, backend=None
-):
-    """k-means, retried with new seeds until every cluster has >= 2 classes with >= 2 members each.
+def kmeans_with_retries(x, k, labels, settings=None, **deprecated):
+    """k-means, retried with seeds ``settings.seed + t`` until every cluster has >= 2 classes with >= 2 members
+    each (at most ``settings.max_retries`` tries).
 
     If no seed succeeds, the last result is returned with a warning naming the degenerate clusters.
     """
+    settings = settings_of(settings, deprecated, "kmeans_with_retries")
     labels = np.asarray(labels)
     bad = []
-    for attempt in range(max_retries):
-        ids = kmeans(
-            x,
-            k,
-            niter=niter,
-            seed=seed + attempt,
-            gpu=gpu,
-            max_points_per_centroid=max_points_per_centroid,
-            backend=backend,
-        )
+    for attempt in range(settings.max_retries):
+        ids = kmeans(x, k, settings.with_seed(settings.seed + attempt))
         bad = invalid_clusters(ids, labels, k)
         if not bad:
             return ids
     warnings.warn(
-        f"k-means with K={k} left clusters {bad} without 2 classes of 2 samples after {max_retries} tries; "
+        f"k-means with K={k} left clusters {bad} without 2 classes of 2 samples after {settings.max_retries} tries; "
         "their learners get few useful pairs. Use fewer learners (num_learners) for this dataset.",
         stacklevel=2,
     )
     return ids
 
 
-def split_clusters(
-    x,
-    assignment,
-    labels=None,
-    *,
-    niter=100,
-    seed=0,
-    max_retries=30,
-    gpu=None,
-    max_points_per_centroid=None,
-    backend=None,
-):
+def split_clusters(x, assignment, labels=None, settings=None, **deprecated):
     """Split every cluster c in two with 2-means: its members get ids 2c and 2c+1.
 
     With ``labels``, each split is retried with new seeds until both children have 2 classes with 2 samples each
     (the rule :func:`kmeans_with_retries` applies); splits that never get there are kept with a warning.
     """
+    settings = settings_of(settings, deprecated, "split_clusters")
     assignment = np.asarray(assignment, dtype=np.int64)
     new = np.empty_like(assignment)
     degenerate = []
@@ -203,17 +258,9 @@ def split_clusters(
             new[members] = 2 * c
             degenerate.append(int(c))
             continue
-        tries = max_retries if labels is not None else 1
+        tries = settings.max_retries if labels is not None else 1
         for attempt in range(tries):
-            sub = kmeans(
-                x[members],
-                2,
-                niter=niter,
-                seed=seed + attempt,
-                gpu=gpu,
-                max_points_per_centroid=max_points_per_centroid,
-                backend=backend,
-            )
+            sub = kmeans(x[members], 2, settings.with_seed(settings.seed + attempt))
             if labels is None or not invalid_clusters(sub, np.asarray(labels)[members], 2):
                 break
         else:

@@ -19,6 +19,7 @@ from .embedder import LEARNED
 from .feature_memory import InputCapture
 from .freezing import TrunkFreezer, trunk_groups
 from .heads import FULL_KEY, PER_LEARNER, learner_key
+from .reclustering import FeatureSource
 from .schedule import Action, Phase, Step
 from .torch_utils import carry_optimizer_state, contains, unwrap
 from .training import NOT_SET_UP
@@ -38,6 +39,8 @@ class EpochController:
         self.parts = None
         self.capture = None  # the embedder's input, for cluster_on="trunk"
         self.freezer = None
+        self.source = None  # where reclusterings get their features (set up)
+        self.fresh_samples = 0
         self.step_seconds = 0.0
 
     @property
@@ -60,13 +63,14 @@ class EpochController:
         w = self.wrapper
         self._check(parts)
         self.remove_hooks()
-        if w.reclusterer.cluster_on == "trunk":
+        if w.reclusterer.settings.cluster_on == "trunk":
             self.capture = InputCapture(w.embedder)
         if w.schedule.freeze_trunk_epochs:
             groups = trunk_groups(parts.optimizers, parts.trunk_params)
             self.freezer = TrunkFreezer(groups, self._trunk_frozen_now)
         weakref.finalize(w, self.remove_hooks)  # the hooks go with the wrapper
         self.parts = parts
+        self.source = FeatureSource(parts, self.capture, w.feature_memory)
         self.step(0)
 
     def _check(self, parts):
@@ -77,7 +81,7 @@ class EpochController:
                 "embedding you pass to the wrapper). For a trunk and an embedder called one after the other, pass "
                 "torch.nn.Sequential(trunk, embedder)."
             )
-        if unwrap(parts.model) is w.embedder and w.reclusterer.cluster_on == "trunk":
+        if unwrap(parts.model) is w.embedder and w.reclusterer.settings.cluster_on == "trunk":
             raise ValueError(
                 'cluster_on="trunk" clusters the features the SubspaceMaskedEmbedder receives, but the model given '
                 "at set-up is the embedder itself, which receives the raw inputs: pass the whole model (trunk and "
@@ -159,7 +163,7 @@ class EpochController:
                 w.clustering_seconds,
                 ""
                 if w.feature_memory is None
-                else f", from training features, {w.reclusterer.fresh_samples} samples embedded afresh",
+                else f", from training features, {self.fresh_samples} samples embedded afresh",
                 step.num_clusters,
                 w.sampler.cluster_sizes().tolist(),
             )
@@ -190,18 +194,13 @@ class EpochController:
     def _divide(self, step):
         w = self.wrapper
         split = step.action == Action.SPLIT
-        new = w.reclusterer.assign(
-            self.parts,
-            self.capture,
-            w.sampler.labels,
-            w.sampler.assignment,
-            w.num_active,
-            step.num_clusters,
-            split,
-            memory=w.feature_memory,
+        result = w.reclusterer.assign(
+            self.source, w.sampler.labels, w.sampler.assignment, w.num_active, step.num_clusters, split
         )
-        w.recluster_seconds = w.reclusterer.seconds
-        w.clustering_seconds = w.reclusterer.clustering_seconds
+        new = result.assignment
+        w.recluster_seconds = result.seconds
+        w.clustering_seconds = result.clustering_seconds
+        self.fresh_samples = result.fresh_samples
         if split:
             optimizers = self.parts.optimizers
             self._split_learners(optimizers)
@@ -226,7 +225,7 @@ class EpochController:
         """Each class's vector of the full-embedding head := its samples' mean full embedding (heads.imprint)."""
         w = self.wrapper
         start = time.perf_counter()
-        emb = w.reclusterer.embed(self.parts, self.capture, w.sampler.labels, space="embedding")
+        emb = w.reclusterer.embed(self.source, w.sampler.labels, space="embedding")
         labels = w.map_labels(torch.as_tensor(w.sampler.labels))
         count = heads.imprint(w.learners[FULL_KEY], torch.as_tensor(emb), labels)
         LOGGER.info(
@@ -249,4 +248,4 @@ class EpochController:
         w = self.wrapper
         if not self.is_set_up:
             raise RuntimeError(f"embedding the training set needs the set-up: {self.hints.setup}")
-        return w.reclusterer.embed(self.parts, self.capture, w.sampler.labels)
+        return w.reclusterer.embed(self.source, w.sampler.labels)

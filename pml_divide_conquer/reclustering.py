@@ -1,21 +1,99 @@
 """Reclustering: features of the training set, clustered on rank 0, the result given to every rank.
 
-:class:`Reclusterer` holds the settings (which space is clustered, the embedding pass, the k-means knobs) and
-returns a numpy assignment; the end-of-epoch step (:mod:`pml_divide_conquer.controller`) decides when to call it and
-what to do with the result (learners, sampler). The clustering itself is :mod:`pml_divide_conquer.clustering` (numpy
-only). What it needs from the training loop comes in a :class:`~pml_divide_conquer.training.TrainingParts`.
+:class:`Reclusterer` holds its settings (one :class:`ReclusterSettings`: which space is clustered, where the
+features come from, the embedding pass, the k-means settings) and returns a :class:`Reclustering`: the new
+assignment and what it cost. The end-of-epoch step (:mod:`pml_divide_conquer.controller`) decides when to call it
+and what to do with the result (learners, sampler). The clustering itself is :mod:`pml_divide_conquer.clustering`
+(numpy only); research varies it by overriding :meth:`Reclusterer.cluster` and passing the object to the wrapper
+(``DivideConquerWrapper(..., reclusterer=MyReclusterer())``).
 """
 
+import dataclasses
 import time
+from dataclasses import dataclass, field
+from typing import Any, NamedTuple, Optional
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from . import clustering, distributed
+from .clustering import KMeansSettings
 from .torch_utils import unwrap
 
 CLUSTER_SPACES = ("trunk", "embedding")
+FEATURE_SOURCES = ("training", "pass")
+
+
+@dataclass(frozen=True)
+class ReclusterSettings:
+    """How the training set is clustered at each reclustering, in one object (unknown names are refused).
+
+    Args:
+        cluster_on: ``"trunk"`` (as the reference: the L2-normalised input of the SubspaceMaskedEmbedder, i.e. the
+            trunk's output) or ``"embedding"``.
+        features_from: ``"training"``: cluster the features training last computed for each sample (float16,
+            N x dim x 2 bytes, kept in a :class:`~pml_divide_conquer.feature_memory.FeatureMemory`), embedding
+            afresh only samples no batch held since the last reclustering; ``"pass"`` (as the reference): embed the
+            training set each time. None (default): ``"pass"`` with a ``dataset``, else ``"training"``.
+        dataset: the training samples with test-time transforms, in the same order, for ``"pass"`` (None: the
+            training dataset given at set-up).
+        batch_size, num_workers: of the embedding pass (workers None: the training loop's).
+        memory_device: where the feature memory keeps its rows: ``"cpu"`` (default) or the training device.
+        kmeans: the :class:`~pml_divide_conquer.clustering.KMeansSettings` (the reference's by default).
+
+    Examples:
+        >>> ReclusterSettings(cluster_on="embedding").features_source
+        'training'
+        >>> ReclusterSettings(dataset=test_time_train_set).features_source
+        'pass'
+    """
+
+    cluster_on: str = "trunk"
+    features_from: Optional[str] = None
+    dataset: Any = field(default=None, repr=False)
+    batch_size: int = 256
+    num_workers: Optional[int] = None
+    memory_device: Any = "cpu"
+    kmeans: KMeansSettings = KMeansSettings()
+
+    def __post_init__(self):
+        if self.cluster_on not in CLUSTER_SPACES:
+            raise ValueError(f'cluster_on must be "trunk" or "embedding", got {self.cluster_on!r}')
+        if self.features_from is not None and self.features_from not in FEATURE_SOURCES:
+            raise ValueError(f'features_from must be "training" or "pass", got {self.features_from!r}')
+        if self.features_from == "training" and self.dataset is not None:
+            raise ValueError(
+                'features_from="training" clusters the features of the training batches, so dataset (the images to '
+                'embed for clustering) would be ignored: use features_from="pass" with a dataset'
+            )
+        if (
+            not isinstance(self.batch_size, (int, np.integer))
+            or isinstance(self.batch_size, bool)
+            or self.batch_size < 1
+        ):
+            raise ValueError(f"batch_size must be a positive integer, got {self.batch_size!r}")
+        workers = self.num_workers
+        if workers is not None and (not isinstance(workers, (int, np.integer)) or workers < 0):
+            raise ValueError(f"num_workers must be None or a non-negative integer, got {workers!r}")
+        if not isinstance(self.kmeans, KMeansSettings):
+            raise TypeError(f"kmeans must be a KMeansSettings, got {type(self.kmeans).__name__}")
+
+    @property
+    def features_source(self):
+        """``"training"`` or ``"pass"``: ``features_from`` as given, or what its default means here."""
+        if self.features_from is not None:
+            return self.features_from
+        return "pass" if self.dataset is not None else "training"
+
+
+class Reclustering(NamedTuple):
+    """What one reclustering gave: the new assignment and what it cost."""
+
+    assignment: np.ndarray  # int64, one cluster id per sample
+    seconds: float  # all of it: features (memory or embedding pass), clustering, broadcast
+    clustering_seconds: float  # the clustering alone: k-means, matching, splits
+    fresh_samples: int  # samples embedded for it (all of them with an embedding pass)
 
 
 class Reclusterer:
@@ -26,115 +104,87 @@ class Reclusterer:
     retried with the next seed until every cluster has 2 classes with 2 samples each.
 
     Args:
-        cluster_on: ``"trunk"`` (the reference's penultimate features) or ``"embedding"``.
-        dataset: dataset embedded for clustering, in the training dataset's order (e.g. the training images with
-            test-time transforms); None: the training dataset.
-        batch_size: batch size of the embedding pass.
-        num_workers: DataLoader workers of the embedding pass (None: the training loop's).
-        niter, max_points_per_centroid, max_retries, gpu: k-means settings (None points per centroid: all points,
-            as the reference code).
-        backend: ``"faiss"`` or ``"torch"`` (k-means in torch, on the GPU when there is one); None: where the data
-            is (:func:`~pml_divide_conquer.clustering.choose_backend`).
-        seed: k-means seed, the same at every reclustering (trial t uses seed + t).
+        settings: a :class:`ReclusterSettings` (default: the reference's).
+        **changes: fields of :class:`ReclusterSettings` to change (``Reclusterer(cluster_on="embedding")``).
 
-    After each :meth:`assign`, ``seconds`` and ``clustering_seconds`` hold how long it took, all of it and the
-    clustering part (k-means, matching, splits), and ``fresh_samples`` how many samples were embedded for it.
+    Research varies the clustering by overriding :meth:`cluster` (numpy in, numpy out) and passing the object to
+    ``DivideConquerWrapper(..., reclusterer=...)``.
 
     Examples:
-        >>> reclusterer = Reclusterer(cluster_on="trunk")
-        >>> assignment = reclusterer.assign(parts, capture, sampler.labels, sampler.assignment, current_k=2, k=2)
+        >>> dc = DivideConquerWrapper(loss, embedder=embedder, sampler=sampler, reclusterer=Reclusterer(
+        ...     cluster_on="embedding", kmeans=KMeansSettings(niter=20)))
+        >>> class RandomClusters(Reclusterer):
+        ...     def cluster(self, features, labels, assignment, current_k, k, split=False):
+        ...         return np.random.default_rng(0).integers(0, k, len(features))
     """
 
-    def __init__(
-        self,
-        cluster_on="trunk",
-        dataset=None,
-        batch_size=256,
-        num_workers=None,
-        niter=100,
-        max_points_per_centroid=None,
-        max_retries=30,
-        gpu=None,
-        seed=0,
-        backend=None,
-    ):
-        if cluster_on not in CLUSTER_SPACES:
-            raise ValueError(f'cluster_on must be "trunk" or "embedding", got {cluster_on!r}')
-        self.cluster_on = cluster_on
-        self.dataset = dataset
-        self.batch_size = int(batch_size)
-        self.num_workers = num_workers
-        self.kmeans = dict(
-            niter=int(niter),
-            max_points_per_centroid=max_points_per_centroid,
-            max_retries=int(max_retries),
-            gpu=gpu,
-            backend=None if backend is None else clustering.choose_backend(backend),
-        )
-        self.seed = int(seed)
-        self.seconds = 0.0
-        self.clustering_seconds = 0.0
-        self.fresh_samples = 0
+    def __init__(self, settings: Optional[ReclusterSettings] = None, **changes):
+        if settings is not None and not isinstance(settings, ReclusterSettings):
+            raise TypeError(f"settings must be a ReclusterSettings, got {type(settings).__name__}")
+        settings = settings or ReclusterSettings()
+        self.settings = dataclasses.replace(settings, **changes) if changes else settings
 
-    def assign(self, parts, capture, labels, assignment, current_k, k, split=False, memory=None):
-        """The new assignment (int64, one cluster id in [0, k) per sample) on every rank.
+    def __repr__(self):
+        return f"{type(self).__name__}({self.settings!r})"
 
-        ``parts``: the :class:`~pml_divide_conquer.training.TrainingParts` (model, dataset, ...) of an embedding
-        pass; ``capture``: the :class:`~pml_divide_conquer.feature_memory.InputCapture` on the embedder (for
-        ``cluster_on="trunk"``). ``assignment`` holds the current ``current_k`` clusters; with ``split``,
-        ``k == 2 * current_k``. ``memory``: a :class:`~pml_divide_conquer.feature_memory.FeatureMemory` to cluster
-        instead of an embedding pass (only the samples it has no fresh row for are embedded).
+    def assign(self, source, labels, assignment, current_k, k, split=False) -> Reclustering:
+        """The new assignment (one cluster id in [0, k) per sample) on every rank, and what it cost.
+
+        ``source``: a :class:`FeatureSource` (the loop's parts for an embedding pass, the capture of the embedder's
+        input, the feature memory). ``assignment`` holds the current ``current_k`` clusters; with ``split``,
+        ``k == 2 * current_k``.
         """
         start = time.perf_counter()
-        if memory is None:
-            emb = self.embed(parts, capture, labels)
-            self.fresh_samples = len(labels)
+        if source.memory is None:
+            emb, fresh = self.embed(source, labels), len(labels)
         else:
-            emb = self.from_memory(parts, capture, labels, memory)
+            emb, fresh = self.from_memory(source, labels)
         # one rank clusters, all ranks get its result (k-means need not agree bit for bit across processes)
         clustering_start = time.perf_counter()
         if distributed.world_size_and_rank()[1] == 0:
             new = self.cluster(emb, labels, assignment, current_k, k, split)
         else:
             new = np.zeros(len(labels), dtype=np.int64)
-        self.clustering_seconds = time.perf_counter() - clustering_start
+        clustering_seconds = time.perf_counter() - clustering_start
         new = distributed.broadcast_array(new)
-        self.seconds = time.perf_counter() - start
-        return new
+        return Reclustering(new, time.perf_counter() - start, clustering_seconds, fresh)
 
     def cluster(self, emb, labels, assignment, current_k, k, split=False):
         """The clustering alone (numpy in, numpy out): k-means at the current K matched to ``assignment``, then,
         for a split, every cluster split in two."""
+        kmeans = self.settings.kmeans
         base_k = current_k if split else k
         if split and k != 2 * current_k:
             raise ValueError(f"cannot split {current_k} clusters into {k}")
         if base_k == 1:
             new = np.zeros(len(emb), dtype=np.int64)
         else:
-            new = clustering.kmeans_with_retries(emb, base_k, labels, seed=self.seed, **self.kmeans)
+            new = clustering.kmeans_with_retries(emb, base_k, labels, kmeans)
             if current_k == base_k:
                 new = clustering.match_clusters(assignment, new, base_k)
         if split:
-            new = clustering.split_clusters(emb, new, labels, seed=self.seed, **self.kmeans)
+            new = clustering.split_clusters(emb, new, labels, kmeans)
         return new
 
-    def from_memory(self, parts, capture, labels, memory):
-        """The rows training last computed, with the samples that have none since the last reclustering embedded
-        afresh (all of them when the memory is empty); under DDP, on rank 0 (None on the others)."""
+    def from_memory(self, source, labels):
+        """(The rows training last computed, with the samples that have none since the last reclustering embedded
+        afresh - all of them when the memory is empty -, how many were embedded); under DDP the rows are on rank 0
+        (None on the others)."""
+        memory = source.memory
         emb, stale = memory.features_for_clustering()  # the rows on rank 0 only
-        self.fresh_samples = len(stale)
         if len(stale):
-            fresh = self.embed(parts, capture, labels, indices=stale)  # (every rank embeds a shard of them)
+            fresh = self.embed(source, labels, indices=stale)  # (every rank embeds a shard of them)
             if distributed.world_size_and_rank()[1] == 0:
                 if emb is None:
                     emb = np.zeros((len(labels), fresh.shape[1]), dtype=np.float32)
                 emb[stale] = fresh
         memory.mark_used()
-        return emb
+        return emb, len(stale)
 
-    def embed(self, parts, capture, labels, indices=None, space=None):
+    def embed(self, source, labels, indices=None, space=None):
         """L2-normalised trunk outputs (or embeddings) of the training set (or of its samples ``indices``),
-        checked against ``labels``. ``space``: "trunk" or "embedding" (default: ``cluster_on``)."""
+        checked against ``labels``. ``space``: "trunk" or "embedding" (default: ``settings.cluster_on``)."""
+        parts = source.parts
         if parts is None or parts.model is None or parts.dataset is None:
             raise RuntimeError(
                 "reclustering needs to embed training samples, but no model and dataset were given at set-up: "
@@ -142,13 +192,14 @@ class Reclusterer:
                 if parts is not None
                 else "reclustering needs the model and the training set: set the wrapper up first"
             )
-        dataset = parts.dataset if self.dataset is None else self.dataset
-        workers = parts.num_workers if self.num_workers is None else self.num_workers
+        settings = self.settings
+        dataset = parts.dataset if settings.dataset is None else settings.dataset
+        workers = parts.num_workers if settings.num_workers is None else settings.num_workers
         if indices is not None:
             dataset = torch.utils.data.Subset(dataset, np.asarray(indices).tolist())
             labels = np.asarray(labels)[indices]
-        use_trunk = (space or self.cluster_on) == "trunk"
-        emb, embedded = embed_dataset(parts, capture, dataset, use_trunk, self.batch_size, workers)
+        use_trunk = (space or settings.cluster_on) == "trunk"
+        emb, embedded = embed_dataset(parts, source.capture, dataset, use_trunk, settings.batch_size, workers)
         if len(embedded) != len(labels) or not np.array_equal(embedded, labels):
             raise ValueError(
                 "the dataset embedded for clustering does not have the sampler's labels in the same order "
@@ -156,6 +207,18 @@ class Reclusterer:
                 "must hold the training samples in the order of the sampler's labels"
             )
         return emb
+
+
+@dataclass
+class FeatureSource:
+    """Where a reclustering gets its features: the loop's :class:`~pml_divide_conquer.training.TrainingParts` (for
+    an embedding pass), the :class:`~pml_divide_conquer.feature_memory.InputCapture` on the embedder (for
+    ``cluster_on="trunk"``), and the :class:`~pml_divide_conquer.feature_memory.FeatureMemory` (None: an embedding
+    pass every time). The end-of-epoch step makes it at set-up."""
+
+    parts: Any
+    capture: Any = None
+    memory: Any = None
 
 
 def embed_dataset(parts, capture, dataset, use_trunk_output, batch_size, num_workers):

@@ -233,25 +233,13 @@ class DivideConquerSchedule:
         return Step(Action.NONE, k_next, phase, frozen)
 
 
-def make_schedule(schedule, num_learners, conquer_epoch=None, **kwargs):
-    """The schedule a wrapper runs: ``schedule`` itself (checked against ``num_learners``), or one built from the
-    individual arguments ``kwargs`` (recluster_every, full_embedding_epoch, all_data_epoch, grow,
-    freeze_trunk_epochs; the deprecated ``conquer_epoch`` mapped to the two phase epochs)."""
-    if conquer_epoch is not None:
-        if kwargs.get("full_embedding_epoch") is not None or kwargs.get("all_data_epoch") is not None:
-            raise ValueError(
-                "conquer_epoch is the old name of full_embedding_epoch = all_data_epoch: give one or the other"
-            )
-        _warn_conquer_epoch(conquer_epoch, stacklevel=4)
-        kwargs.update(full_embedding_epoch=conquer_epoch, all_data_epoch=conquer_epoch)
+def make_schedule(schedule, num_learners):
+    """The schedule a wrapper runs: ``schedule`` checked against ``num_learners`` (None: the default schedule for
+    ``num_learners`` learners)."""
     if schedule is None:
-        return DivideConquerSchedule(num_learners=num_learners, **kwargs)
+        return DivideConquerSchedule(num_learners=num_learners)
     if not isinstance(schedule, DivideConquerSchedule):
         raise TypeError(f"schedule must be a DivideConquerSchedule, got {type(schedule).__name__}")
-    defaults = dict(recluster_every=2, full_embedding_epoch=None, all_data_epoch=None, grow=True, freeze_trunk_epochs=0)
-    changed = [k for k, v in kwargs.items() if v != defaults[k]]
-    if changed:
-        raise ValueError(f"give the schedule either as schedule= or as {changed}, not both")
     if schedule.num_learners != num_learners:
         raise ValueError(
             f"the schedule has num_learners={schedule.num_learners}, the SubspaceMaskedEmbedder "

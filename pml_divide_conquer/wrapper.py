@@ -10,6 +10,7 @@ from pytorch_metric_learning.losses import BaseMetricLossFunction
 
 from . import checks, heads, records, routing, state
 from .controller import EpochController
+from .deprecation import wrapper_parts
 from .embedder import LEARNED
 from .feature_memory import FeatureMemory, record_batch
 from .heads import FULL_KEY, PER_LEARNER, LabelMap, learner_key
@@ -93,40 +94,20 @@ class DivideConquerWrapper(BaseMetricLossFunction):
         embedder,
         sampler,
         schedule=None,
-        recluster_every=2,
-        full_embedding_epoch=None,
-        all_data_epoch=None,
-        grow=True,
-        freeze_trunk_epochs=0,
+        reclusterer=None,
         heads=PER_LEARNER,
         full_head="imprint",
         orthogonality_weight=0.01,
-        cluster_on="trunk",
-        cluster_dataset=None,
-        cluster_batch_size=256,
-        cluster_num_workers=None,
-        kmeans_niter=100,
-        kmeans_max_points_per_centroid=None,
-        kmeans_max_retries=30,
-        faiss_gpu=None,
-        kmeans_backend=None,
-        seed=0,
-        recluster_from=None,
-        feature_memory_device="cpu",
-        conquer_epoch=None,
+        **deprecated,
     ):
         super().__init__()
         checks.check_wrapper_arguments(loss, miner, embedder, sampler, heads)
-        self.schedule = make_schedule(
-            schedule,
-            embedder.num_learners,
-            recluster_every=recluster_every,
-            full_embedding_epoch=full_embedding_epoch,
-            all_data_epoch=all_data_epoch,
-            grow=grow,
-            freeze_trunk_epochs=freeze_trunk_epochs,
-            conquer_epoch=conquer_epoch,
-        )
+        schedule, reclusterer = wrapper_parts(embedder.num_learners, schedule, reclusterer, deprecated)
+        self.schedule = make_schedule(schedule, embedder.num_learners)
+        if reclusterer is None:
+            reclusterer = Reclusterer()
+        elif not isinstance(reclusterer, Reclusterer):
+            raise TypeError(f"reclusterer must be a Reclusterer, got {type(reclusterer).__name__}")
         # Held outside the module tree: the embedder is trained and saved with the model, and registering it here
         # would put its parameters in the loss's optimizer too.
         self.__dict__["embedder"] = embedder
@@ -135,21 +116,12 @@ class DivideConquerWrapper(BaseMetricLossFunction):
         self.heads = heads
         self.full_head = checks.full_head(full_head)
         self.orthogonality_weight = float(orthogonality_weight)
-        self.reclusterer = Reclusterer(
-            cluster_on=cluster_on,
-            dataset=cluster_dataset,
-            batch_size=cluster_batch_size,
-            num_workers=cluster_num_workers,
-            niter=kmeans_niter,
-            max_points_per_centroid=kmeans_max_points_per_centroid,
-            max_retries=kmeans_max_retries,
-            gpu=faiss_gpu,
-            seed=seed,
-            backend=kmeans_backend,
-        )
-        self.recluster_from = checks.recluster_from(recluster_from, cluster_dataset)
+        self.reclusterer = reclusterer
+        settings = reclusterer.settings
         memory = (
-            FeatureMemory(len(sampler.labels), feature_memory_device) if self.recluster_from == "training" else None
+            FeatureMemory(len(sampler.labels), settings.memory_device)
+            if settings.features_source == "training"
+            else None
         )
         self.__dict__["feature_memory"] = memory
         if checks.needs_equal_counts(loss):
@@ -162,6 +134,11 @@ class DivideConquerWrapper(BaseMetricLossFunction):
         self.last_epoch = -1  # last epoch whose end-of-epoch step has been taken (0: the step before training)
         self.__dict__["router"] = Router(sampler)
         records.init(self)
+
+    @property
+    def recluster_from(self):
+        """``"training"`` or ``"pass"``: where reclusterings get their features (``reclusterer.settings``)."""
+        return self.reclusterer.settings.features_source
 
     def _build_learners(self, loss, miner):
         """One learner (a copy of the loss and miner) per cluster, plus the full-embedding learner."""

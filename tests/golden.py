@@ -13,7 +13,14 @@ import numpy as np
 import torch
 from pytorch_metric_learning import losses, miners
 
-from pml_divide_conquer import ClusterSampler, DivideConquerSchedule, DivideConquerWrapper, SubspaceMaskedEmbedder
+from pml_divide_conquer import (
+    ClusterSampler,
+    DivideConquerSchedule,
+    DivideConquerWrapper,
+    KMeansSettings,
+    Reclusterer,
+    SubspaceMaskedEmbedder,
+)
 
 EPOCHS = 8
 BATCH_SIZE, M, DIM, HIDDEN = 32, 8, 16, 32
@@ -78,12 +85,11 @@ def build(name, seed=0):
         loss = losses.CrossBatchMemory(losses.ContrastiveLoss(), embedding_size=DIM, memory_size=64)
     else:
         loss = losses.TripletMarginLoss(margin=0.1)
-        kwargs.update(cluster_dataset=dataset, cluster_on="embedding")
+        kwargs["reclusterer"] = Reclusterer(dataset=dataset, cluster_on="embedding", kmeans=KMeansSettings(seed=seed))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        dc = DivideConquerWrapper(
-            loss, miner, embedder=embedder, sampler=sampler, schedule=schedule_of(name), seed=seed, **kwargs
-        )
+        kwargs.setdefault("reclusterer", Reclusterer(kmeans=KMeansSettings(seed=seed)))
+        dc = DivideConquerWrapper(loss, miner, embedder=embedder, sampler=sampler, schedule=schedule_of(name), **kwargs)
     groups = [{"params": trunk.parameters()}] + embedder.parameter_groups(lr=1e-3, mask_lr_multiplier=10)
     if any(p.requires_grad for p in dc.parameters()):
         groups.append({"params": dc.parameters(), "lr": 1e-2})

@@ -274,18 +274,25 @@ def test_han_random_clusters_ablation_draws_its_clusters_at_random(bench, digits
     """The ablation's clusters are random: not k-means, and new at every reclustering."""
     from pytorch_metric_learning import losses
 
-    from pml_divide_conquer import ClusterSampler, SubspaceMaskedEmbedder
+    from pml_divide_conquer import (
+        ClusterSampler,
+        DivideConquerWrapper,
+        KMeansSettings,
+        Reclusterer,
+        SubspaceMaskedEmbedder,
+    )
 
     han = bench("han")
     sampler = ClusterSampler(digits.labels, batch_size=16, m=4)
     embedder = SubspaceMaskedEmbedder(16, 4, embedder=torch.nn.Linear(32, 16))
-    w = han.RandomClustersWrapper(losses.TripletMarginLoss(), embedder=embedder, sampler=sampler, seed=3)
-    assert isinstance(w.reclusterer, han.RandomReclusterer) and w.reclusterer.cluster_on == "trunk"
+    random = han.RandomReclusterer(kmeans=KMeansSettings(seed=3))
+    w = DivideConquerWrapper(losses.TripletMarginLoss(), embedder=embedder, sampler=sampler, reclusterer=random)
+    assert w.reclusterer is random and w.reclusterer.settings.cluster_on == "trunk"
     emb = np.random.default_rng(0).normal(size=(len(digits.labels), 8)).astype(np.float32)
     first = w.reclusterer.cluster(emb, digits.labels, sampler.assignment, 2, 4, split=True)
     second = w.reclusterer.cluster(emb, digits.labels, sampler.assignment, 4, 4)
     assert set(np.unique(first)) == {0, 1, 2, 3} and (first != second).mean() > 0.5
-    kmeans = han.Reclusterer(seed=3).cluster(emb, digits.labels, sampler.assignment, 4, 4)
+    kmeans = Reclusterer(kmeans=KMeansSettings(seed=3)).cluster(emb, digits.labels, sampler.assignment, 4, 4)
     assert (first != kmeans).mean() > 0.5
 
 

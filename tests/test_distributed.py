@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
-from pml_divide_conquer import ClusterSampler, clustering
+from pml_divide_conquer import ClusterSampler, KMeansSettings, clustering
 
 
 def test_ranks_draw_disjoint_halves_of_one_cluster_batch():
@@ -89,7 +89,7 @@ def test_ddp_reclustering_equals_single_process_clustering(ddp_run):
     from ddp_worker import dataset
 
     labels = dataset().labels
-    new = clustering.kmeans_with_retries(emb, 2, labels, seed=0)  # the same seed at every reclustering
+    new = clustering.kmeans_with_retries(emb, 2, labels, KMeansSettings(seed=0))  # the same seed at every reclustering
     new = clustering.match_clusters(r0["old_assignment"], new, 2)
     assert np.array_equal(new, r0["new_assignment"])
 

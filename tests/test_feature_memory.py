@@ -59,9 +59,9 @@ def test_memory_state_round_trip_and_bad_input():
 
 
 def test_bad_recluster_from_is_refused(digits):
-    with pytest.raises(ValueError, match='recluster_from must be "pass" or "training"'):
+    with pytest.raises(ValueError, match='features_from must be "training" or "pass"'):
         build(digits, wrapper_kwargs=dict(recluster_from="memory"))
-    with pytest.raises(ValueError, match="cluster_dataset .* would be ignored"):
+    with pytest.raises(ValueError, match="dataset .* would be ignored"):
         build(digits, wrapper_kwargs=dict(recluster_from="training", cluster_dataset=digits))
 
 
@@ -103,7 +103,7 @@ def test_reclustering_embeds_only_the_samples_training_did_not_see(digits, clust
     seen = np.flatnonzero(memory.stamps.numpy() > 0)
     assert 0 < len(seen) <= 40 * 16
     assert embedded == [len(digits) - len(seen)]  # only the unseen samples were embedded
-    assert w.num_active == 2 and w.reclusterer.fresh_samples == embedded[0]
+    assert w.num_active == 2 and w.controller.fresh_samples == embedded[0]
     fresh = w.embed_training_set(t)  # the pass the memory replaces
     np.testing.assert_allclose(memory.features.float().numpy()[seen], fresh[seen], atol=3e-3)
 

@@ -211,7 +211,7 @@ def test_bfloat16_autocast_on_the_cpu(digits, variant):
         dc.end_epoch()
     assert np.isfinite(seen).all() and dc.num_active == 2 and str(dc.phase) == "full_embedding"
     if variant == "memory":
-        assert dc.feature_memory.features.dtype == torch.float16 and dc.reclusterer.fresh_samples < len(digits)
+        assert dc.feature_memory.features.dtype == torch.float16 and dc.controller.fresh_samples < len(digits)
     if variant == "arcface":
         assert dc.learners["full"].W.dtype == torch.float32
 

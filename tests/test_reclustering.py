@@ -7,7 +7,10 @@ import pytest
 import torch
 from pytorch_metric_learning import testers
 
-from pml_divide_conquer.reclustering import Reclusterer
+from pml_divide_conquer import KMeansSettings, Reclusterer
+from pml_divide_conquer.feature_memory import InputCapture
+from pml_divide_conquer.reclustering import FeatureSource
+from pml_divide_conquer.training import TrainingParts
 
 from helpers import build
 
@@ -40,7 +43,7 @@ def test_the_embedding_pass_gives_what_pml_testers_give(digits):
     assert np.allclose(emb, ref, atol=1e-6)
     assert np.allclose(np.linalg.norm(emb, axis=1), 1.0, atol=1e-5)
     trunk_parts = build(digits, num_learners=2)
-    assert trunk_parts["wrapper"].reclusterer.cluster_on == "trunk"  # the default, as in the reference code
+    assert trunk_parts["wrapper"].reclusterer.settings.cluster_on == "trunk"  # the default, as in the reference code
     trunk_parts["wrapper"].prepare(trunk_parts["trainer"])
     trunk_emb = trunk_parts["wrapper"].embed_training_set()
     ref, _ = tester.get_all_embeddings(digits, trunk_parts["trunk"], torch.nn.Identity(), return_as_numpy=True)
@@ -52,7 +55,7 @@ def test_a_split_reclusters_at_the_current_K_matches_then_splits_every_cluster_i
     centers = rng.normal(size=(8, 6))
     labels = np.repeat(np.arange(16), 20)
     emb = (centers[labels // 2] + 0.05 * rng.normal(size=(len(labels), 6))).astype(np.float32)
-    r = Reclusterer(seed=0)
+    r = Reclusterer(kmeans=KMeansSettings(seed=0))
     current = r.cluster(emb, labels, np.zeros(len(labels), dtype=np.int64), current_k=1, k=2, split=True)
     new = r.cluster(emb, labels, 1 - current, current_k=2, k=4, split=True)  # the same clusters, numbered 1, 0
     assert set(np.unique(new)) == {0, 1, 2, 3}
@@ -65,11 +68,13 @@ def test_cluster_space_and_the_time_of_each_part(digits):
     with pytest.raises(ValueError, match='cluster_on must be "trunk" or "embedding"'):
         Reclusterer(cluster_on="features")
     parts = build(digits, num_learners=2)
-    w = parts["wrapper"]
-    w.prepare(parts["trainer"])
-    r, s = w.reclusterer, parts["sampler"]
-    new = r.assign(w.controller.parts, w.controller.capture, s.labels, s.assignment, current_k=1, k=2, split=True)
-    assert sorted(np.unique(new)) == [0, 1] and 0 < r.clustering_seconds < r.seconds
+    model = torch.nn.Sequential(parts["trunk"], parts["embedder"])
+    capture = InputCapture(parts["embedder"])
+    source = FeatureSource(TrainingParts(model=model, dataset=digits), capture)
+    s = parts["sampler"]
+    result = Reclusterer().assign(source, s.labels, s.assignment, current_k=1, k=2, split=True)
+    assert sorted(np.unique(result.assignment)) == [0, 1] and 0 < result.clustering_seconds < result.seconds
+    assert result.fresh_samples == len(digits)  # an embedding pass: every sample embedded
 
 
 def test_a_cluster_dataset_is_what_reclustering_embeds(digits):
