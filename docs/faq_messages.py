@@ -20,7 +20,7 @@ from pathlib import Path
 PACKAGE = Path(__file__).resolve().parents[1] / "pml_divide_conquer"
 WIDTH = 88
 # calls whose (last) string argument is a warning message
-WARN_CALLS = {"warn", "_warn_once"}
+WARN_CALLS = {"warn", "warn_once", "warn_deprecated"}
 # module-level constants holding a message (e.g. routing.NONFINITE): upper-case names, text with spaces
 CONSTANT = re.compile(r"^[A-Z][A-Z0-9_]*$")
 # the fields of training.LoopHints: how messages name the calls of the loop in use

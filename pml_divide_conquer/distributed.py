@@ -19,6 +19,31 @@ def world_size_and_rank():
     return 1, 0
 
 
+class Replicas:
+    """The processes a sampler serves: the world size and rank as given, else torch.distributed's, read each time
+    (so that an object built before ``init_process_group`` follows the processes started later)."""
+
+    def __init__(self, world=None, rank=None):
+        self.given = (None if world is None else int(world), None if rank is None else int(rank))
+
+    @property
+    def world(self):
+        return self.given[0] if self.given[0] is not None else world_size_and_rank()[0]
+
+    @property
+    def rank(self):
+        return self.given[1] if self.given[1] is not None else world_size_and_rank()[1]
+
+    def check(self, what, error=RuntimeError):
+        """Raise ``error`` if this process is not the rank (of the world size) ``what`` was built for."""
+        world, rank = world_size_and_rank()
+        if (self.world, self.rank) != (world, rank):
+            raise error(
+                f"{what} was built for rank {self.rank} of {self.world}, but this process is rank {rank} of {world}: "
+                "build it after torch.distributed.init_process_group()"
+            )
+
+
 def _device():
     # nccl moves CUDA tensors only; gloo moves CPU tensors
     if dist.get_backend() == "nccl":

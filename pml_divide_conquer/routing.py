@@ -1,15 +1,19 @@
 """Routing: which learner a training batch goes to, from the sampler's record (ticket) of that batch, checked
 against what the loop hands the loss - without reading device values on the host at each step.
 
-What can only be checked on the device (non-finite embeddings, labels on a GPU that do not match the ticket) is
-noted in a device flag and raised at the next :meth:`Router.check` (the end-of-epoch step: one sync an epoch); on
-the CPU, where reading costs nothing, at once.
+Every check of a batch against what the :class:`~pml_divide_conquer.ClusterSampler` drew, and every message to
+the loop about it, is here. What can only be checked on the device (non-finite embeddings, labels on a GPU that
+do not match the ticket) is noted in a device flag and raised at the next :meth:`Router.check` (the end-of-epoch
+step: one sync an epoch); on the CPU, where reading costs nothing, at once.
 """
+
+from typing import NamedTuple
 
 import numpy as np
 import torch
 
 from . import distributed
+from .planning import as_int_array
 
 NONFINITE = (
     "non-finite values (NaN or inf) in the embeddings reaching DivideConquerWrapper: the model has diverged or the "
@@ -17,12 +21,52 @@ NONFINITE = (
 )
 LABELS = (
     "the labels the loss received do not match the batch ClusterSampler drew, so the batch cannot be routed to its "
-    "learner. Build ClusterSampler from the labels exactly as the loop hands them to the loss, in dataset order."
+    "learner. Build ClusterSampler from the labels exactly as the loop hands them to the loss (after PML's "
+    "set_min_label_to_zero / dataset_labels / label_hierarchy_level), in dataset order. (Calling the loss twice for "
+    "one batch, as LBFGS or SAM closures do: wrap the calls in `with dc.one_batch():`.)"
+)
+NOT_DRAWN = (
+    "DivideConquerWrapper received a batch that its ClusterSampler did not draw. Give the same ClusterSampler to "
+    "the DataLoader (sampler=...) as to the wrapper, and do not call the wrapper on batches from another "
+    "DataLoader while it is in train() mode (a validation loss: call dc.eval() first; a second call on the same "
+    "batch: use `with dc.one_batch():`)."
+)
+STALE = (
+    "a batch drawn before the last reclustering reached the loss. Change clusters only through the wrapper's "
+    "end-of-epoch step (or recluster()), between epochs; after a reclustering inside an epoch, start a new "
+    "iterator over the DataLoader, so that no stale prefetched batch is trained on."
+)
+AS_BATCH_SAMPLER = (
+    "ClusterSampler yields sample indices, but the DataLoader got it as batch_sampler=. Pass "
+    "DataLoader(dataset, batch_size=..., sampler=sampler) or "
+    "DataLoader(dataset, batch_sampler=sampler.batch_sampler())."
 )
 
 
+class Ticket(NamedTuple):
+    """The sampler's record of one batch it drew: what the loss must receive, and which learner trains on it."""
+
+    version: int  # which cluster assignment it was drawn from
+    pass_index: int
+    position: int  # batch number within the pass
+    cluster: int
+    indices: np.ndarray  # this rank's share of the batch
+    fingerprint: int  # of the whole cluster batch (all ranks): equal on all ranks when their plans agree
+    step: int  # batches consumed before this one since training started (the same on all ranks)
+
+
+class FirstIndex(int):
+    """The first sample index of each sampler iterator: an ordinary int, but one that a DataLoader given the
+    ClusterSampler as ``batch_sampler=`` (which takes each index for a batch of indices and iterates it) stops at
+    with what to pass instead, rather than torch's "'int' object is not iterable"."""
+
+    def __iter__(self):
+        raise TypeError(AS_BATCH_SAMPLER)
+
+
 class Router:
-    """Takes the ticket of each training batch in order (inside :meth:`hold`, the first call's for every call).
+    """Takes the ticket of each training batch in order (inside ``dc.one_batch()``, the first call's for every
+    call) and checks the batch against it.
 
     Examples:
         >>> router = Router(sampler)
@@ -67,7 +111,8 @@ class Router:
             ticket = self.held[0]
             self._check_labels(labels, ticket, "inside dc.one_batch() the loss was called on another batch")
             return ticket
-        self.sampler.check_rank(RuntimeError)
+        sampler = self.sampler
+        sampler.check_rank(RuntimeError)
         if isinstance(current_epoch, int) and current_epoch - 1 > last_epoch:
             raise RuntimeError(
                 f"epoch {current_epoch} is training, but DivideConquerWrapper's end-of-epoch step was last taken after "
@@ -75,15 +120,24 @@ class Router:
                 f"train without D&C: {hints.end_epoch}. When resuming, load the wrapper's state_dict (saved with the "
                 "model) first."
             )
-        # labels on a device are checked on the device (below); the ticket's own checks then see only their length
-        on_host = labels.device.type == "cpu" if torch.is_tensor(labels) else True
-        ticket = self.sampler.pop_ticket(labels if on_host else None, hints.batch_size_holder, num_labels=len(labels))
-        if not on_host:
-            self._check_labels(labels, ticket, LABELS)
-        if ticket.step - self.sampler._epoch_start >= self.sampler.batches_per_epoch:
+        ticket = sampler.next_ticket()
+        if ticket is None:
+            raise RuntimeError(NOT_DRAWN)
+        size = len(labels)
+        if size != len(ticket.indices):
+            raise RuntimeError(
+                f"the loss received a batch of {size} samples, but ClusterSampler draws batches of "
+                f"{sampler.batch_size}. Give {hints.batch_size_holder} batch_size={sampler.batch_size} (the "
+                "sampler's), and do not drop samples from the batch (e.g. with PML's subset_batch_miner)."
+            )
+        self._check_labels(labels, ticket, LABELS)  # on a device: flagged there, raised at the epoch end
+        if ticket.version != sampler.version:
+            raise RuntimeError(STALE)
+        sampler.consume(ticket)
+        if sampler.position_in_epoch(ticket) >= sampler.batches_per_epoch:
             raise RuntimeError(
                 f"a batch of epoch {last_epoch + 2} reached DivideConquerWrapper, but the end-of-epoch step after "
-                f"epoch {last_epoch + 1} was not taken ({self.sampler.batches_per_epoch} batches an epoch): no "
+                f"epoch {last_epoch + 1} was not taken ({sampler.batches_per_epoch} batches an epoch): no "
                 f"reclustering, split or phase change would happen and the run would silently train without D&C: "
                 f"{hints.end_epoch}."
             )
@@ -98,9 +152,14 @@ class Router:
         return ticket
 
     def _check_labels(self, labels, ticket, message):
-        expected = torch.from_numpy(self.sampler.labels[ticket.indices])
+        """Raise (on the host) or flag (on a device) ``message`` if ``labels`` are not those of ``ticket``'s batch."""
+        expected = self.sampler.labels[ticket.indices]
         if torch.is_tensor(labels) and labels.device.type != "cpu":
-            expected = expected.to(labels.device, non_blocking=True)
+            expected = torch.from_numpy(expected).to(labels.device, non_blocking=True)
             self.flag(~(expected == labels.long()).all(), message)
-        elif not np.array_equal(np.asarray(torch.as_tensor(labels)), expected.numpy()):
+            return
+        got = as_int_array(labels, "the batch's labels")
+        if got.ndim != 1:
+            raise ValueError(f"expected 1-D labels, got shape {got.shape}")
+        if not np.array_equal(got, expected):
             raise RuntimeError(message)

@@ -160,7 +160,7 @@ def test_loss_trains_inside_the_wrapper_through_splits_and_small_class_fragments
     assert len(seen) == 24 and np.isfinite(seen).all()
     w = parts["wrapper"]
     assert w.phase == "all_data" and w.num_active == 2
-    assert "fragments" in parts["sampler"]._warned  # class fragments smaller than m were there, and left out
+    assert "fragments" in parts["sampler"].clusters.warned  # class fragments smaller than m were there, and left out
     in_clusters = parts["batch_counts"][6:18]  # epochs 2 and 3: batches from 2 clusters
     if name == "SmoothAPLoss":
         assert all(len(set(c.tolist())) == 1 for c in parts["batch_counts"])

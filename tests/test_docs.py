@@ -288,7 +288,7 @@ FAQ_MUST_COVER = [
     "DivideConquerWrapper's end-of-epoch step was last taken after epoch",
     "were never taken",
     "received a batch that its ClusterSampler did not draw",
-    "wrapper.one_batch()",
+    "dc.one_batch()",
     "the labels the loss received do not match the batch ClusterSampler drew",
     "got an indices_tuple and a miner in DivideConquerWrapper",
     # the schedule, the wrapper's arguments, reclustering

@@ -91,11 +91,13 @@ def test_calls_out_of_order_say_what_to_call(digits):
 
 
 def test_dataloader_misuse_is_refused_with_what_to_pass(digits):
-    sampler = ClusterSampler(digits.labels, batch_size=16, m=4)
+    parts = build_plain(digits)
+    dc, model = parts["wrapper"], parts["model"]
     with pytest.raises(TypeError, match=r"batch_sampler=sampler\.batch_sampler\(\)"):
-        next(iter(torch.utils.data.DataLoader(digits, batch_sampler=sampler)))
-    with pytest.raises(ValueError, match="the DataLoader's batch_size=32 differs from ClusterSampler's batch_size=16"):
-        next(iter(torch.utils.data.DataLoader(digits, batch_size=32, sampler=sampler)))
+        next(iter(torch.utils.data.DataLoader(digits, batch_sampler=parts["sampler"])))
+    x, y, _ = next(iter(torch.utils.data.DataLoader(digits, batch_size=32, sampler=parts["sampler"])))
+    with pytest.raises(RuntimeError, match="a batch of 32 samples, but ClusterSampler draws batches of 16. Give the "):
+        dc(model(x), y)  # the first batch says so
 
 
 def test_a_loss_parameter_no_optimizer_holds_and_a_mixed_trunk_group_are_refused(digits):

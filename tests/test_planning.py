@@ -8,6 +8,8 @@ from hypothesis import strategies as st
 
 from pml_divide_conquer import planning
 
+import pool_views
+
 
 def test_one_integer_array_coercion_for_lists_arrays_and_tensors():
     assert planning.as_int_array([1, 2], "x").dtype == np.int64
@@ -22,10 +24,10 @@ def test_one_integer_array_coercion_for_lists_arrays_and_tensors():
 def test_servable_pools_leave_out_fragments_and_clusters_that_cannot_fill_a_batch():
     labels = np.array([0] * 6 + [1] * 6 + [2] * 3 + [3] * 7)
     assignment = np.array([0] * 12 + [0] * 3 + [1] * 7)
-    pools = planning.servable_pools(labels, assignment, 2, m=4, batch_size=8)
+    pools = pool_views.servable_pools(labels, assignment, 2, m=4, batch_size=8)
     assert set(pools) == {0}  # cluster 1: one class of 7 gives one group of 4 distinct samples, a batch needs 2
     assert [len(p) for p in pools[0]] == [6, 6]  # class 2 (3 samples) left out of cluster 0
-    assert [len(f) for f in planning.fragments(labels, assignment, 2, m=4)] == [3]
+    assert [len(f) for f in pool_views.fragments(labels, assignment, 2, m=4)] == [3]
 
 
 @settings(max_examples=100, deadline=None)
@@ -41,7 +43,7 @@ def test_cluster_batches_never_repeat_a_sample_and_take_whole_groups(sizes, m, g
     pools = [np.arange(start[i], start[i + 1]) for i in range(len(sizes)) if sizes[i] >= m]
     if not pools or sum(len(p) // m for p in pools) < groups:
         return
-    batches = planning.cluster_batches(pools, n_batches, groups, m, np.random.default_rng(seed))
+    batches = pool_views.cluster_batches(pools, n_batches, groups, m, np.random.default_rng(seed))
     owner = np.repeat(np.arange(len(sizes)), sizes)
     for b in batches:
         assert len(b) == groups * m and len(set(b.tolist())) == len(b)
@@ -51,8 +53,8 @@ def test_cluster_batches_never_repeat_a_sample_and_take_whole_groups(sizes, m, g
 def test_a_pass_visits_the_clusters_round_robin():
     labels = np.repeat(np.arange(8), 10)
     assignment = np.repeat([0, 0, 0, 0, 0, 0, 1, 1], 10)  # 60 and 20 samples
-    pools = planning.servable_pools(labels, assignment, 2, m=2, batch_size=4)
-    plan = planning.plan_pass(pools, 4, 2, np.random.default_rng(0))
+    pools = pool_views.servable_pools(labels, assignment, 2, m=2, batch_size=4)
+    plan = pool_views.plan_pass(pools, 4, 2, np.random.default_rng(0))
     assert [c for c, _ in plan] == [0, 1] * 15  # as many batches as the larger cluster needs
 
 

@@ -3,9 +3,14 @@
 import warnings
 
 import numpy as np
+import pytest
 import torch
 from pytorch_metric_learning import testers
 from pytorch_metric_learning.utils.accuracy_calculator import AccuracyCalculator
+
+from pml_divide_conquer import ClusterSampler
+from pml_divide_conquer.routing import Router
+from pml_divide_conquer.training import PLAIN_LOOP
 
 from helpers import Recorder, build, drop_index
 
@@ -177,3 +182,38 @@ def test_a_second_run_in_the_process_prints_no_tracebacks(digits, capfd):
         pass
     err = capfd.readouterr().err
     assert "can only test a child process" not in err and "Exception ignored" not in err, err[-2000:]
+
+
+def test_the_router_refuses_what_the_sampler_did_not_draw():
+    labels = np.repeat(np.arange(4), 10)
+    s = ClusterSampler(labels, batch_size=8, m=4)
+    router = Router(s)
+    with pytest.raises(RuntimeError, match="did not draw"):
+        router.take(torch.zeros(8, dtype=torch.long), PLAIN_LOOP, 0, None)
+    it = iter(s)
+    idx = [next(it) for _ in range(8)]
+    with pytest.raises(RuntimeError, match="batch of 4 samples.*Give the DataLoader batch_size=8"):
+        router.take(torch.as_tensor(labels[idx[:4]]), PLAIN_LOOP, 0, None)
+    with pytest.raises(RuntimeError, match="do not match"):
+        router.take(torch.as_tensor(labels[idx]) + 1, PLAIN_LOOP, 0, None)
+    ticket = router.take(torch.as_tensor(labels[idx]), PLAIN_LOOP, 0, None)
+    assert np.array_equal(ticket.indices, idx) and s.next_ticket() is None
+
+
+def test_a_batch_drawn_before_a_reassignment_is_refused():
+    labels = np.repeat(np.arange(4), 10)
+    s = ClusterSampler(labels, batch_size=8, m=4)
+    it = iter(s)
+    idx = [next(it) for _ in range(8)]
+    s.set_assignment(labels % 2)
+    with pytest.raises(RuntimeError, match="before the last reclustering"):
+        Router(s).take(torch.as_tensor(labels[idx]), PLAIN_LOOP, 0, None)
+
+
+def test_a_dataloader_given_the_sampler_as_batch_sampler_says_what_to_pass(digits):
+    sampler = ClusterSampler(digits.labels, batch_size=16, m=4)
+    with pytest.raises(TypeError, match=r"got it as batch_sampler=\. Pass .*batch_sampler=sampler\.batch_sampler\(\)"):
+        next(iter(torch.utils.data.DataLoader(digits, batch_sampler=sampler)))
+    # the index that says so is an ordinary int to everything else
+    first = next(iter(sampler))
+    assert first == int(first) and digits[first][2] == int(first)

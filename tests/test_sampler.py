@@ -2,7 +2,6 @@ import warnings
 
 import numpy as np
 import pytest
-import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -17,14 +16,14 @@ def take_pass(sampler):
         flat = list(iter(sampler))  # the rest of the epoch
         for i in range(0, len(flat), sampler.batch_size):
             b = np.array(flat[i : i + sampler.batch_size])
-            ticket = sampler._tickets[0]
+            ticket = sampler.next_ticket()
             if pass_index is None:
                 pass_index = ticket.pass_index
             if ticket.pass_index != pass_index:
                 return out
-            t = sampler.pop_ticket(torch.as_tensor(sampler.labels[b]))
-            assert np.array_equal(t.indices, b)
-            out.append((t.cluster, b))
+            assert np.array_equal(ticket.indices, b)
+            sampler.consume(ticket)
+            out.append((ticket.cluster, b))
         sampler.start_epoch()
 
 
@@ -131,7 +130,8 @@ def test_state_dict_resumes_the_same_stream_mid_pass():
     it = iter(a)
     flat = [next(it) for _ in range(3 * 20)]
     for i in range(3):
-        a.pop_ticket(torch.as_tensor(labels[flat[20 * i : 20 * (i + 1)]]))
+        assert np.array_equal(a.next_ticket().indices, flat[20 * i : 20 * (i + 1)])
+        a.consume(a.next_ticket())
     state = a.state_dict()
     rest_a = list(it) + list(iter(a))
     b = ClusterSampler(labels, batch_size=20, m=4, seed=99)
@@ -147,32 +147,7 @@ def test_new_iterator_drops_tickets_of_abandoned_prefetch():
     _ = [next(it) for _ in range(16)]  # two batches "prefetched", never consumed
     it2 = iter(s)
     first = [next(it2) for _ in range(8)]
-    t = s.pop_ticket(torch.as_tensor(labels[first]))
-    assert np.array_equal(t.indices, first)
-
-
-def test_pop_ticket_refuses_what_it_did_not_draw():
-    labels = np.repeat(np.arange(4), 10)
-    s = ClusterSampler(labels, batch_size=8, m=4)
-    with pytest.raises(RuntimeError, match="did not draw"):
-        s.pop_ticket(torch.zeros(8, dtype=torch.long))
-    it = iter(s)
-    idx = [next(it) for _ in range(8)]
-    with pytest.raises(RuntimeError, match="batch of 4 samples"):
-        s.pop_ticket(torch.as_tensor(labels[idx[:4]]))
-    idx = [next(it) for _ in range(8)]
-    with pytest.raises(RuntimeError, match="do not match"):
-        s.pop_ticket(torch.as_tensor(labels[idx] + 1))
-
-
-def test_stale_batch_after_reassignment_is_refused():
-    labels = np.repeat(np.arange(4), 10)
-    s = ClusterSampler(labels, batch_size=8, m=4)
-    it = iter(s)
-    idx = [next(it) for _ in range(8)]
-    s.set_assignment(labels % 2)
-    with pytest.raises(RuntimeError, match="before the last reclustering"):
-        s.pop_ticket(torch.as_tensor(labels[idx]))
+    assert np.array_equal(s.next_ticket().indices, first) and len(s.waiting_tickets()) == 1
 
 
 @pytest.mark.parametrize(

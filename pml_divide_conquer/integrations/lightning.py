@@ -187,6 +187,13 @@ class DivideConquerCallback(pl.Callback):
                 f"return DataLoader(train_set, batch_size={dc.sampler.batch_size}, sampler=<the ClusterSampler>) "
                 "from train_dataloader(), and set pl.Trainer(use_distributed_sampler=False)"
             )
+        batch_size = getattr(loader, "batch_size", None)
+        if isinstance(batch_size, int) and batch_size != dc.sampler.batch_size:
+            raise ValueError(
+                f"the DataLoader's batch_size={batch_size} differs from ClusterSampler's batch_size="
+                f"{dc.sampler.batch_size}: give the DataLoader batch_size={dc.sampler.batch_size}, or pass "
+                "batch_sampler=sampler.batch_sampler() instead of batch_size= and sampler=."
+            )
 
 
 __all__ = ["DivideConquerCallback"]
