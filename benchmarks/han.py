@@ -48,7 +48,9 @@ from pml_divide_conquer import (
     Reclusterer,
     ReclusterSettings,
     SubspaceMaskedEmbedder,
+    heads,
 )
+from pml_divide_conquer.learners import AssembledHeads
 
 from common import markdown_table, pyplot, report, setup, write_csv
 
@@ -316,63 +318,41 @@ ASSEMBLIES = {
 }
 
 
-def patch_assembly(wrapper, mode):
-    """Research: after the library's step that leaves the divide phase, restart the full head as ``mode`` says."""
-    if mode == "concat":
-        return
-    if mode not in ASSEMBLIES:
-        raise ValueError(f"unknown assemble {mode!r}: one of {list(ASSEMBLIES)}")
-    from pml_divide_conquer.schedule import Phase
+class RestartedHeads(AssembledHeads):
+    """Research: the full head assembled as the library does, then restarted as ``mode`` says (ASSEMBLIES); passed
+    to the wrapper as ``full_head=``."""
 
-    controller = wrapper.controller
-    library_step = controller.step
+    def __init__(self, mode):
+        if mode not in ASSEMBLIES:
+            raise ValueError(f"unknown assemble {mode!r}: one of {list(ASSEMBLIES)}")
+        self.mode = mode
 
-    def step(epoch):
-        leaving = (
-            epoch == wrapper.last_epoch + 1
-            and epoch > 0
-            and wrapper.phase == Phase.DIVIDE
-            and wrapper.schedule.step_after_epoch(epoch).phase != Phase.DIVIDE
-        )
-        owners, k = (controller._class_owners(), wrapper.num_active) if leaving else (None, None)
-        library_step(epoch)
-        if leaving:
-            restart_head(wrapper, mode, owners, k)
+    def __repr__(self):
+        return f"RestartedHeads({self.mode!r})"
 
-    controller.step = step
-
-
-@torch.no_grad()
-def restart_head(wrapper, mode, owners, k):
-    from pml_divide_conquer.heads import FULL_KEY
-
-    w = wrapper.learners[FULL_KEY].W  # embedding_size x classes
-    if mode == "concat-unit":
-        w.copy_(torch.nn.functional.normalize(w, dim=0))
-    elif mode == "owner":
-        size = w.shape[0] // k
-        keep = torch.zeros_like(w)
-        for c, o in enumerate(owners):
-            keep[o * size : (o + 1) * size, c] = 1
-        w.mul_(keep)
-    elif mode == "fresh":
-        w.copy_(torch.randn(w.shape, generator=torch.Generator().manual_seed(4321)))
-    elif mode in ("imprint", "imprint-kept"):
-        from pml_divide_conquer import heads
-
-        norms = w.norm(dim=0, keepdim=True)
-        c = wrapper.controller
-        rng = torch.get_rng_state(), np.random.get_state()
-        emb = wrapper.reclusterer.embed(c.parts, c.capture, wrapper.sampler.labels, space="embedding")
-        torch.set_rng_state(rng[0]), np.random.set_state(rng[1])
-        heads.imprint(
-            wrapper.learners[FULL_KEY],
-            torch.as_tensor(emb),
-            wrapper.map_labels(torch.as_tensor(wrapper.sampler.labels)),
-        )
-        if mode == "imprint-kept":
-            w.mul_(norms)
-    w.grad = None
+    @torch.no_grad()
+    def start(self, learners, context):
+        super().start(learners, context)
+        w, mode = learners.full.W, self.mode  # embedding_size x classes
+        if mode == "concat-unit":
+            w.copy_(torch.nn.functional.normalize(w, dim=0))
+        elif mode == "owner":
+            size = w.shape[0] // context.num_active
+            keep = torch.zeros_like(w)
+            for c, o in enumerate(context.class_owner):
+                keep[o * size : (o + 1) * size, c] = 1
+            w.mul_(keep)
+        elif mode == "fresh":
+            w.copy_(torch.randn(w.shape, generator=torch.Generator().manual_seed(4321)))
+        elif mode in ("imprint", "imprint-kept"):
+            norms = w.norm(dim=0, keepdim=True)
+            rng = torch.get_rng_state(), np.random.get_state()
+            emb, labels = context.embed()
+            torch.set_rng_state(rng[0]), np.random.set_state(rng[1])
+            heads.imprint(learners.full, emb, labels)
+            if mode == "imprint-kept":
+                w.mul_(norms)
+        w.grad = None
 
 
 @torch.no_grad()
@@ -505,15 +485,14 @@ def finetune(cfg, data, trunk_state, device):
             ),
             reclusterer=(RandomReclusterer if cfg.random_clusters else Reclusterer)(settings),
             heads=cfg.heads,
-            full_head=cfg.full_head if cfg.assemble == "concat" else "assembled",
+            full_head=cfg.full_head if cfg.assemble == "concat" else RestartedHeads(cfg.assemble),
             orthogonality_weight=cfg.orthogonality_weight,
         ).to(device)
         if cfg.learner_scale:
-            from pml_divide_conquer.heads import learner_key
+            from pml_divide_conquer.learners import learner_key
 
             for k in range(wrapper.num_learners):
                 wrapper.learners[learner_key(k)].scale = cfg.learner_scale
-        patch_assembly(wrapper, cfg.assemble)
         loss_funcs, mining_funcs = {"metric_loss": wrapper}, {}
         hook = wrapper.get_end_of_epoch_hook()
     else:

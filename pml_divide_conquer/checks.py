@@ -10,6 +10,7 @@ from pytorch_metric_learning.miners import BaseMiner, EmbeddingsAlreadyPackagedA
 from . import heads
 from .compat import DistributedMinerWrapper
 from .embedder import SubspaceMaskedEmbedder
+from .learners import HEAD_MODES, PER_LEARNER, SHARED
 from .sampler import ClusterSampler
 
 # Losses that need the same number of samples of every class in a batch (they raise otherwise)
@@ -78,8 +79,8 @@ def check_wrapper_arguments(loss, miner, embedder, sampler, heads_mode):
             f"sampler must be a ClusterSampler, got {type(sampler).__name__}: batches must come from one "
             "cluster each, and the wrapper must know which"
         )
-    if heads_mode not in (heads.SHARED, heads.PER_LEARNER):
-        raise ValueError(f'heads must be "{heads.SHARED}" or "{heads.PER_LEARNER}", got {heads_mode!r}')
+    if heads_mode not in HEAD_MODES:
+        raise ValueError(f'heads must be "{SHARED}" or "{PER_LEARNER}", got {heads_mode!r}')
     num_classes = len(np.unique(sampler.labels))
     if embedder.num_learners > num_classes:
         raise ValueError(
@@ -89,10 +90,15 @@ def check_wrapper_arguments(loss, miner, embedder, sampler, heads_mode):
     heads.check_fits(loss, embedder.embedding_size, num_classes)
 
 
-FULL_HEADS = ("imprint", "assembled")
-
-
-def full_head(value):
-    if value not in FULL_HEADS:
-        raise ValueError(f'full_head must be "imprint" or "assembled", got {value!r}')
-    return value
+def check_parameters_are_optimized(wrapper, optimizers):
+    """Raise a clear error if a trainable parameter of ``wrapper`` (a classification head, a learnable beta) is in
+    none of ``optimizers``: it would never train."""
+    held = {id(p) for opt in optimizers for group in opt.param_groups for p in group["params"]}
+    missing = [name for name, p in wrapper.named_parameters() if p.requires_grad and id(p) not in held]
+    if missing:
+        shown = ", ".join(missing[:3]) + (f" and {len(missing) - 3} more" if len(missing) > 3 else "")
+        raise ValueError(
+            f"DivideConquerWrapper has trainable parameters that no optimizer holds ({shown}): they would never "
+            'train. Give them to an optimizer (PML\'s trainers: optimizers["metric_loss_optimizer"] = '
+            "torch.optim.Adam(dc.parameters(), lr=...)), or set requires_grad=False on them to keep them fixed."
+        )

@@ -76,6 +76,14 @@ class SubspaceMaskedEmbedder(torch.nn.Module):
     def subspace_size(self, num_active):
         return self.embedding_size // num_active if self.mode == FIXED else self.embedding_size
 
+    def subspace_dims(self, learner, num_active):
+        """The embedding dims of learner ``learner``'s subspace: a slice (fixed chunks), or None (learned masks: all
+        of them, weighted by the mask)."""
+        if self.mode == LEARNED:
+            return None
+        size = self.subspace_size(num_active)
+        return slice(learner * size, (learner + 1) * size)
+
     def subspace(self, embeddings, learner, num_active):
         """Learner ``learner``'s view of the (full) ``embeddings`` when ``num_active`` learners are active."""
         if not 0 <= learner < num_active <= self.num_learners:

@@ -234,12 +234,19 @@ class FeatureMemory:
             "num_samples": self.num_samples,
         }
 
-    def load_state_dict(self, state):
-        self._layout()
-        world, rank = int(state.get("world", 1)), int(state.get("rank", 0))
+    def check_state(self, state):
+        """Raise a ValueError if ``state`` is not a feature memory of this training set."""
+        missing = [k for k in ("features", "stamps", "step", "used_until") if k not in state]
+        if missing:
+            raise ValueError(f"the saved feature memory lacks {missing}: it is not a FeatureMemory's state_dict()")
         n = int(state.get("num_samples", len(state["stamps"])))
         if n != self.num_samples:
             raise ValueError(f"the saved feature memory holds {n} samples, this training set {self.num_samples}")
+
+    def load_state_dict(self, state):
+        self.check_state(state)
+        self._layout()
+        world, rank = int(state.get("world", 1)), int(state.get("rank", 0))
         features, stamps = state["features"], state["stamps"].cpu().long()
         self.step, self.used_until = int(state["step"]), int(state["used_until"])
         self._staged, self._staged_rows, self._consolidated = [], 0, None

@@ -1,4 +1,5 @@
-"""Heads of classification-style losses (ArcFace, CosFace, ProxyAnchor, SoftTriple, ...), shared or per learner.
+"""Heads of classification-style losses (ArcFace, CosFace, ProxyAnchor, SoftTriple, ...): the parameter-level
+mechanics the learners (:mod:`pml_divide_conquer.learners`) use, shared or per learner.
 
 PML's classification losses hold a parameter sized by ``embedding_size``: ``W`` (embedding_size x classes),
 ``fc`` (SoftTriple, same layout) or ``proxies`` (classes x embedding_size).
@@ -21,33 +22,6 @@ import torch
 from pytorch_metric_learning.losses import CrossBatchMemory, LargeMarginSoftmaxLoss, P2SGradLoss
 
 from .torch_utils import carry_optimizer_state
-
-FULL_KEY = "full"  # the learner of the full-embedding and all-data phases
-SHARED = "shared"
-PER_LEARNER = "per_learner"
-
-
-class LabelMap:
-    """Training labels -> 0..C-1, the range classification heads are built for; a copy of the class ids per device
-    (labels on a GPU are mapped there: no host sync)."""
-
-    def __init__(self, class_ids):
-        self.class_ids = torch.as_tensor(np.asarray(class_ids))
-        self._on = {}
-
-    def __call__(self, labels, known=False):
-        """The mapped labels, or None if some label is no training class (``known``: they are, unchecked)."""
-        ids = self._on.get(labels.device)
-        if ids is None:
-            ids = self._on[labels.device] = self.class_ids.to(labels.device)
-        pos = torch.searchsorted(ids, labels).clamp(max=len(ids) - 1)
-        return pos if known or bool((ids[pos] == labels).all()) else None
-
-
-def learner_key(k):
-    # name-like keys: record-keeper builds SQL table names from module paths, and "0" would break them
-    return f"learner{k}"
-
 
 # parameter name -> which of its two dimensions is the embedding dimension
 HEAD_PARAMS = {"W": 0, "fc": 0, "proxies": 1}
@@ -167,24 +141,6 @@ def memory_size(module):
     return sizes.pop() if sizes else None
 
 
-def learners_extra_state(learners):
-    """What the learners' own state_dicts leave out: their CrossBatchMemory sizes and fill state."""
-    return {
-        "memory_sizes": {k: memory_size(m) for k, m in learners.items()},
-        "memory_fill": {k: memory_fill(m) for k, m in learners.items()},
-    }
-
-
-def load_learners_extra_state(learners, state):
-    """Give the learners' memories their saved sizes (so that the saved tensors fit) and fill state; call it
-    before the learners load their own state_dicts."""
-    for k, size in state.get("memory_sizes", {}).items():
-        if size is not None:
-            resize_memories(learners[k], int(size))
-    for k, fill in state.get("memory_fill", {}).items():
-        set_memory_fill(learners[k], fill)
-
-
 def memory_fill(module):
     """(queue_idx, has_been_filled) of each CrossBatchMemory in ``module``, which its state_dict leaves out."""
     return [[int(m.queue_idx), bool(m.has_been_filled)] for m in memories(module)]
@@ -293,56 +249,3 @@ def imprint(dst, embeddings, labels):
         p.grad = None
         done += 1
     return done
-
-
-# ------------------------------------------------------------------------------------------------ the learners
-
-
-def make_learners(loss, miner, num_learners, mode, first_size):
-    """(losses, miners): a copy of ``loss`` (and ``miner``) per learner plus the full-embedding learner, in
-    ``ModuleDict``s keyed ``learner0..`` and ``"full"``. With ``mode="shared"`` the full learner owns the loss's
-    parameters and the learners' copies borrow them at each call; learners' heads (and memories) start at
-    ``first_size`` dims."""
-    keys = [learner_key(k) for k in range(num_learners)] + [FULL_KEY]
-    losses = torch.nn.ModuleDict({k: copy.deepcopy(loss) for k in keys})
-    miners = torch.nn.ModuleDict({k: copy.deepcopy(miner) for k in keys}) if miner is not None else None
-    for k in keys[:-1]:
-        if mode == SHARED:
-            drop_parameters(losses[k])
-        resize_memories(losses[k], first_size)
-    return losses, miners
-
-
-def learner_loss(losses, miners, key, x, labels, indices_tuple, mode, dims=None, ref_emb=None, ref_labels=None):
-    """Learner ``key``'s loss on its view ``x`` of the batch (mined in that view when it has a miner); with shared
-    heads, on the full learner's parameters, heads restricted to embedding ``dims`` (a slice; None: all); with
-    per-learner heads, on the first ``x.shape[1]`` rows of its own heads. ``ref_emb`` (the same view of the reference
-    embeddings) and ``ref_labels`` are passed on when given."""
-    if miners is not None:
-        indices_tuple = miners[key](x, labels, ref_emb, ref_labels)
-    args = (x, labels, indices_tuple)
-    if ref_emb is not None or ref_labels is not None:
-        args += (ref_emb, ref_labels)
-    owner = losses[FULL_KEY]
-    if mode == SHARED and key != FULL_KEY and has_parameters(owner):
-        loss = torch.func.functional_call(losses[key], borrowed_parameters(owner, dims), args)
-    elif head_rows(losses[key]) not in (None, x.shape[1]):  # a per-learner head on a subspace
-        rows = borrowed_parameters(losses[key], slice(0, x.shape[1]))
-        loss = torch.func.functional_call(losses[key], rows, args)
-    else:
-        loss = losses[key](*args)
-    if not torch.is_tensor(loss):
-        loss = x.sum() * 0.0 + loss
-    return loss
-
-
-def split_learners(losses, miners, num_active, halves=None, optimizers=(), size=None):
-    """K -> 2K: learners 2c and 2c+1 start from learner c, heads holding ``halves[0]`` / ``halves[1]`` of its rows
-    (None: all, as with learned masks), optimizer state following; memories get ``size`` dims."""
-    halves = halves or [None, None]
-    # from the last parent down, so that no parent is overwritten before its children are made
-    for c in reversed(range(num_active)):
-        for child, dims in ((2 * c + 1, halves[1]), (2 * c, halves[0])):
-            inherit(losses[learner_key(c)], losses[learner_key(child)], dims, optimizers, size)
-            if miners is not None and child != c:
-                inherit(miners[learner_key(c)], miners[learner_key(child)])

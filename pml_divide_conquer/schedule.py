@@ -198,9 +198,11 @@ class DivideConquerSchedule:
 
     def learners_in_epoch(self, epoch: int) -> int:
         """The number of learners (subspaces) in effect during ``epoch``; in the all-data phase, the K reached
-        before it."""
+        before it (1 if it starts at epoch 1: no data was ever divided)."""
         if epoch < 1:
             raise ValueError(f"epochs are numbered from 1, got {epoch}")
+        if self.all_data_epoch == 1:
+            return 1
         if not self.grow:
             return self.num_learners
         if self.all_data_epoch is not None:

@@ -2,18 +2,19 @@
 
 import contextlib
 import warnings
+import weakref
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from pytorch_metric_learning.losses import BaseMetricLossFunction
 
-from . import checks, heads, records, routing, state
+from . import checks, records, routing, state
 from .controller import EpochController
 from .deprecation import wrapper_parts
 from .embedder import LEARNED
 from .feature_memory import FeatureMemory, record_batch
-from .heads import FULL_KEY, PER_LEARNER, LabelMap, learner_key
+from .learners import FULL_KEY, PER_LEARNER, Learners, learner_key
 from .reclustering import Reclusterer
 from .routing import Router
 from .schedule import Phase, make_schedule
@@ -25,48 +26,37 @@ HALF = (torch.float16, torch.bfloat16)
 class DivideConquerWrapper(BaseMetricLossFunction):
     """Divide & Conquer around any label-based PML loss (and miner): ``loss = dc(embeddings, labels)``.
 
-    Training runs in up to three phases (:class:`~pml_divide_conquer.DivideConquerSchedule`): **divide** (each
-    batch comes from one cluster of the :class:`ClusterSampler` and trains that cluster's learner on its subspace of
-    the embedding, given by the :class:`SubspaceMaskedEmbedder`; every ``recluster_every`` epochs the data is
-    reclustered, new clusters matched to the learners, and with ``grow=True`` split in two until ``num_learners``),
-    **full embedding** (the loss on the whole embedding, batches still from clusters) and **all data**.
-    ``DivideConquerSchedule.journal(num_epochs, K)`` and ``.cvpr(num_epochs, K)`` give the authors' schedules.
-
-    The epoch step runs where the loop says an epoch ended: your own loop calls :meth:`setup` once and
-    :meth:`end_epoch` after each epoch; Lightning takes ``DivideConquerCallback``
-    (``pml_divide_conquer.integrations.lightning``); PML's trainers :meth:`prepare` and
+    Each batch (from one cluster of the :class:`ClusterSampler`) trains that cluster's learner on its subspace of
+    the :class:`SubspaceMaskedEmbedder`'s embedding; the :class:`DivideConquerSchedule` says when to recluster, split
+    and change phase (divide, full embedding, all data). The epoch step runs where the loop says an epoch ended:
+    your own loop calls :meth:`setup` once and :meth:`end_epoch` after each epoch; Lightning takes
+    ``DivideConquerCallback`` (``pml_divide_conquer.integrations.lightning``); PML's trainers :meth:`prepare` and
     :meth:`get_end_of_epoch_hook`.
 
     Args:
-        loss, miner: a PML loss that takes labels, and optionally a tuple miner (one copy of each per learner,
-            applied in the learner's subspace).
+        loss: a PML loss that takes labels (one copy per learner).
+        miner: optionally a PML tuple miner (one copy per learner, applied in the learner's subspace).
         embedder: the :class:`SubspaceMaskedEmbedder` that produces the embeddings (K = its ``num_learners``).
         sampler: the :class:`ClusterSampler` the training DataLoader draws from.
-        schedule: a :class:`DivideConquerSchedule`, or None to build one from ``recluster_every`` (T, epochs),
-            ``full_embedding_epoch``, ``all_data_epoch``, ``grow`` (True: K doubles from 1, journal; False: K fixed,
-            clustered at set-up, CVPR) and ``freeze_trunk_epochs`` (the trunk's learning rate is 0 for that many
-            epochs after each reclustering; its parameters need a param group of their own).
+        schedule: a :class:`DivideConquerSchedule` (default: ``DivideConquerSchedule(num_learners=K)``, K doubling
+            from 1 every 2 epochs).
+        reclusterer: a :class:`~pml_divide_conquer.Reclusterer`: what is clustered, where its features come from,
+            the k-means settings (default: the reference's, clustering the trunk features training computed).
         heads: classification losses (ArcFace, CosFace, ProxyAnchor, SoftTriple, ...): ``"per_learner"`` (one head
-            per learner sized to its subspace; the full-embedding head starts from them put together) or
-            ``"shared"`` (one full-size head each learner trains its part of). See docs/how-to/arcface.md.
-        full_head: per-learner heads: how the full-embedding head starts when the divide phase ends: ``"imprint"``
-            (each class's vector the mean full embedding of its training samples, unit norm; one no-grad pass;
-            :func:`heads.imprint`) or ``"assembled"`` (the learners' heads put together, as before 0.3: with ArcFace
-            on 300 Han classes it left D&C 0.5 R@1 below the baseline with a pretrained trunk; docs/benchmarks.md).
+            per learner sized to its subspace) or ``"shared"`` (one full-size head each learner trains its part of).
+            See docs/how-to/arcface.md.
+        full_head: per-learner heads: how the full-embedding head starts when the divide phase ends:
+            ``"imprint"`` (:class:`~pml_divide_conquer.learners.ImprintedHeads`), ``"assembled"``
+            (:class:`~pml_divide_conquer.learners.AssembledHeads`) or a :class:`~pml_divide_conquer.learners.HeadStart`.
         orthogonality_weight: lambda of the mask orthogonality term (learned masks only, divide phase).
-        cluster_on: ``"trunk"`` (as the reference: the L2-normalised input of the SubspaceMaskedEmbedder, i.e. the
-            trunk's output) or ``"embedding"``.
-        recluster_from: ``"training"`` (default): cluster the features training last computed for each sample
-            (float16, N x dim x 2 bytes), embedding afresh only samples no batch held since the last reclustering;
-            ``"pass"`` (as the reference, the default with ``cluster_dataset``): embed the training set each time.
-        cluster_dataset: the training samples with test-time transforms, in the same order, for ``"pass"``.
-        feature_memory_device: ``"cpu"`` (default) or the training device, for the rows of ``"training"``.
-        cluster_batch_size, cluster_num_workers: of the embedding pass (workers default: the training loop's).
-        kmeans_niter, kmeans_max_points_per_centroid, kmeans_max_retries, faiss_gpu, seed: k-means as the reference
-            runs it (100 iterations, all points, retried with seed + t until every cluster has 2 classes of 2).
-        kmeans_backend: ``"faiss"`` or ``"torch"``; None (default): faiss on a GPU when faiss-gpu sees one, k-means
-            in torch on the GPU when only torch does, faiss on the CPU otherwise.
-        conquer_epoch: deprecated; ``full_embedding_epoch = all_data_epoch = conquer_epoch``.
+        **deprecated: the keywords of 0.3 (``recluster_every=``, ``cluster_on=``, ``seed=``, ...), for one release,
+            with a FutureWarning naming the new spelling (see CHANGELOG.md).
+
+    Public attributes: ``schedule``, ``embedder``, ``sampler``, ``reclusterer``, ``controller`` (the
+    :class:`~pml_divide_conquer.controller.EpochController`), ``learners`` and ``miners`` (``ModuleDict``s of the
+    learners' copies of the loss and miner, keyed ``"learner0"``, ... and ``"full"``), ``feature_memory``; read-only:
+    ``last_epoch``, ``num_active`` (K), ``phase``, ``num_clusters``, ``num_learners``, ``recluster_seconds``,
+    ``clustering_seconds``; written by each training call: ``current_learner``, ``learner{k}_loss``, ...
 
     Examples:
         >>> embedder = SubspaceMaskedEmbedder(
@@ -104,63 +94,42 @@ class DivideConquerWrapper(BaseMetricLossFunction):
         checks.check_wrapper_arguments(loss, miner, embedder, sampler, heads)
         schedule, reclusterer = wrapper_parts(embedder.num_learners, schedule, reclusterer, deprecated)
         self.schedule = make_schedule(schedule, embedder.num_learners)
-        if reclusterer is None:
-            reclusterer = Reclusterer()
-        elif not isinstance(reclusterer, Reclusterer):
+        self.reclusterer = reclusterer = Reclusterer() if reclusterer is None else reclusterer
+        if not isinstance(reclusterer, Reclusterer):
             raise TypeError(f"reclusterer must be a Reclusterer, got {type(reclusterer).__name__}")
-        # Held outside the module tree: the embedder is trained and saved with the model, and registering it here
-        # would put its parameters in the loss's optimizer too.
-        self.__dict__["embedder"] = embedder
-        self.__dict__["sampler"] = sampler
-        self.__dict__["controller"] = EpochController(self)
         self.heads = heads
-        self.full_head = checks.full_head(full_head)
         self.orthogonality_weight = float(orthogonality_weight)
-        self.reclusterer = reclusterer
-        settings = reclusterer.settings
-        memory = (
-            FeatureMemory(len(sampler.labels), settings.memory_device)
-            if settings.features_source == "training"
-            else None
-        )
-        self.__dict__["feature_memory"] = memory
         if checks.needs_equal_counts(loss):
             sampler.require_equal_counts()  # e.g. SmoothAPLoss: the same number of samples of every class a batch
-        # labels reach the learners mapped to 0..C-1, the range classification heads are built for (kept on the
-        # CPU, where loaders hand labels over: mapping them costs no device sync)
-        self.__dict__["label_map"] = LabelMap(np.unique(sampler.labels))
-        self._build_learners(loss, miner)
-        self.num_active = 1
-        self.last_epoch = -1  # last epoch whose end-of-epoch step has been taken (0: the step before training)
+        first_size = embedder.subspace_size(self.schedule.learners_in_epoch(1))
+        learners = Learners(loss, miner, embedder.num_learners, heads, first_size, np.unique(sampler.labels), full_head)
+        self.learners, self.miners = learners.losses, learners.miners  # registered: saved and moved with the loss
+        settings = reclusterer.settings  # features_from="training": a memory of the features training computed
+        memory = (
+            FeatureMemory(len(sampler.labels), settings.memory_device) if self.recluster_from == "training" else None
+        )
+        # Held outside the module tree: the embedder is trained and saved with the model (registering it here would
+        # put its parameters in the loss's optimizer too), the sampler and the rest are no modules.
+        self.__dict__.update(embedder=embedder, sampler=sampler, feature_memory=memory, _learners=learners)
+        self.__dict__["controller"] = EpochController(self.schedule, sampler, embedder, learners, reclusterer, memory)
         self.__dict__["router"] = Router(sampler)
-        records.init(self)
+        records.init(self, embedder.num_learners)
+        self.update_cluster_stats()
 
-    @property
-    def recluster_from(self):
-        """``"training"`` or ``"pass"``: where reclusterings get their features (``reclusterer.settings``)."""
-        return self.reclusterer.settings.features_source
+    # ------------------------------------------------------------------ read-only state (the controller's)
 
-    def _build_learners(self, loss, miner):
-        """One learner (a copy of the loss and miner) per cluster, plus the full-embedding learner."""
-        first_size = self.embedder.subspace_size(self.schedule.learners_in_epoch(1))
-        self.learners, self.miners = heads.make_learners(loss, miner, self.num_learners, self.heads, first_size)
+    last_epoch = property(lambda self: self.controller.last_epoch, doc="The last epoch stepped (0: before epoch 1).")
+    num_active = property(lambda self: self.controller.num_active, doc="K: the learners training in this epoch.")
+    phase = property(lambda self: self.controller.phase, doc="The phase of the epoch being trained.")
+    recluster_seconds = property(lambda self: self.controller.recluster_seconds, doc="The last reclustering's time.")
+    clustering_seconds = property(lambda self: self.controller.clustering_seconds, doc="Its k-means and matching.")
+    full_head = property(lambda self: self._learners.full_head, doc="How the full-embedding heads start.")
 
-    @property
-    def phase(self):
-        """The phase of the epoch being trained (before training: of epoch 1)."""
-        return self.schedule.phase_in_epoch(max(self.last_epoch, 0) + 1)
+    phase_id = property(lambda self: list(Phase).index(self.phase), doc="The phase's number (record-keeper's).")
+    num_clusters = property(lambda self: self.sampler.num_clusters, doc="K of the sampler's assignment.")
+    num_learners = property(lambda self: self.embedder.num_learners, doc="The most learners (the embedder's K).")
 
-    @property
-    def phase_id(self):
-        return list(Phase).index(self.phase)
-
-    @property
-    def num_clusters(self):
-        return self.sampler.num_clusters
-
-    @property
-    def num_learners(self):
-        return self.embedder.num_learners
+    recluster_from = property(lambda self: self.reclusterer.settings.features_source, doc="training or pass.")
 
     # ------------------------------------------------------------------ the loss
 
@@ -184,6 +153,7 @@ class DivideConquerWrapper(BaseMetricLossFunction):
 
     def _forward(self, embeddings, labels, indices_tuple, ref_emb, ref_labels):
         self.router.flag(~torch.isfinite(embeddings.detach()).all(), routing.NONFINITE, FloatingPointError)
+        learners, controller = self._learners, self.controller
         if not self.training:  # outside training (e.g. a validation loss): the full learner, full space
             if embeddings.requires_grad and torch.is_grad_enabled():
                 raise RuntimeError(
@@ -192,35 +162,33 @@ class DivideConquerWrapper(BaseMetricLossFunction):
                     "the mode modules had when fit() started; PML: keep it out of freeze_these)."
                 )
             ref = None if ref_emb is None else F.normalize(ref_emb, dim=1)
-            return self._learner_loss(FULL_KEY, F.normalize(embeddings, dim=1), labels, indices_tuple, ref, ref_labels)
-        if not self.controller.is_set_up:
-            raise RuntimeError(f"DivideConquerWrapper was not set up: {self.controller.hints.setup}")
-        parts = self.controller.parts
-        epoch = parts.current_epoch() if parts.current_epoch is not None else None
-        ticket = self.router.take(labels, self.controller.hints, self.last_epoch, epoch)
+            x = F.normalize(embeddings, dim=1)
+            return learners.loss(FULL_KEY, x, labels, indices_tuple, None, ref, ref_labels, known=False)
+        if not controller.is_set_up:
+            raise RuntimeError(f"DivideConquerWrapper was not set up: {controller.hints.setup}")
+        ticket = self.router.take(labels, controller.hints, controller.last_epoch, controller.loop_epoch())
         if self.feature_memory is not None:  # the trunk's output (the embedder's input), or the embedding
-            capture = self.controller.capture
-            features = embeddings.detach() if capture is None else capture.take()
-            record_batch(self.feature_memory, features, ticket.indices)
-        if self.phase != Phase.DIVIDE:
+            record_batch(self.feature_memory, controller.batch_features(embeddings), ticket.indices)
+        if controller.phase != Phase.DIVIDE:
             self.current_learner = self.num_learners
             ref = None if ref_emb is None else F.normalize(ref_emb, dim=1)
-            loss = self._learner_loss(FULL_KEY, F.normalize(embeddings, dim=1), labels, indices_tuple, ref, ref_labels)
+            loss = learners.loss(FULL_KEY, F.normalize(embeddings, dim=1), labels, indices_tuple, None, ref, ref_labels)
             self.full_loss = loss.detach()
             return loss
-        k = ticket.cluster
-        if k >= self.num_active:
+        k, num_active = ticket.cluster, controller.num_active
+        if k >= num_active:
             raise RuntimeError(
-                f"batch from cluster {k} but only {self.num_active} learners are active: the sampler's assignment "
+                f"batch from cluster {k} but only {num_active} learners are active: the sampler's assignment "
                 "was changed outside DivideConquerWrapper"
             )
         self.current_learner = k
-        x = self.embedder.subspace(embeddings, k, self.num_active)
-        ref = None if ref_emb is None else self.embedder.subspace(ref_emb, k, self.num_active)
-        loss = self._learner_loss(learner_key(k), x, labels, indices_tuple, ref, ref_labels, learner=k)
+        x = self.embedder.subspace(embeddings, k, num_active)
+        ref = None if ref_emb is None else self.embedder.subspace(ref_emb, k, num_active)
+        dims = self.embedder.subspace_dims(k, num_active)
+        loss = learners.loss(learner_key(k), x, labels, indices_tuple, dims, ref, ref_labels)
         setattr(self, f"learner{k}_loss", loss.detach())
-        if self.embedder.mode == LEARNED and self.num_active > 1:
-            ortho = self.embedder.orthogonality_loss(self.num_active)
+        if self.embedder.mode == LEARNED and num_active > 1:
+            ortho = self.embedder.orthogonality_loss(num_active)
             self.orthogonality = ortho.detach()
             if self.orthogonality_weight:
                 loss = loss + self.orthogonality_weight * ortho.to(loss.device)
@@ -228,31 +196,12 @@ class DivideConquerWrapper(BaseMetricLossFunction):
 
     def map_labels(self, labels, known=False):
         """Training labels -> 0..C-1 (C training classes), on the labels' device. Labels outside the training classes
-        (eval on other classes) stay as they are; ``known``: the labels are training labels (no check, no sync)."""
-        return self.label_map(labels, known)
-
-    def _learner_loss(self, key, x, labels, indices_tuple, ref_emb=None, ref_labels=None, learner=None):
-        mapped = self.map_labels(labels, known=self.training)  # training labels were checked against the sampler's
-        if mapped is None and heads.has_heads(self.learners[FULL_KEY]):
-            raise ValueError(
-                "labels outside the training classes reached a classification loss (it has one weight per training "
-                "class): compute it only on training classes"
-            )
-        labels = labels if mapped is None else mapped
-        if ref_labels is not None:
-            ref_mapped = self.map_labels(ref_labels, known=self.training)
-            ref_labels = ref_labels if ref_mapped is None else ref_mapped
-        dims = None if key == FULL_KEY else self.learner_dims(learner, self.num_active)
-        return heads.learner_loss(
-            self.learners, self.miners, key, x, labels, indices_tuple, self.heads, dims, ref_emb, ref_labels
-        )
+        (eval on other classes) give None; ``known``: the labels are training labels (no check, no sync)."""
+        return self._learners.map_labels(labels, known)
 
     def learner_dims(self, learner, num_active):
         """The embedding dims of learner ``learner``'s subspace (None: all, as with learned masks)."""
-        if self.embedder.mode == LEARNED:
-            return None
-        size = self.embedder.subspace_size(num_active)
-        return slice(learner * size, (learner + 1) * size)
+        return self.embedder.subspace_dims(learner, num_active)
 
     @contextlib.contextmanager
     def one_batch(self):
@@ -297,14 +246,23 @@ class DivideConquerWrapper(BaseMetricLossFunction):
             data_and_label_getter: batch -> (inputs, labels) (default: its first two items).
             collate_fn, num_workers: of the DataLoader that embeds samples for clustering.
 
-        It checks the set-up, hooks the embedder (its input is the trunk's output that reclustering clusters) and
-        the optimizers (trunk freezing), and takes the step before epoch 1 (clustering the data when K starts above
-        1). When resuming, load the wrapper's ``state_dict`` first: a step already taken is not repeated.
+        It checks the set-up, hooks the embedder (reclustering clusters its input) and the optimizers (trunk freezing)
+        and takes the step before epoch 1. When resuming, load the wrapper's ``state_dict`` first.
         """
         parts = plain_loop_parts(self, model, dataset, optimizers, device, dtype, num_workers, collate_fn)
         if data_and_label_getter is not None:
             parts.data_and_label_getter = data_and_label_getter
+        return self.setup_parts(parts)
+
+    def setup_parts(self, parts):
+        """Set D&C up from a :class:`~pml_divide_conquer.training.TrainingParts` (what :meth:`setup`, the Lightning
+        callback and :meth:`prepare` do for their loops): checks them, hooks the embedder and the optimizers, takes
+        the step before epoch 1."""
+        checks.check_parameters_are_optimized(self, parts.optimizers)
+        self.router.check()  # what was flagged on the device before
         self.controller.setup(parts)
+        weakref.finalize(self, self.controller.remove_hooks)  # the hooks go with the wrapper
+        self.update_cluster_stats()
         return self
 
     def end_epoch(self, epoch=None):
@@ -312,7 +270,9 @@ class DivideConquerWrapper(BaseMetricLossFunction):
 
         ``epoch``: the epoch that just ended, counted from 1 (default: the one after the last step). Call it after
         the last batch of each epoch, before the next epoch's ``iter(loader)``."""
+        self.router.check()  # what was flagged on the device during the epoch
         self.controller.end_epoch(epoch)
+        self.update_cluster_stats()
 
     def recluster(self, trainer=None, num_learners=None):
         """Recluster now, outside the schedule, into the current K clusters matched to the learners (``trainer``:
@@ -323,16 +283,17 @@ class DivideConquerWrapper(BaseMetricLossFunction):
                 "and learners together)"
             )
         self.controller.recluster()
+        self.update_cluster_stats()
 
     def embed_training_set(self, trainer=None):
         """L2-normalised features of the training set, as an embedding pass for reclustering computes them."""
         return self.controller.embed_training_set()
 
     def update_cluster_stats(self):
-        records.update_cluster_stats(self)
+        """Refresh the recorded cluster sizes, classes and mask usage (after the clusters changed)."""
+        records.write_cluster_stats(self, self.sampler, self.embedder, self.num_active)
 
-    # ------------------------------------------------------------------ PML's trainers (integrations/pml.py)
-    # The glue is imported here, where it is used: the core imports no trainer framework (PML 3 has none).
+    # ------------------------------------------------------------------ PML's trainers (their glue imported where used)
 
     def prepare(self, trainer):
         """PML's ``MetricLossOnly`` / ``TrainWithClassifier``: check the trainer and take the step before epoch 1.
@@ -366,15 +327,23 @@ class DivideConquerWrapper(BaseMetricLossFunction):
 
     def consolidate_state_dict(self, to=0):
         """Under DDP, gather what only other ranks hold (rows of the feature memory) to rank ``to``, so that its
-        :meth:`state_dict` resumes the run exactly. A collective: call it on every rank, then save on rank ``to``
-        (like torch's ``ZeroRedundancyOptimizer.consolidate_state_dict``); ``state_dict()`` itself never
-        communicates. The Lightning callback and PML's end-of-epoch hook call it; without it, a resumed run
-        embeds the missing rows afresh at its next reclustering. A no-op in one process."""
+        :meth:`state_dict` resumes the run exactly: a collective, called on every rank before rank ``to`` saves
+        (as torch's ``ZeroRedundancyOptimizer.consolidate_state_dict``; the Lightning callback and PML's end-of-epoch
+        hook call it). ``state_dict()`` itself never communicates. A no-op in one process."""
         if self.feature_memory is not None:
             self.feature_memory.consolidate(to)
 
     def get_extra_state(self):
-        return state.extra_state(self)
+        return state.extra_state(self.controller)
 
     def set_extra_state(self, saved):
-        state.load_extra_state(self, saved)
+        state.load(saved, self.controller)
+        self.update_cluster_stats()
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing, unexpected, errors):
+        # everything is checked before anything of the wrapper changes: a refused checkpoint leaves it as it was
+        state.check_keys(self, state_dict, prefix, strict)
+        saved = state_dict.get(prefix + "_extra_state")
+        if saved is not None:
+            state.check(saved, self.controller)
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing, unexpected, errors)

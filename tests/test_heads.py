@@ -8,6 +8,7 @@ import torch
 from pytorch_metric_learning import losses
 
 from pml_divide_conquer import heads
+from pml_divide_conquer.learners import ImprintedHeads
 
 from helpers import IndexedDataset, build
 
@@ -62,7 +63,7 @@ def test_shared_head_each_fixed_chunk_learner_trains_its_slice(small_digits, nam
     with torch.no_grad():
         getattr(reference, qual).copy_(head.narrow(dim, D // 2, D // 2))
     w.zero_grad()
-    got = w._learner_loss("learner1", x, y, None, learner=1)
+    got = w.controller.learners.loss("learner1", x, y, None, dims=slice(D // 2, D))
     assert torch.allclose(got, reference(x, y), atol=1e-6)
     got.backward()
     grad = head.grad
@@ -90,7 +91,7 @@ def test_shared_head_with_learned_masks_is_the_whole_head_on_the_masked_embeddin
     reference = losses.ArcFaceLoss(C, D)
     with torch.no_grad():
         reference.W.copy_(w.learners["full"].W)
-    assert torch.allclose(w._learner_loss("learner0", x, y, None, learner=0), reference(x, y), atol=1e-6)
+    assert torch.allclose(w.controller.learners.loss("learner0", x, y, None), reference(x, y), atol=1e-6)
 
 
 def test_per_learner_full_head_starts_from_the_learners_heads_put_together(small_digits):
@@ -126,7 +127,7 @@ def test_per_learner_full_head_with_learned_masks_takes_each_class_from_its_clus
 def test_per_learner_full_head_is_imprinted_from_the_class_means_of_the_full_embedding(small_digits, mode):
     parts = trained(small_digits, losses.ArcFaceLoss(C, D), epochs=2, heads_mode="per_learner", mode=mode)
     w = parts["wrapper"]
-    assert w.full_head == "imprint"
+    assert isinstance(w.full_head, ImprintedHeads)
     w.end_epoch(3)  # into the full-embedding phase (epoch 4)
     with torch.no_grad():
         x = torch.as_tensor(small_digits.data)

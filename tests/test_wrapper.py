@@ -272,8 +272,8 @@ def test_schedule_given_whole_or_in_parts_not_both():
 
 
 def test_miner_given_twice_is_refused():
-    w = wrapper_for(LABELS, loss=losses.ContrastiveLoss())
-    w.miners = torch.nn.ModuleDict({k: miners.PairMarginMiner() for k in w.learners})
+    emb, sampler = SubspaceMaskedEmbedder(8, 2), ClusterSampler(LABELS, batch_size=8, m=4)
+    w = DivideConquerWrapper(losses.ContrastiveLoss(), miners.PairMarginMiner(), embedder=emb, sampler=sampler)
     with pytest.raises(ValueError, match="miner only to the wrapper"):
         w(torch.randn(8, 8), torch.zeros(8, dtype=torch.long), (torch.tensor([0]),) * 4)
 
@@ -291,10 +291,16 @@ def test_learner_loss_is_the_wrapped_loss_on_its_subspace_plus_orthogonality():
     with torch.no_grad():
         emb.masks.copy_(torch.randn(2, 8))
     sampler = ClusterSampler(labels, batch_size=8, m=4, seed=0)
-    w = DivideConquerWrapper(losses.ContrastiveLoss(), embedder=emb, sampler=sampler, orthogonality_weight=0.5)
+    w = DivideConquerWrapper(
+        losses.ContrastiveLoss(),
+        embedder=emb,
+        sampler=sampler,
+        schedule=DivideConquerSchedule(num_learners=2, grow=False),  # K=2 from the start
+        orthogonality_weight=0.5,
+    )
     trainer_for(w, labels)
-    sampler.set_assignment(labels % 2)
-    w.num_active = 2
+    sampler.set_assignment(labels % 2)  # clusters of our choosing
+    assert w.num_active == 2
     it = iter(sampler)
     idx = [next(it) for _ in range(8)]
     e = torch.randn(8, 8)

@@ -114,7 +114,7 @@ class DivideConquerCallback(pl.Callback):
         )
         if self.data_and_label_getter is not None:
             parts.data_and_label_getter = self.data_and_label_getter
-        dc.controller.setup(parts)
+        dc.setup_parts(parts)
 
     def on_train_start(self, trainer, pl_module):
         # the DataLoader Lightning actually iterates (it may have replaced the sampler)

@@ -147,7 +147,7 @@ def prepare(wrapper, trainer):
     check_end_of_epoch_hook(trainer, wrapper)
     if trainer.iterations_per_epoch:  # PML's epochs, not one baseline epoch: the sampler's epochs follow them
         wrapper.sampler.set_batches_per_epoch(int(trainer.iterations_per_epoch))
-    wrapper.controller.setup(parts_from_trainer(trainer))
+    wrapper.setup_parts(parts_from_trainer(trainer))
 
 
 def end_of_epoch_hook(wrapper, trainer, consolidate=True):
