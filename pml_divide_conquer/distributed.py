@@ -44,7 +44,7 @@ class Replicas:
             )
 
 
-def _device():
+def collective_device():
     # nccl moves CUDA tensors only; gloo moves CPU tensors
     if dist.get_backend() == "nccl":
         return torch.device("cuda", torch.cuda.current_device())
@@ -61,7 +61,7 @@ def gather_shards(local, n):
     if not is_distributed():
         return local
     world, _ = world_size_and_rank()
-    device = _device()
+    device = collective_device()
     local_t = torch.as_tensor(local).to(device)
     # a rank whose shard is empty (fewer samples than ranks) cannot know the row size: take the largest
     width = torch.tensor([int(np.prod(local_t.shape[1:])) if len(local_t) else -1], device=device)
@@ -84,7 +84,7 @@ def broadcast_array(array, src=0):
     """Rank ``src``'s int64 array, on every rank (the others pass an array of the same shape)."""
     if not is_distributed():
         return array
-    t = torch.as_tensor(np.ascontiguousarray(array, dtype=np.int64)).to(_device())
+    t = torch.as_tensor(np.ascontiguousarray(array, dtype=np.int64)).to(collective_device())
     dist.broadcast(t, src=src)
     return t.cpu().numpy()
 
@@ -94,7 +94,7 @@ def check_same_on_all_ranks(values, what):
     if not is_distributed():
         return
     world, rank = world_size_and_rank()
-    t = torch.as_tensor(values, dtype=torch.long, device=_device())
+    t = torch.as_tensor(values, dtype=torch.long, device=collective_device())
     parts = [torch.empty_like(t) for _ in range(world)]
     dist.all_gather(parts, t)
     seen = [p.cpu().tolist() for p in parts]
@@ -111,7 +111,7 @@ def all_gather_varying(local):
     if not is_distributed():
         return local
     world, _ = world_size_and_rank()
-    device = _device()
+    device = collective_device()
     size = torch.tensor([len(local)], device=device)
     sizes = [torch.empty_like(size) for _ in range(world)]
     dist.all_gather(sizes, size)

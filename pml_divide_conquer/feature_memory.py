@@ -140,7 +140,7 @@ class FeatureMemory:
 
     def _exchange(self, indices, rows, steps):
         """Send every staged row to the rank that owns it; return the rows this rank owns."""
-        world, device = self.world, distributed._device()
+        world, device = self.world, distributed.collective_device()
         owner = indices % world
         order = np.argsort(owner, kind="stable")
         indices, steps, rows = indices[order], steps[order], rows[torch.as_tensor(order).to(rows.device)]
@@ -168,7 +168,7 @@ class FeatureMemory:
         local = self.features if what == "features" else self.stamps
         if not distributed.is_distributed():
             return local.cpu()
-        device = distributed._device()
+        device = distributed.collective_device()
         width = 1 if local.dim() == 1 else local.shape[1]
         rows_per_rank = len(range(0, self.num_samples, self.world))
         chunk = max(1, CHUNK_BYTES // (self.world * width * local.element_size()))
