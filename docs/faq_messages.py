@@ -7,7 +7,7 @@ Each message is rendered as a template: the text of the string (f-strings and co
 count too, and a message that names the calls of the loop in use (``{hints.setup}``, ``{hints.end_epoch}``,
 ``{batch_size_holder}``: a ``LoopHints`` of training.py or of an integration) is also rendered once per loop, with
 that loop's text filled in, as users see it. The FAQ (docs/faq.md) quotes them in ```text blocks, whole or
-in part (a leading or trailing "…" marks a part), wrapped at 88 characters; tests/test_docs.py checks that every
+in part (a leading or trailing "…" marks a part), wrapped at 88 characters; tests/test_faq.py checks that every
 such block is a piece of one of these templates, so the FAQ cannot quote a message the code no longer gives.
 """
 

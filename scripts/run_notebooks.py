@@ -5,7 +5,7 @@
 Each notebook runs top to bottom in a fresh kernel, in a scratch folder, with this checkout's package and torch on
 one thread (PML_DC_THREADS, default 1). The outputs are stored only if they are clean: no error, nothing on
 stderr (warnings), no path of this machine. Every code cell gets a hash of its source in its metadata
-(``pml_dc.source_sha256``), so tests/test_docs.py can check that the stored outputs come from the stored code.
+(``pml_dc.source_sha256``), so tests/test_notebooks.py can check that the stored outputs come from the stored code.
 Notebook 5 (the paper recipe) needs a GPU and the datasets, and is stored without outputs.
 """
 

@@ -11,8 +11,9 @@ from pytorch_metric_learning.utils.distributed import DistributedLossWrapper
 from sklearn.datasets import load_digits
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from pml_divide_conquer import ClusterSampler, DivideConquerWrapper, SubspaceMaskedEmbedder
+from pml_divide_conquer import DivideConquerSchedule
 
+import factory
 from helpers import IndexedDataset, Recorder
 
 ITERS = 15
@@ -25,24 +26,17 @@ def dataset():
 
 
 def make(ds, records, outer_distributed_wrapper=False, sampler_seed=0, recluster_from="pass"):
-    torch.manual_seed(0)
-    trunk = torch.nn.Sequential(torch.nn.Linear(64, 32), torch.nn.ReLU())
-    embedder = SubspaceMaskedEmbedder(16, 2, mode="learned", embedder=torch.nn.Linear(32, 16))
-    # rank and world size from torch.distributed
-    sampler = ClusterSampler(ds.labels, batch_size=8, m=4, seed=sampler_seed)
     inner = losses.TripletMarginLoss(margin=0.1)
-    if outer_distributed_wrapper:  # the whole wrapper inside PML's DistributedLossWrapper
-        wrapper = DivideConquerWrapper(inner, embedder=embedder, sampler=sampler, recluster_every=1)
-        metric_loss = DistributedLossWrapper(wrapper)
-    else:  # each learner's loss gathers its own subspace embeddings (recommended)
-        wrapper = DivideConquerWrapper(
-            DistributedLossWrapper(inner),
-            embedder=embedder,
-            sampler=sampler,
-            recluster_every=1,
-            recluster_from=recluster_from,
-        )
-        metric_loss = wrapper
+    # rank and world size of the sampler from torch.distributed
+    parts = factory.make(
+        ds, mode="learned", batch_size=8, sampler_options=dict(seed=sampler_seed),
+        # the whole wrapper inside PML's DistributedLossWrapper, or (recommended) each learner's loss gathering its
+        # own subspace embeddings
+        loss=inner if outer_distributed_wrapper else DistributedLossWrapper(inner),
+        recluster=dict(features_from="pass" if outer_distributed_wrapper else recluster_from),
+    )  # fmt: skip
+    trunk, embedder, sampler, wrapper = parts["trunk"], parts["embedder"], parts["sampler"], parts["wrapper"]
+    metric_loss = DistributedLossWrapper(wrapper) if outer_distributed_wrapper else wrapper
     optimizers = {
         "trunk_optimizer": torch.optim.Adam(trunk.parameters(), lr=1e-3),
         "embedder_optimizer": torch.optim.Adam(embedder.parameter_groups(lr=1e-3, mask_lr_multiplier=10)),
@@ -115,12 +109,9 @@ def load_all(parts, path):
 def plain_loop_run(ds):
     """A plain DDP loop as in PML's DDP example: the model in DDP and the whole loss (the wrapper) in
     DistributedLossWrapper(efficient=True), which hands it this rank's embeddings and the gathered ones as ref_emb."""
-    torch.manual_seed(0)
-    trunk = torch.nn.Sequential(torch.nn.Linear(64, 32), torch.nn.ReLU())
-    embedder = SubspaceMaskedEmbedder(16, 2, embedder=torch.nn.Linear(32, 16))
-    model = DDP(torch.nn.Sequential(trunk, embedder))
-    sampler = ClusterSampler(ds.labels, batch_size=8, m=4)  # after init_process_group
-    dc = DivideConquerWrapper(losses.TripletMarginLoss(margin=0.1), embedder=embedder, sampler=sampler)
+    # the default schedule (K doubling every 2 epochs); the sampler built after init_process_group
+    parts = factory.make(ds, batch_size=8, schedule=DivideConquerSchedule(num_learners=2))
+    model, sampler, dc = DDP(parts["model"]), parts["sampler"], parts["wrapper"]
     loss_func = DistributedLossWrapper(dc, efficient=True)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
     loader = torch.utils.data.DataLoader(ds, batch_size=8, sampler=sampler)

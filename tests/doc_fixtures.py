@@ -1,4 +1,4 @@
-"""What the documentation's code blocks leave to the reader, filled in for the tests (tests/test_docs.py).
+"""What the documentation's code blocks leave to the reader, filled in for the tests (tests/test_docs_pages.py).
 
 The docs' examples are written for the reader's own model and data: ``trunk`` (a backbone with 512 output
 features), ``train_set`` / ``val_set`` / ``test_set`` (PML-style datasets of ``(input, label)`` pairs) and

@@ -9,7 +9,7 @@ from sklearn.datasets import load_digits
 
 from lab.datasets import ArrayDataset, BatchArrayDataset, pass_through_collate
 
-from helpers import build
+import factory
 
 
 class CountingBatches(BatchArrayDataset):
@@ -49,8 +49,9 @@ def test_getitems_returns_a_whole_batch(digits_arrays):
     assert batch_x.shape == (5, 64) and batch_y.tolist() == y[:5].tolist()
 
 
-def _train_dc(dataset, **kwargs):
-    parts = build(dataset, num_learners=2, batch_size=32, m=4, data_and_label_getter=None, **kwargs)
+def _train_dc(dataset, **trainer_kwargs):
+    run = factory.make(dataset, num_learners=2, batch_size=32, m=4, heads="shared")
+    parts = factory.pml(run, data_and_label_getter=None, **trainer_kwargs)
     parts["wrapper"].prepare(parts["trainer"])
     torch.manual_seed(0)
     parts["trainer"].train(num_epochs=2)

@@ -1,9 +1,18 @@
-"""Checks of the loss and miner a wrapper is given."""
+"""Checks of what a wrapper is given: its loss, miner, embedder, sampler, heads and schedule, and the
+optimizers its parameters need."""
 
+import numpy as np
 import pytest
-from pytorch_metric_learning import losses, miners
+import torch
+from pytorch_metric_learning import losses, miners, samplers
 
-from pml_divide_conquer import checks
+from pml_divide_conquer import (
+    ClusterSampler,
+    DivideConquerSchedule,
+    DivideConquerWrapper,
+    SubspaceMaskedEmbedder,
+    checks,
+)
 
 
 def test_loss_and_miner_checks():
@@ -21,3 +30,54 @@ def test_losses_that_need_equal_class_counts_are_recognised_inside_other_losses(
     assert checks.needs_equal_counts(losses.SmoothAPLoss())
     assert checks.needs_equal_counts(losses.MultipleLosses([losses.ContrastiveLoss(), losses.SmoothAPLoss()]))
     assert not checks.needs_equal_counts(losses.ContrastiveLoss())
+
+
+LABELS = np.repeat(np.arange(4), 10)
+
+
+def wrapper(labels=LABELS, loss=None, num_learners=2, **kwargs):
+    return DivideConquerWrapper(
+        loss or losses.ContrastiveLoss(), embedder=SubspaceMaskedEmbedder(8, num_learners),
+        sampler=ClusterSampler(labels, batch_size=8, m=4), **kwargs,
+    )  # fmt: skip
+
+
+def test_more_learners_than_classes():
+    with pytest.raises(ValueError, match="larger than the number of training classes"):
+        wrapper(num_learners=8)
+
+
+def test_sampler_embedder_miner_and_heads_are_checked():
+    emb = SubspaceMaskedEmbedder(8, 2)
+    with pytest.raises(TypeError, match="must be a ClusterSampler"):
+        DivideConquerWrapper(losses.ContrastiveLoss(), embedder=emb, sampler=samplers.MPerClassSampler(LABELS, 4))
+    with pytest.raises(TypeError, match="SubspaceMaskedEmbedder"):
+        DivideConquerWrapper(
+            losses.ContrastiveLoss(), embedder=torch.nn.Identity(), sampler=ClusterSampler(LABELS, batch_size=8, m=4)
+        )
+    with pytest.raises(TypeError, match="PML miner"):
+        DivideConquerWrapper(
+            losses.ContrastiveLoss(),
+            torch.nn.Identity(),
+            embedder=emb,
+            sampler=ClusterSampler(LABELS, batch_size=8, m=4),
+        )
+    with pytest.raises(ValueError, match='heads must be "shared" or "per_learner"'):
+        wrapper(heads="one")
+    with pytest.raises(ValueError, match="the SubspaceMaskedEmbedder 2"):
+        wrapper(schedule=DivideConquerSchedule.journal(20, 4))
+
+
+@pytest.mark.parametrize(
+    "loss", [losses.SelfSupervisedLoss(losses.TripletMarginLoss()), losses.VICRegLoss()], ids=lambda x: type(x).__name__
+)
+def test_losses_without_labels_are_refused(loss):
+    with pytest.raises(ValueError, match="does not use class labels"):
+        wrapper(loss=loss)
+
+
+def test_a_loss_parameter_no_optimizer_holds_is_named():
+    dc = wrapper(loss=losses.ArcFaceLoss(4, 8))
+    with pytest.raises(ValueError, match=r"trainable parameters that no optimizer holds \(learners\.learner0\.W"):
+        checks.check_parameters_are_optimized(dc, [torch.optim.Adam(torch.nn.Linear(2, 2).parameters())])
+    checks.check_parameters_are_optimized(dc, [torch.optim.Adam(dc.parameters())])

@@ -7,70 +7,14 @@ import pytest
 import torch
 from pytorch_metric_learning import losses, miners, trainers
 
-from helpers import IndexedDataset, Recorder, build
+import catalog
+import factory
+from helpers import IndexedDataset, Recorder
 
-D = 16  # full embedding size in these tests
-C = 10  # training classes (digits)
-
-LOSSES = {
-    "AngularLoss": lambda: losses.AngularLoss(),
-    "ArcFaceLoss": lambda: losses.ArcFaceLoss(C, D),
-    "CircleLoss": lambda: losses.CircleLoss(),
-    "ContrastiveLoss": lambda: losses.ContrastiveLoss(),
-    "CosFaceLoss": lambda: losses.CosFaceLoss(C, D),
-    "CrossBatchMemory": lambda: losses.CrossBatchMemory(losses.ContrastiveLoss(), D, memory_size=64),
-    "DynamicSoftMarginLoss": lambda: losses.DynamicSoftMarginLoss(),
-    "FastAPLoss": lambda: losses.FastAPLoss(),
-    "GeneralizedLiftedStructureLoss": lambda: losses.GeneralizedLiftedStructureLoss(),
-    "HistogramLoss": lambda: losses.HistogramLoss(n_bins=10),
-    "InstanceLoss": lambda: losses.InstanceLoss(),
-    "IntraPairVarianceLoss": lambda: losses.IntraPairVarianceLoss(),
-    "LargeMarginSoftmaxLoss": lambda: losses.LargeMarginSoftmaxLoss(C, D),
-    "LiftedStructureLoss": lambda: losses.LiftedStructureLoss(),
-    "MarginLoss": lambda: losses.MarginLoss(learn_beta=True, num_classes=C),
-    "MultiSimilarityLoss": lambda: losses.MultiSimilarityLoss(),
-    "MultipleLosses": lambda: losses.MultipleLosses(
-        [losses.ContrastiveLoss(), losses.ArcFaceLoss(C, D)], weights=[1, 0.1]
-    ),
-    "NCALoss": lambda: losses.NCALoss(),
-    "NPairsLoss": lambda: losses.NPairsLoss(),
-    "NTXentLoss": lambda: losses.NTXentLoss(),
-    "NormalizedSoftmaxLoss": lambda: losses.NormalizedSoftmaxLoss(C, D),
-    "P2SGradLoss": lambda: losses.P2SGradLoss(D, C),
-    "PNPLoss": lambda: losses.PNPLoss(),
-    "ProxyAnchorLoss": lambda: losses.ProxyAnchorLoss(C, D),
-    "ProxyNCALoss": lambda: losses.ProxyNCALoss(C, D),
-    "RankedListLoss": lambda: losses.RankedListLoss(margin=0.4, Tn=10),
-    "SignalToNoiseRatioContrastiveLoss": lambda: losses.SignalToNoiseRatioContrastiveLoss(),
-    "SmoothAPLoss": lambda: losses.SmoothAPLoss(),
-    "SoftTripleLoss": lambda: losses.SoftTripleLoss(C, D, centers_per_class=2),
-    "SphereFaceLoss": lambda: losses.SphereFaceLoss(C, D),
-    "SubCenterArcFaceLoss": lambda: losses.SubCenterArcFaceLoss(num_classes=C, embedding_size=D),
-    "SupConLoss": lambda: losses.SupConLoss(),
-    "ThresholdConsistentMarginLoss": lambda: losses.ThresholdConsistentMarginLoss(),
-    "TripletMarginLoss": lambda: losses.TripletMarginLoss(),
-    "TupletMarginLoss": lambda: losses.TupletMarginLoss(),
-}
-# losses that cannot work: they take no class labels
-REFUSED = {
-    "ManifoldLoss": lambda: losses.ManifoldLoss(l=D),
-    "SelfSupervisedLoss": lambda: losses.SelfSupervisedLoss(losses.TripletMarginLoss()),
-    "VICRegLoss": lambda: losses.VICRegLoss(),
-}
-ABSTRACT = {"BaseLossWrapper", "BaseMetricLossFunction", "GenericPairLoss"}
-
-MINERS = {
-    "AngularMiner": lambda: miners.AngularMiner(),
-    "BatchEasyHardMiner": lambda: miners.BatchEasyHardMiner(),
-    "BatchHardMiner": lambda: miners.BatchHardMiner(),
-    "DistanceWeightedMiner": lambda: miners.DistanceWeightedMiner(),
-    "HDCMiner": lambda: miners.HDCMiner(),
-    "MultiSimilarityMiner": lambda: miners.MultiSimilarityMiner(),
-    "PairMarginMiner": lambda: miners.PairMarginMiner(),
-    "TripletMarginMiner": lambda: miners.TripletMarginMiner(),
-    "UniformHistogramMiner": lambda: miners.UniformHistogramMiner(num_bins=10, pos_per_bin=2, neg_per_bin=2),
-}
-REFUSED_MINERS = {"EmbeddingsAlreadyPackagedAsTriplets": lambda: miners.EmbeddingsAlreadyPackagedAsTriplets()}
+D, C = catalog.D, catalog.C
+LOSSES, REFUSED, ABSTRACT = catalog.LOSSES, catalog.REFUSED, catalog.ABSTRACT
+MINERS, REFUSED_MINERS = catalog.MINERS, catalog.REFUSED_MINERS
+UPSTREAM_BROKEN = catalog.UPSTREAM_BROKEN
 
 
 def exported(module, base):
@@ -107,9 +51,10 @@ def fragmented_digits(digits):
     return IndexedDataset(data, labels)
 
 
-def run_few(dataset, loss=None, miner=None, mode="fixed", epochs=4, **kw):
+def run_few(dataset, loss=None, miner=None, mode="fixed", epochs=4, heads="shared", batch_size=16, m=4, **kw):
     """Epoch 1: K=1; split after it; epoch 2: K=2 (heads resized); epoch 3: full embedding on cluster batches;
-    epoch 4: all data. ``batch_counts`` (returned in parts) holds the per-class counts of every batch."""
+    epoch 4: all data. ``batch_counts`` (returned in parts) holds the per-class counts of every batch. ``kw``: of
+    PML's trainer."""
     losses_seen, batch_counts = [], []
     recorder = Recorder()
 
@@ -118,29 +63,17 @@ def run_few(dataset, loss=None, miner=None, mode="fixed", epochs=4, **kw):
         batch_counts.append(np.unique(dataset.labels[recorder.last], return_counts=True)[1])
 
     kw.setdefault("data_and_label_getter", recorder)
-    parts = build(
-        dataset,
-        num_learners=2,
-        mode=mode,
-        recluster_every=1,
-        full_embedding_epoch=3,
-        all_data_epoch=4,
-        loss=loss,
-        miner=miner,
-        embedding_size=D,
-        end_of_iteration_hook=after_iteration,
-        **{"iterations_per_epoch": 3, **kw},
-    )
+    run = factory.make(
+        dataset, num_learners=2, mode=mode, recluster_every=1, full_embedding_epoch=3, all_data_epoch=4, loss=loss,
+        miner=miner, embedding_size=D, heads=heads, batch_size=batch_size, m=m,
+    )  # fmt: skip
+    parts = factory.pml(run, end_of_iteration_hook=after_iteration, **{"iterations_per_epoch": 3, **kw})
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         parts["wrapper"].prepare(parts["trainer"])
         parts["trainer"].train(num_epochs=epochs)
     parts["batch_counts"] = batch_counts
     return parts, losses_seen
-
-
-# broken in PML 2.9.0 itself: its histogram keeps autograd history, so the 2nd backward fails even without us
-UPSTREAM_BROKEN = {"DynamicSoftMarginLoss"}
 
 
 @pytest.mark.parametrize(
@@ -200,7 +133,11 @@ def test_miner_works_per_learner(small_digits, name):
 
 def test_packaged_triplets_miner_is_refused(small_digits):
     with pytest.raises(ValueError, match="EmbeddingsAlreadyPackagedAsTriplets"):
-        build(small_digits, miner=miners.EmbeddingsAlreadyPackagedAsTriplets())
+        factory.pml(
+            factory.make(
+                small_digits, num_learners=4, miner=miners.EmbeddingsAlreadyPackagedAsTriplets(), heads="shared"
+            )
+        )
 
 
 @pytest.mark.parametrize("name", ["ArcFaceLoss", "ProxyAnchorLoss", "SoftTripleLoss", "P2SGradLoss"])
@@ -209,13 +146,10 @@ def test_classification_heads_are_inherited_on_split_each_child_its_half(small_d
     rows 8-15, Adam moments alike, and each child's loss is the parent's head restricted to its half."""
     from pml_divide_conquer import heads
 
-    parts = build(
-        small_digits,
-        num_learners=2,
-        recluster_every=1,
-        heads="per_learner",
-        loss=LOSSES[name](),
-        embedding_size=D,
+    parts = factory.pml(
+        factory.make(
+            small_digits, num_learners=2, recluster_every=1, heads="per_learner", loss=LOSSES[name](), embedding_size=D
+        ),
         iterations_per_epoch=3,
     )
     w, t = parts["wrapper"], parts["trainer"]
@@ -266,21 +200,22 @@ def test_arcface_with_offset_labels_is_mapped_into_range(digits):
 
 def test_classification_loss_built_for_the_wrong_size_is_refused(small_digits):
     with pytest.raises(ValueError, match="embedding_size=16"):
-        build(small_digits, loss=losses.ArcFaceLoss(C, 8), embedding_size=D)
+        factory.pml(
+            factory.make(small_digits, num_learners=4, loss=losses.ArcFaceLoss(C, 8), embedding_size=D, heads="shared")
+        )
     with pytest.raises(ValueError, match="num_classes=10"):
-        build(small_digits, loss=losses.ArcFaceLoss(5, D), embedding_size=D)
+        factory.pml(
+            factory.make(small_digits, num_learners=4, loss=losses.ArcFaceLoss(5, D), embedding_size=D, heads="shared")
+        )
 
 
 def test_train_with_classifier(small_digits):
     torch.manual_seed(0)
     classifier = torch.nn.Linear(D, C)
-    parts = build(
-        small_digits,
-        num_learners=2,
-        embedding_size=D,
+    parts = factory.pml(
+        factory.make(small_digits, num_learners=2, embedding_size=D, recluster_every=1, heads="shared"),
         trainer_cls=trainers.TrainWithClassifier,
         iterations_per_epoch=3,
-        recluster_every=1,
         loss_weights={"metric_loss": 1, "classifier_loss": 1},
         extra_models={"classifier": classifier},
         extra_loss_funcs={"classifier_loss": torch.nn.CrossEntropyLoss()},
@@ -298,7 +233,7 @@ def test_train_with_classifier(small_digits):
 
 
 def test_trainers_that_cannot_work_are_refused(small_digits):
-    parts = build(small_digits, num_learners=2, embedding_size=D)
+    parts = factory.pml(factory.make(small_digits, num_learners=2, embedding_size=D, heads="shared"))
     for cls in (trainers.TwoStreamMetricLoss, trainers.CascadedEmbeddings, trainers.DeepAdversarialMetricLearning):
         parts["trainer"].__class__ = cls
         with pytest.raises(TypeError, match="not supported"):
@@ -319,7 +254,10 @@ def test_cross_batch_memory_is_kept_per_learner(small_digits):
 
 def test_classification_heads_follow_pml_lr_schedulers(small_digits):
     loss = losses.ArcFaceLoss(C, D)
-    parts = build(small_digits, num_learners=2, loss=loss, embedding_size=D, iterations_per_epoch=3, recluster_every=1)
+    parts = factory.pml(
+        factory.make(small_digits, num_learners=2, loss=loss, embedding_size=D, recluster_every=1, heads="shared"),
+        iterations_per_epoch=3,
+    )
     opt = parts["optimizers"]["metric_loss_optimizer"]
     parts["trainer"].lr_schedulers = {
         "metric_loss_scheduler_by_epoch": torch.optim.lr_scheduler.StepLR(opt, 1, gamma=0.5)

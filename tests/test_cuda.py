@@ -18,7 +18,9 @@ pytestmark = pytest.mark.skipif(DEVICE == "cuda" and not torch.cuda.is_available
 )
 def test_resume_from_a_checkpoint_loaded_onto_the_gpu(digits, variant, T):
     """PML's HookContainer.load_latest_saved_models(trainer, folder, device) loads with map_location=device."""
-    from test_resume import load, make, save
+    from factory import checkpoint as save
+    from factory import restore as load
+    from resume_runs import make
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -41,24 +43,28 @@ def test_resume_from_a_checkpoint_loaded_onto_the_gpu(digits, variant, T):
 
 @pytest.mark.parametrize("mode", ["fixed"])  # learned masks: the classification losses, below
 def test_every_pml_loss_trains_on_cuda(digits, mode):
-    from helpers import IndexedDataset, build
-    from test_composition import LOSSES, UPSTREAM_BROKEN
+    import factory
+    from catalog import LOSSES, UPSTREAM_BROKEN
+    from helpers import IndexedDataset
 
     keep = np.arange(0, len(digits), 3)
     small = IndexedDataset(digits.data[keep].numpy(), digits.labels[keep])
     for name in sorted(set(LOSSES) - UPSTREAM_BROKEN):
         seen = []
-        parts = build(
-            small,
-            num_learners=2,
-            mode=mode,
-            recluster_every=1,
-            full_embedding_epoch=3,
-            all_data_epoch=4,
-            loss=LOSSES[name](),
-            embedding_size=16,
+        parts = factory.pml(
+            factory.make(
+                small,
+                num_learners=2,
+                mode=mode,
+                recluster_every=1,
+                full_embedding_epoch=3,
+                all_data_epoch=4,
+                loss=LOSSES[name](),
+                embedding_size=16,
+                device=DEVICE,
+                heads="shared",
+            ),
             iterations_per_epoch=3,
-            device=DEVICE,
             end_of_iteration_hook=lambda t, seen=seen: seen.append(float(t.losses["total_loss"])),
         )
         with warnings.catch_warnings():
@@ -72,20 +78,22 @@ def test_every_pml_loss_trains_on_cuda(digits, mode):
 def test_classification_heads_with_learned_masks_on_cuda(digits, heads):
     from pytorch_metric_learning import losses
 
-    from helpers import build
+    import factory
 
-    parts = build(
-        digits,
-        num_learners=2,
-        mode="learned",
-        heads=heads,
-        recluster_every=1,
-        full_embedding_epoch=3,
-        all_data_epoch=4,
-        loss=losses.ArcFaceLoss(10, 16),
-        embedding_size=16,
+    parts = factory.pml(
+        factory.make(
+            digits,
+            num_learners=2,
+            mode="learned",
+            heads=heads,
+            recluster_every=1,
+            full_embedding_epoch=3,
+            all_data_epoch=4,
+            loss=losses.ArcFaceLoss(10, 16),
+            embedding_size=16,
+            device=DEVICE,
+        ),
         iterations_per_epoch=3,
-        device=DEVICE,
     )
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -97,14 +105,11 @@ def test_classification_heads_with_learned_masks_on_cuda(digits, heads):
 def test_whole_batch_dataset_on_the_gpu_trains_and_reclusters(digits):
     from lab.datasets import BatchArrayDataset
 
-    from helpers import build
+    import factory
 
     ds = BatchArrayDataset(digits.data.numpy(), digits.labels, device=DEVICE)
-    parts = build(
-        ds,
-        num_learners=2,
-        recluster_every=1,
-        device=DEVICE,
+    parts = factory.pml(
+        factory.make(ds, num_learners=2, recluster_every=1, device=DEVICE, heads="shared"),
         iterations_per_epoch=5,
         collate_fn=ds.collate_fn,
         data_and_label_getter=None,
@@ -120,7 +125,7 @@ def test_whole_batch_dataset_on_the_gpu_trains_and_reclusters(digits):
 def test_float16_autocast_with_a_grad_scaler_in_a_plain_loop(digits, variant):
     from pytorch_metric_learning import losses
 
-    from helpers import build_plain
+    import factory
 
     kw = dict(num_learners=2, recluster_every=1, full_embedding_epoch=3, device=DEVICE)
     if variant == "learned":
@@ -128,8 +133,8 @@ def test_float16_autocast_with_a_grad_scaler_in_a_plain_loop(digits, variant):
     elif variant == "arcface":
         kw.update(loss=losses.ArcFaceLoss(10, 16))
     elif variant == "memory":
-        kw.update(wrapper_kwargs=dict(recluster_from="training", feature_memory_device=DEVICE))
-    parts = build_plain(digits, **kw)
+        kw.update(recluster=dict(features_from="training", memory_device=DEVICE))
+    parts = factory.plain(factory.make(digits, **kw))
     model, dc, opt = parts["model"], parts["wrapper"], parts["optimizer"]
     scaler = torch.amp.GradScaler(DEVICE)
     seen = []
@@ -150,9 +155,9 @@ def test_float16_autocast_with_a_grad_scaler_in_a_plain_loop(digits, variant):
 
 
 def test_non_finite_embeddings_on_the_device_are_raised_at_the_epoch_end(digits):
-    from helpers import build_plain
+    import factory
 
-    parts = build_plain(digits, num_learners=2, device=DEVICE)
+    parts = factory.plain(factory.make(digits, num_learners=2, device=DEVICE))
     model, dc = parts["model"], parts["wrapper"]
     x, y, _ = next(iter(parts["loader"]))
     emb = model(x.to(DEVICE))
@@ -169,11 +174,11 @@ def test_non_finite_embeddings_on_the_device_are_raised_at_the_epoch_end(digits)
 def test_the_step_reads_no_tensor_value_on_the_host_with_labels_on_the_device(digits, monkeypatch):
     from pytorch_metric_learning import losses, reducers
 
-    from helpers import build_plain
+    import factory
 
     loss = losses.TripletMarginLoss(reducer=reducers.MeanReducer())
-    parts = build_plain(
-        digits, num_learners=2, device=DEVICE, loss=loss, wrapper_kwargs=dict(recluster_from="training")
+    parts = factory.plain(
+        factory.make(digits, num_learners=2, device=DEVICE, loss=loss, recluster=dict(features_from="training"))
     )
     model, dc, opt = parts["model"], parts["wrapper"], parts["optimizer"]
 

@@ -117,8 +117,10 @@ def test_torchrun_example_runs_on_cpu():
         "--epochs",
         "4",
     ]
-    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=root)
-    report = f"exit {done.returncode}\nstdout:\n{done.stdout[-2000:]}\nstderr:\n{done.stderr[-3000:]}"
+    # (a crash says where each rank was: faulthandler dumps the Python stacks on SIGABRT)
+    env = {**os.environ, "PYTHONFAULTHANDLER": "1"}
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=root, env=env)
+    report = f"exit {done.returncode}\nstdout:\n{done.stdout[-2000:]}\nstderr:\n{done.stderr[-12000:]}"
     assert done.returncode == 0, report
     line = [x for x in done.stdout.splitlines() if "test R@1" in x]
     assert line and line[0].startswith("2 ranks, 4 epochs, K=2"), report

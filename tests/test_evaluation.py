@@ -7,7 +7,8 @@ import pytest
 
 from pml_divide_conquer.evaluation import cluster_purity, evaluate_subspaces
 
-from helpers import IndexedDataset, build, drop_index
+import factory
+from helpers import IndexedDataset
 
 
 @pytest.fixture(scope="module")
@@ -17,14 +18,20 @@ def small(digits):
 
 
 def test_per_subspace_evaluation_and_cluster_purity(small):
-    parts, _seen = build(small, num_learners=2, mode="fixed", recluster_every=1, iterations_per_epoch=20), None
+    parts, _seen = (
+        factory.pml(
+            factory.make(small, num_learners=2, mode="fixed", recluster_every=1, heads="shared"),
+            iterations_per_epoch=20,
+        ),
+        None,
+    )
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         parts["wrapper"].prepare(parts["trainer"])
         parts["trainer"].train(num_epochs=2)
     w = parts["wrapper"]
     results = evaluate_subspaces(
-        parts["trunk"], parts["embedder"], small, w.num_active, data_and_label_getter=drop_index
+        parts["trunk"], parts["embedder"], small, w.num_active, data_and_label_getter=factory.drop_index
     )
     assert set(results) == {"full", "learner0", "learner1"}
     # each learner's figures are PML's AccuracyCalculator on that learner's subspace of the embeddings (computed

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from pml_divide_conquer import reclustering
 from pml_divide_conquer.feature_memory import FeatureMemory, InputCapture
 
-from helpers import build
+import factory
 
 
 @settings(max_examples=25, deadline=None)
@@ -60,15 +60,21 @@ def test_memory_state_round_trip_and_bad_input():
 
 def test_bad_recluster_from_is_refused(digits):
     with pytest.raises(ValueError, match='features_from must be "training" or "pass"'):
-        build(digits, wrapper_kwargs=dict(recluster_from="memory"))
+        factory.pml(factory.make(digits, num_learners=4, heads="shared", recluster=dict(features_from="memory")))
     with pytest.raises(ValueError, match="dataset .* would be ignored"):
-        build(digits, wrapper_kwargs=dict(recluster_from="training", cluster_dataset=digits))
+        factory.pml(
+            factory.make(
+                digits, num_learners=4, heads="shared", recluster=dict(features_from="training", dataset=digits)
+            )
+        )
 
 
 def test_default_reclusters_from_training_features_unless_a_cluster_dataset_is_given(digits):
-    assert build(digits)["wrapper"].recluster_from == "training"
-    assert build(digits)["wrapper"].feature_memory is not None
-    with_dataset = build(digits, wrapper_kwargs=dict(cluster_dataset=digits))["wrapper"]
+    assert factory.pml(factory.make(digits, num_learners=4, heads="shared"))["wrapper"].recluster_from == "training"
+    assert factory.pml(factory.make(digits, num_learners=4, heads="shared"))["wrapper"].feature_memory is not None
+    with_dataset = factory.pml(factory.make(digits, num_learners=4, heads="shared", recluster=dict(dataset=digits)))[
+        "wrapper"
+    ]
     assert with_dataset.recluster_from == "pass" and with_dataset.feature_memory is None
 
 
@@ -76,12 +82,15 @@ def test_default_reclusters_from_training_features_unless_a_cluster_dataset_is_g
 def test_reclustering_embeds_only_the_samples_training_did_not_see(digits, cluster_on, monkeypatch):
     """With the model unchanged (lr 0) the recorded rows equal a fresh embedding pass; the pass is gone but for
     the samples no batch held since the last reclustering."""
-    parts = build(
-        digits,
-        num_learners=2,
-        recluster_every=1,
+    parts = factory.pml(
+        factory.make(
+            digits,
+            num_learners=2,
+            recluster_every=1,
+            heads="shared",
+            recluster=dict(features_from="training", cluster_on=cluster_on),
+        ),
         iterations_per_epoch=40,
-        wrapper_kwargs=dict(recluster_from="training", cluster_on=cluster_on),
     )
     w, t = parts["wrapper"], parts["trainer"]
     for opt in parts["optimizers"].values():
@@ -109,7 +118,7 @@ def test_reclustering_embeds_only_the_samples_training_did_not_see(digits, clust
 
 
 def test_the_embedder_hook_is_installed_once_and_goes_with_the_wrapper(digits):
-    parts = build(digits, num_learners=2, wrapper_kwargs=dict(recluster_from="training"))
+    parts = factory.pml(factory.make(digits, num_learners=2, heads="shared", recluster=dict(features_from="training")))
     embedder = parts["embedder"]
     parts["wrapper"].prepare(parts["trainer"])
     parts["wrapper"].prepare(parts["trainer"])  # prepared again: still one hook

@@ -10,7 +10,8 @@ from pytorch_metric_learning import losses
 from pml_divide_conquer import heads
 from pml_divide_conquer.learners import ImprintedHeads
 
-from helpers import IndexedDataset, build
+import factory
+from helpers import IndexedDataset
 
 D, C = 16, 10
 
@@ -21,22 +22,12 @@ def small_digits(digits):
     return IndexedDataset(digits.data[keep].numpy(), digits.labels[keep])
 
 
-def trained(
-    dataset, loss, epochs, heads_mode="shared", mode="fixed", full_embedding_epoch=4, all_data_epoch=5, **wrapper_kwargs
-):
-    parts = build(
-        dataset,
-        num_learners=2,
-        mode=mode,
-        recluster_every=1,
-        full_embedding_epoch=full_embedding_epoch,
-        all_data_epoch=all_data_epoch,
-        heads=heads_mode,
-        loss=loss,
-        embedding_size=D,
-        iterations_per_epoch=3,
-        wrapper_kwargs=wrapper_kwargs,
-    )
+def trained(dataset, loss, epochs, heads_mode="shared", mode="fixed", full_embedding_epoch=4, all_data_epoch=5, **spec):
+    run = factory.make(
+        dataset, num_learners=2, mode=mode, recluster_every=1, full_embedding_epoch=full_embedding_epoch,
+        all_data_epoch=all_data_epoch, heads=heads_mode, loss=loss, embedding_size=D, **spec,
+    )  # fmt: skip
+    parts = factory.pml(run, iterations_per_epoch=3)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         parts["wrapper"].prepare(parts["trainer"])
@@ -190,9 +181,9 @@ def test_assemble_takes_all_sub_centers_of_a_class_from_its_owner():
 def test_a_graph_the_loop_keeps_across_a_split_does_not_break_the_next_backward(small_digits):
     """A plain loop keeps its last ``loss`` (and so its graph) alive across dc.end_epoch(): heads split there keep
     their shapes, so the next backward still fits (a head resized in place broke it: "invalid gradient ...")."""
-    from helpers import build_plain
+    import factory
 
-    parts = build_plain(small_digits, num_learners=2, loss=losses.ArcFaceLoss(C, D), embedding_size=D)
+    parts = factory.plain(factory.make(small_digits, num_learners=2, loss=losses.ArcFaceLoss(C, D), embedding_size=D))
     model, dc, opt = parts["model"], parts["wrapper"], parts["optimizer"]
     shapes = {n: p.shape for n, p in dc.named_parameters()}
     for _epoch in range(3):
@@ -208,8 +199,10 @@ def test_a_graph_the_loop_keeps_across_a_split_does_not_break_the_next_backward(
 @pytest.mark.parametrize("mode", ["fixed", "learned"])
 @pytest.mark.parametrize("heads_mode", ["shared", "per_learner"])
 def test_heads_without_metric_loss_optimizer_are_refused_at_prepare(small_digits, mode, heads_mode):
-    parts = build(
-        small_digits, num_learners=2, mode=mode, heads=heads_mode, loss=losses.ArcFaceLoss(C, D), embedding_size=D
+    parts = factory.pml(
+        factory.make(
+            small_digits, num_learners=2, mode=mode, heads=heads_mode, loss=losses.ArcFaceLoss(C, D), embedding_size=D
+        )
     )
     del parts["trainer"].optimizers["metric_loss_optimizer"]
     with pytest.raises(ValueError, match="that no optimizer holds"):
@@ -220,8 +213,9 @@ def test_per_learner_heads_train_through_a_split_without_a_loss_optimizer_when_f
     # heads kept fixed on purpose (requires_grad=False) train through a split: no stale gradient breaks a step
     loss = losses.ProxyAnchorLoss(C, D)
     loss.proxies.requires_grad_(False)
-    parts = build(
-        small_digits, num_learners=2, heads="per_learner", loss=loss, embedding_size=D, iterations_per_epoch=3
+    parts = factory.pml(
+        factory.make(small_digits, num_learners=2, heads="per_learner", loss=loss, embedding_size=D),
+        iterations_per_epoch=3,
     )
     parts["trainer"].optimizers.pop("metric_loss_optimizer", None)
     with warnings.catch_warnings():

@@ -8,20 +8,22 @@ import pytest
 import torch
 from pytorch_metric_learning import losses
 
-from pml_divide_conquer import ClusterSampler, DivideConquerWrapper, SubspaceMaskedEmbedder
+from pml_divide_conquer import ClusterSampler, DivideConquerSchedule, DivideConquerWrapper, SubspaceMaskedEmbedder
 
-from helpers import build_plain, train_plain
+import factory
 
 
 def test_routing_is_exact_through_splits_reclusterings_and_phases_with_two_workers(digits):
     log = []
-    parts = build_plain(digits, num_learners=4, recluster_every=2, full_embedding_epoch=6, all_data_epoch=8, workers=2)
+    parts = factory.plain(
+        factory.make(digits, num_learners=4, recluster_every=2, full_embedding_epoch=6, all_data_epoch=8), workers=2
+    )
     dc, sampler = parts["wrapper"], parts["sampler"]
 
     def after_step(epoch, idx, loss):
         log.append((epoch, idx, dc.current_learner, str(dc.phase), sampler.assignment.copy(), sampler.version))
 
-    train_plain(parts, 8, after_step=after_step)
+    factory.train_plain(parts, 8, after_step=after_step)
     per_epoch = np.bincount([e for e, *_ in log])[1:]
     assert len(parts["loader"]) == len(digits) // 16 and (per_epoch == len(parts["loader"])).all()
     for epoch, idx, learner, phase, assignment, _ in log:
@@ -39,7 +41,7 @@ def test_routing_is_exact_through_splits_reclusterings_and_phases_with_two_worke
 
 
 def test_an_epoch_has_len_loader_batches_whatever_K_and_an_lr_scheduler_sized_from_it_is_right(digits):
-    parts = build_plain(digits, num_learners=4, recluster_every=1)
+    parts = factory.plain(factory.make(digits, num_learners=4, recluster_every=1))
     steps = len(parts["loader"])
     scheduler = torch.optim.lr_scheduler.OneCycleLR(parts["optimizer"], max_lr=1e-3, total_steps=4 * steps)
     seen = []
@@ -48,7 +50,7 @@ def test_an_epoch_has_len_loader_batches_whatever_K_and_an_lr_scheduler_sized_fr
         seen.append(epoch)
         scheduler.step()  # would raise past total_steps if an epoch had more batches than len(loader)
 
-    train_plain(parts, 4, after_step=after_step)
+    factory.train_plain(parts, 4, after_step=after_step)
     assert np.bincount(seen)[1:].tolist() == [steps] * 4 and parts["wrapper"].num_active == 4
     # the batch view: a DataLoader built with batch_sampler= has the same length and batches
     sampler = parts["sampler"]
@@ -59,7 +61,7 @@ def test_an_epoch_has_len_loader_batches_whatever_K_and_an_lr_scheduler_sized_fr
 
 
 def test_a_missed_end_of_epoch_step_is_one_clear_error(digits):
-    parts = build_plain(digits, num_learners=2)
+    parts = factory.plain(factory.make(digits, num_learners=2))
     model, dc, opt = parts["model"], parts["wrapper"], parts["optimizer"]
     with pytest.raises(RuntimeError, match=r"end-of-epoch step after epoch 1 was not taken.*call dc\.end_epoch\(\)"):
         for _epoch in (1, 2):
@@ -72,7 +74,7 @@ def test_a_missed_end_of_epoch_step_is_one_clear_error(digits):
 
 
 def test_calls_out_of_order_say_what_to_call(digits):
-    parts = build_plain(digits, num_learners=2, setup=False)
+    parts = factory.plain(factory.make(digits, num_learners=2), setup=False)
     dc, model = parts["wrapper"], parts["model"]
     x, y, _ = next(iter(parts["loader"]))
     with pytest.raises(RuntimeError, match=r"was not set up: in your own loop call dc\.setup\(model, train_dataset"):
@@ -91,7 +93,7 @@ def test_calls_out_of_order_say_what_to_call(digits):
 
 
 def test_dataloader_misuse_is_refused_with_what_to_pass(digits):
-    parts = build_plain(digits)
+    parts = factory.plain(factory.make(digits))
     dc, model = parts["wrapper"], parts["model"]
     with pytest.raises(TypeError, match=r"batch_sampler=sampler\.batch_sampler\(\)"):
         next(iter(torch.utils.data.DataLoader(digits, batch_sampler=parts["sampler"])))
@@ -101,12 +103,12 @@ def test_dataloader_misuse_is_refused_with_what_to_pass(digits):
 
 
 def test_a_loss_parameter_no_optimizer_holds_and_a_mixed_trunk_group_are_refused(digits):
-    parts = build_plain(digits, loss=losses.ArcFaceLoss(10, 16), setup=False)
+    parts = factory.plain(factory.make(digits, loss=losses.ArcFaceLoss(10, 16)), setup=False)
     dc, model = parts["wrapper"], parts["model"]
     only_model = torch.optim.Adam(model.parameters())
     with pytest.raises(ValueError, match="trainable parameters that no optimizer holds"):
         dc.setup(model, digits, optimizers=[only_model])
-    frozen = build_plain(digits, freeze_trunk_epochs=1, recluster_every=2, setup=False)
+    frozen = factory.plain(factory.make(digits, freeze_trunk_epochs=1, recluster_every=2), setup=False)
     everything = torch.optim.Adam(frozen["model"].parameters())
     with pytest.raises(ValueError, match="give the trunk a group of its own"):
         frozen["wrapper"].setup(frozen["model"], digits, optimizers=[everything])
@@ -128,7 +130,8 @@ def test_one_module_model_ending_with_the_embedder_clusters_the_embedder_input(d
     torch.manual_seed(0)
     net = Net()
     sampler = ClusterSampler(digits.labels, batch_size=16, m=4)
-    dc = DivideConquerWrapper(losses.ContrastiveLoss(), embedder=net.head, sampler=sampler, recluster_every=1)
+    schedule = DivideConquerSchedule(num_learners=2, recluster_every=1)
+    dc = DivideConquerWrapper(losses.ContrastiveLoss(), embedder=net.head, sampler=sampler, schedule=schedule)
     dc.setup(net, digits, optimizers=[torch.optim.Adam(net.parameters())])
     features = dc.embed_training_set()
     with torch.no_grad():
@@ -159,26 +162,26 @@ def test_resume_in_a_plain_loop_is_bit_identical(digits, variant):
     fresh objects gives exactly the losses and parameters of the uninterrupted run."""
     kw = dict(num_learners=4, recluster_every=1, full_embedding_epoch=5)
     if variant == "masks":
-        kw.update(mode="learned", wrapper_kwargs=dict(recluster_from="pass"))
+        kw.update(mode="learned", recluster=dict(features_from="pass"))
     else:
-        kw.update(loss=losses.ArcFaceLoss(10, 16), wrapper_kwargs=dict(recluster_from="training"))
+        kw.update(loss=losses.ArcFaceLoss(10, 16), recluster=dict(features_from="training"))
     full = []
-    a = build_plain(digits, **kw)
-    train_plain(a, 6, after_step=lambda e, i, loss: full.append(loss))
+    a = factory.plain(factory.make(digits, **kw))
+    factory.train_plain(a, 6, after_step=lambda e, i, loss: full.append(loss))
 
     first, resumed = [], []
-    b = build_plain(digits, **kw)
-    train_plain(b, 3, after_step=lambda e, i, loss: first.append(loss))
+    b = factory.plain(factory.make(digits, **kw))
+    factory.train_plain(b, 3, after_step=lambda e, i, loss: first.append(loss))
     buf = state_of(b)
     del b
-    c = build_plain(digits, setup=False, **kw)  # fresh objects, as in a new process
+    c = factory.plain(factory.make(digits, **kw), setup=False)  # fresh objects, as in a new process
     state = torch.load(buf, weights_only=True)
     c["model"].load_state_dict(state["model"])
     c["optimizer"].load_state_dict(state["optimizer"])
     c["wrapper"].load_state_dict(state["dc"])  # load first, then set up: the steps taken are not repeated
     c["wrapper"].setup(c["model"], digits, optimizers=[c["optimizer"]])
     assert c["wrapper"].last_epoch == 3
-    train_plain(c, 6, start_epoch=4, after_step=lambda e, i, loss: resumed.append(loss))
+    factory.train_plain(c, 6, start_epoch=4, after_step=lambda e, i, loss: resumed.append(loss))
     assert torch.equal(torch.stack(first + resumed), torch.stack(full))
     for (name, p), q in zip(a["model"].state_dict().items(), c["model"].state_dict().values()):
         assert torch.equal(p, q), name
@@ -196,8 +199,8 @@ def test_bfloat16_autocast_on_the_cpu(digits, variant):
     elif variant == "arcface":
         kw.update(loss=losses.ArcFaceLoss(10, 16))
     elif variant == "memory":
-        kw.update(wrapper_kwargs=dict(recluster_from="training"))
-    parts = build_plain(digits, **kw)
+        kw.update(recluster=dict(features_from="training"))
+    parts = factory.plain(factory.make(digits, **kw))
     model, dc, opt = parts["model"], parts["wrapper"], parts["optimizer"]
     seen = []
     for _epoch in range(1, 4):
@@ -219,7 +222,7 @@ def test_bfloat16_autocast_on_the_cpu(digits, variant):
 
 
 def test_lbfgs_closure_calls_the_loss_several_times_for_one_batch(digits):
-    parts = build_plain(digits, num_learners=2)
+    parts = factory.plain(factory.make(digits, num_learners=2))
     model, dc = parts["model"], parts["wrapper"]
     opt = torch.optim.LBFGS(model.parameters(), max_iter=3)
     calls = []
@@ -243,7 +246,7 @@ def test_lbfgs_closure_calls_the_loss_several_times_for_one_batch(digits):
 
 
 def test_gradient_accumulation_takes_one_cluster_batch_per_micro_batch(digits):
-    parts = build_plain(digits, num_learners=4, recluster_every=1)
+    parts = factory.plain(factory.make(digits, num_learners=4, recluster_every=1))
     model, dc, opt = parts["model"], parts["wrapper"], parts["optimizer"]
     learners = []
     for _epoch in range(1, 4):
@@ -261,20 +264,20 @@ def test_a_compiled_model_is_recognised_and_a_compiled_loss_runs_eagerly(digits)
     """torch.compile the models: a compiled model is recognised as containing the embedder. A compiled wrapper
     runs eagerly (it routes batches by the sampler's records), with the same losses."""
     eager, compiled = [], []
-    parts = build_plain(digits, num_learners=2)
-    train_plain(parts, 2, after_step=lambda e, i, loss: eager.append(loss))
-    parts = build_plain(digits, num_learners=2, setup=False)
+    parts = factory.plain(factory.make(digits, num_learners=2))
+    factory.train_plain(parts, 2, after_step=lambda e, i, loss: eager.append(loss))
+    parts = factory.plain(factory.make(digits, num_learners=2), setup=False)
     model = torch.compile(parts["model"], backend="eager")
     dc = parts["wrapper"]
     dc.setup(model, digits, optimizers=[parts["optimizer"]])
     parts["model"], parts["wrapper"] = model, torch.compile(dc, backend="eager")
-    train_plain(parts, 2, after_step=lambda e, i, loss: compiled.append(loss))
+    factory.train_plain(parts, 2, after_step=lambda e, i, loss: compiled.append(loss))
     assert dc.num_active == 2 and torch.equal(torch.stack(eager), torch.stack(compiled))
 
 
 def test_a_validation_loss_in_eval_mode_during_the_divide_phase(digits):
-    parts = build_plain(digits, num_learners=2, loss=losses.ArcFaceLoss(10, 16))
-    train_plain(parts, 2)
+    parts = factory.plain(factory.make(digits, num_learners=2, loss=losses.ArcFaceLoss(10, 16)))
+    factory.train_plain(parts, 2)
     dc, model = parts["wrapper"], parts["model"]
     assert str(dc.phase) == "divide"
     dc.eval()
@@ -286,7 +289,7 @@ def test_a_validation_loss_in_eval_mode_during_the_divide_phase(digits):
         with pytest.raises(ValueError, match="labels outside the training classes"):
             dc(model(x), y + 10)  # unseen classes reach a classification head
     dc.train()
-    train_plain(parts, 3, start_epoch=3)  # training goes on where it was
+    factory.train_plain(parts, 3, start_epoch=3)  # training goes on where it was
     assert dc.last_epoch == 3
 
 
@@ -312,11 +315,11 @@ def test_the_wrapper_reads_no_tensor_value_on_the_host_during_a_step(digits, mon
     if variant == "learned":
         kw.update(mode="learned")
     elif variant == "memory":
-        kw.update(wrapper_kwargs=dict(recluster_from="training"))
+        kw.update(recluster=dict(features_from="training"))
     elif variant == "arcface":
         kw.update(loss=losses.ArcFaceLoss(10, 16))
-    parts = build_plain(digits, **kw)
-    train_plain(parts, 1)  # past the split: K=2
+    parts = factory.plain(factory.make(digits, **kw))
+    factory.train_plain(parts, 1)  # past the split: K=2
     model, dc, opt = parts["model"], parts["wrapper"], parts["optimizer"]
 
     def refuse(*args, **kwargs):

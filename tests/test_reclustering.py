@@ -12,13 +12,13 @@ from pml_divide_conquer.feature_memory import InputCapture
 from pml_divide_conquer.reclustering import FeatureSource
 from pml_divide_conquer.training import TrainingParts
 
-from helpers import build
+import factory
 
 
 def test_hungarian_matching_keeps_learners_on_their_data(digits, monkeypatch):
     from pml_divide_conquer import clustering
 
-    parts = build(digits, num_learners=4, grow=False, recluster_every=1)
+    parts = factory.pml(factory.make(digits, num_learners=4, grow=False, recluster_every=1, heads="shared"))
     w, trainer, sampler = parts["wrapper"], parts["trainer"], parts["sampler"]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -33,7 +33,7 @@ def test_hungarian_matching_keeps_learners_on_their_data(digits, monkeypatch):
 
 
 def test_the_embedding_pass_gives_what_pml_testers_give(digits):
-    parts = build(digits, num_learners=2, wrapper_kwargs=dict(cluster_on="embedding"))
+    parts = factory.pml(factory.make(digits, num_learners=2, heads="shared", recluster=dict(cluster_on="embedding")))
     parts["wrapper"].prepare(parts["trainer"])
     emb = parts["wrapper"].embed_training_set()
     tester = testers.BaseTester(
@@ -42,7 +42,7 @@ def test_the_embedding_pass_gives_what_pml_testers_give(digits):
     ref, _ = tester.get_all_embeddings(digits, parts["trunk"], parts["embedder"], return_as_numpy=True)
     assert np.allclose(emb, ref, atol=1e-6)
     assert np.allclose(np.linalg.norm(emb, axis=1), 1.0, atol=1e-5)
-    trunk_parts = build(digits, num_learners=2)
+    trunk_parts = factory.pml(factory.make(digits, num_learners=2, heads="shared"))
     assert trunk_parts["wrapper"].reclusterer.settings.cluster_on == "trunk"  # the default, as in the reference code
     trunk_parts["wrapper"].prepare(trunk_parts["trainer"])
     trunk_emb = trunk_parts["wrapper"].embed_training_set()
@@ -67,7 +67,7 @@ def test_a_split_reclusters_at_the_current_K_matches_then_splits_every_cluster_i
 def test_cluster_space_and_the_time_of_each_part(digits):
     with pytest.raises(ValueError, match='cluster_on must be "trunk" or "embedding"'):
         Reclusterer(cluster_on="features")
-    parts = build(digits, num_learners=2)
+    parts = factory.pml(factory.make(digits, num_learners=2, heads="shared"))
     model = torch.nn.Sequential(parts["trunk"], parts["embedder"])
     capture = InputCapture(parts["embedder"])
     source = FeatureSource(TrainingParts(model=model, dataset=digits), capture)
@@ -83,7 +83,9 @@ def test_a_cluster_dataset_is_what_reclustering_embeds(digits):
     from helpers import IndexedDataset
 
     shifted = IndexedDataset(digits.data.numpy() * 0.5 + 0.25, digits.labels)  # another view of the same samples
-    parts = build(digits, num_learners=2, wrapper_kwargs=dict(cluster_dataset=shifted, cluster_on="embedding"))
+    parts = factory.pml(
+        factory.make(digits, num_learners=2, heads="shared", recluster=dict(dataset=shifted, cluster_on="embedding"))
+    )
     w = parts["wrapper"]
     assert w.recluster_from == "pass"
     w.prepare(parts["trainer"])
@@ -96,7 +98,7 @@ def test_a_cluster_dataset_is_what_reclustering_embeds(digits):
     assert not np.allclose(emb, of_training, atol=1e-3)
     order = np.argsort(digits.labels, kind="stable")
     shuffled = IndexedDataset(digits.data.numpy()[order], digits.labels[order])
-    bad = build(digits, num_learners=2, wrapper_kwargs=dict(cluster_dataset=shuffled))
+    bad = factory.pml(factory.make(digits, num_learners=2, heads="shared", recluster=dict(dataset=shuffled)))
     bad["wrapper"].prepare(bad["trainer"])
     with pytest.raises(ValueError, match="in the same order"):
         bad["wrapper"].embed_training_set()

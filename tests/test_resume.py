@@ -1,85 +1,16 @@
 """A run stopped after an epoch and reloaded continues with exactly the losses of the uninterrupted run."""
 
-import io
 import warnings
 
 import numpy as np
 import pytest
 import torch
-from pytorch_metric_learning import losses
 
-from helpers import build
+import factory
+import resume_runs
 
-
-def make(digits, losses_out, recluster_every, workers, variant="masks", device="cpu"):
-    def record(trainer):
-        losses_out.append((trainer.epoch, float(trainer.losses["total_loss"])))
-
-    torch.manual_seed(0)  # the heads below are initialised from torch's RNG
-    kw = dict(mode="learned", iterations_per_epoch=45)
-    if variant == "arcface":  # heads resized at each split; epoch length left to PML (len of the sampler)
-        kw = dict(mode="fixed", loss=losses.ArcFaceLoss(10, 16))
-    elif variant == "memory":  # per-learner CrossBatchMemory, fixed K
-        kw = dict(
-            mode="fixed",
-            grow=False,
-            iterations_per_epoch=45,
-            loss=losses.CrossBatchMemory(losses.ContrastiveLoss(), 16, memory_size=48),
-        )
-    elif variant == "features":  # reclustering from the features training computed (saved with the state)
-        kw = dict(mode="learned", iterations_per_epoch=45, wrapper_kwargs=dict(recluster_from="training"))
-    elif variant == "phases":  # per-learner heads, resumed before the full-embedding and all-data phases
-        kw = dict(
-            mode="fixed",
-            heads="per_learner",
-            loss=losses.ArcFaceLoss(10, 16),
-            iterations_per_epoch=30,
-            full_embedding_epoch=3,
-            all_data_epoch=4,
-        )
-    elif variant == "phases_frozen":  # shared head and masks, resumed inside the full-embedding phase
-        kw = dict(
-            mode="learned",
-            loss=losses.ArcFaceLoss(10, 16),
-            iterations_per_epoch=30,
-            full_embedding_epoch=3,
-            all_data_epoch=5,
-            freeze_trunk_epochs=1,
-        )
-    parts = build(
-        digits,
-        num_learners=4,
-        recluster_every=recluster_every,
-        end_of_iteration_hook=record,
-        workers=workers,
-        device=device,
-        **kw,
-    )
-    parts["wrapper"].prepare(parts["trainer"])
-    return parts
-
-
-def save(parts):
-    buf = io.BytesIO()
-    torch.save(
-        {
-            "models": {k: v.state_dict() for k, v in parts["trainer"].models.items()},
-            "optimizers": {k: v.state_dict() for k, v in parts["optimizers"].items()},
-            "wrapper": parts["wrapper"].state_dict(),
-        },
-        buf,
-    )
-    buf.seek(0)
-    return buf
-
-
-def load(parts, buf, map_location=None):
-    state = torch.load(buf, weights_only=True, map_location=map_location)  # as PML's HookContainer loads it
-    for k, v in state["models"].items():
-        parts["trainer"].models[k].load_state_dict(v)
-    for k, v in state["optimizers"].items():
-        parts["optimizers"][k].load_state_dict(v)
-    parts["wrapper"].load_state_dict(state["wrapper"])
+make = resume_runs.make
+save, load = factory.checkpoint, factory.restore
 
 
 @pytest.mark.parametrize(

@@ -12,7 +12,8 @@ from pml_divide_conquer import ClusterSampler
 from pml_divide_conquer.routing import Router
 from pml_divide_conquer.training import PLAIN_LOOP
 
-from helpers import Recorder, build, drop_index
+import factory
+from helpers import Recorder
 
 
 def test_each_batch_goes_to_the_learner_of_its_cluster_with_two_workers(digits):
@@ -28,7 +29,7 @@ def test_each_batch_goes_to_the_learner_of_its_cluster_with_two_workers(digits):
     tester = testers.GlobalEmbeddingSpaceTester(
         dataloader_num_workers=2,
         data_device=torch.device("cpu"),
-        data_and_label_getter=drop_index,
+        data_and_label_getter=factory.drop_index,
         accuracy_calculator=AccuracyCalculator(include=("precision_at_1",), k=1),
     )
     accuracies = []
@@ -39,16 +40,14 @@ def test_each_batch_goes_to_the_learner_of_its_cluster_with_two_workers(digits):
         return True
 
     epochs, iters = 8, 130
-    parts = build(
-        digits,
-        num_learners=4,
-        recluster_every=2,
-        full_embedding_epoch=5,
-        all_data_epoch=8,
+    parts = factory.pml(
+        factory.make(
+            digits, num_learners=4, recluster_every=2, full_embedding_epoch=5, all_data_epoch=8, heads="shared"
+        ),
         workers=2,
         data_and_label_getter=recorder,
         end_of_iteration_hook=after_iteration,
-        iterations_per_epoch=iters,  # longer than a pass: PML restarts the iterator mid-epoch
+        iterations_per_epoch=iters,
     )
     parts["trainer"].end_of_epoch_hook = parts["wrapper"].get_end_of_epoch_hook(then=test_each_epoch)
     with warnings.catch_warnings():
@@ -84,7 +83,9 @@ def test_each_batch_goes_to_the_learner_of_its_cluster_with_two_workers(digits):
 def test_reclustering_with_workers_leaves_no_tracebacks(digits, capfd):
     """The iterator abandoned at each reclustering shuts its workers down before the next one forks its own (else
     the new workers inherit it and print "can only test a child process" tracebacks when they collect it)."""
-    parts = build(digits, num_learners=4, recluster_every=1, workers=2, iterations_per_epoch=20)
+    parts = factory.pml(
+        factory.make(digits, num_learners=4, recluster_every=1, heads="shared"), workers=2, iterations_per_epoch=20
+    )
     w, trainer = parts["wrapper"], parts["trainer"]
     abandoned = []
     trainer.end_of_epoch_hook = w.get_end_of_epoch_hook(then=lambda t: abandoned.append(t.dataloader_iter) or True)
@@ -126,11 +127,8 @@ def test_persistent_workers_survive_splits_reclusterings_and_a_phase_change(digi
             self.dataloader_iter = iter(self.dataloader)
 
     recorder, log = Recorder(), []
-    parts = build(
-        digits,
-        num_learners=2,
-        recluster_every=1,
-        full_embedding_epoch=4,
+    parts = factory.pml(
+        factory.make(digits, num_learners=2, recluster_every=1, full_embedding_epoch=4, heads="shared"),
         trainer_cls=PersistentWorkers,
         data_and_label_getter=recorder,
         end_of_iteration_hook=lambda t: log.append(
@@ -169,7 +167,11 @@ def test_a_second_run_in_the_process_prints_no_tracebacks(digits, capfd):
     """After train(), the trainer's last iterator has no live workers: once the trainer is garbage (here a
     reference cycle, as a hook closure holding it makes), workers forked later in the process (a second run, a
     tester) collect it without "can only test a child process" tracebacks."""
-    parts = build(digits, num_learners=2, recluster_every=1, grow=False, workers=2, iterations_per_epoch=20)
+    parts = factory.pml(
+        factory.make(digits, num_learners=2, recluster_every=1, grow=False, heads="shared"),
+        workers=2,
+        iterations_per_epoch=20,
+    )
     trainer = parts["trainer"]
     trainer.cycle = trainer
     with warnings.catch_warnings():

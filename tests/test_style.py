@@ -1,5 +1,6 @@
 """The code base stays linted and formatted with ruff (settings in pyproject.toml: 120 columns)."""
 
+import ast
 import shutil
 import subprocess
 import sys
@@ -119,4 +120,30 @@ def test_the_core_reaches_pml_only_through_its_components_and_one_compat_module(
         and name != "pytorch_metric_learning"
         and not any(name == c or name.startswith(c + ".") for c in PML_COMPONENTS)
     ]
+    assert not found, found
+
+
+def test_the_tests_mirror_the_package():
+    # a test file for every module (tests/integrations/ for the glue); __init__.py: test_package.py, unless it is
+    # a bare face (a docstring only)
+    tests = ROOT / "tests"
+    missing = []
+    for path in PACKAGE.rglob("*.py"):
+        sub = path.relative_to(PACKAGE).parent
+        name = "test_package.py" if path.name == "__init__.py" else f"test_{path.stem}.py"
+        body = ast.parse(path.read_text()).body
+        if path.name == "__init__.py" and sub.parts and all(isinstance(n, ast.Expr) for n in body):
+            continue  # a docstring only
+        if not (tests / sub / name).exists():
+            missing.append(f"{path.relative_to(ROOT)} -> tests/{(sub / name).as_posix()}")
+    assert not missing, missing
+
+
+def test_no_test_module_imports_another():
+    found = []
+    for path in (ROOT / "tests").rglob("test_*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else []
+            names += [node.module or ""] if isinstance(node, ast.ImportFrom) else []
+            found += [f"{path.name}: {n}" for n in names if n.split(".")[0].startswith("test_")]
     assert not found, found

@@ -12,7 +12,8 @@ from pytorch_metric_learning import testers
 from pytorch_metric_learning.utils import logging_presets
 from pytorch_metric_learning.utils.accuracy_calculator import AccuracyCalculator
 
-from helpers import IndexedDataset, build, drop_index
+import factory
+from helpers import IndexedDataset
 
 
 @pytest.fixture(scope="module")
@@ -31,7 +32,7 @@ def run_with_hooks(dataset, folder, epochs, start_fresh=True, losses_out=None):
         end_of_testing_hook=hooks.end_of_testing_hook,
         dataloader_num_workers=0,
         data_device=torch.device("cpu"),
-        data_and_label_getter=drop_index,
+        data_and_label_getter=factory.drop_index,
         accuracy_calculator=AccuracyCalculator(include=("precision_at_1",), k=1),
     )
     model_folder = os.path.join(folder, "models")
@@ -41,11 +42,8 @@ def run_with_hooks(dataset, folder, epochs, start_fresh=True, losses_out=None):
         if losses_out is not None:
             losses_out.append((trainer.epoch, float(trainer.losses["total_loss"])))
 
-    parts = build(
-        dataset,
-        num_learners=4,
-        mode="learned",
-        recluster_every=1,
+    parts = factory.pml(
+        factory.make(dataset, num_learners=4, mode="learned", recluster_every=1, heads="shared"),
         iterations_per_epoch=10,
         end_of_iteration_hook=after_iteration,
     )
@@ -107,8 +105,11 @@ def test_hook_container_checkpoints_resume_the_run_exactly(small, tmp_path):
 
 
 def test_dc_events_go_to_the_pml_logger_at_info(small, caplog):
-    parts = build(
-        small, num_learners=2, recluster_every=1, full_embedding_epoch=3, all_data_epoch=4, iterations_per_epoch=2
+    parts = factory.pml(
+        factory.make(
+            small, num_learners=2, recluster_every=1, full_embedding_epoch=3, all_data_epoch=4, heads="shared"
+        ),
+        iterations_per_epoch=2,
     )
     with warnings.catch_warnings(), caplog.at_level(logging.INFO, logger="PML"):
         warnings.simplefilter("ignore")

@@ -1,0 +1,81 @@
+"""The epoch step (controller.py), built from its parts without a wrapper: it owns the last epoch stepped (K and
+the phase follow from it and the schedule), the set-up and the timings, and changes the parts as the schedule
+says."""
+
+import warnings
+
+import numpy as np
+import pytest
+import torch
+from pytorch_metric_learning import losses
+
+from pml_divide_conquer import ClusterSampler, DivideConquerSchedule, Reclusterer, SubspaceMaskedEmbedder
+from pml_divide_conquer.controller import EpochController
+from pml_divide_conquer.learners import Learners
+from pml_divide_conquer.training import TrainingParts
+
+
+def controller_for(dataset, schedule, mode="fixed"):
+    torch.manual_seed(0)
+    trunk = torch.nn.Sequential(torch.nn.Linear(64, 32), torch.nn.ReLU())
+    embedder = SubspaceMaskedEmbedder(16, schedule.num_learners, mode=mode, embedder=torch.nn.Linear(32, 16))
+    sampler = ClusterSampler(dataset.labels, batch_size=16, m=4)
+    learners = Learners(losses.ContrastiveLoss(), None, schedule.num_learners, "per_learner", 16, np.arange(10))
+    controller = EpochController(schedule, sampler, embedder, learners, Reclusterer(features_from="pass"))
+    model = torch.nn.Sequential(trunk, embedder)
+    opt = torch.optim.Adam(model.parameters())
+    return controller, TrainingParts(model=model, dataset=dataset, optimizers=[opt])
+
+
+def test_it_steps_the_parts_as_the_schedule_says_and_derives_K_and_the_phase(digits):
+    schedule = DivideConquerSchedule(num_learners=4, recluster_every=1, full_embedding_epoch=4, all_data_epoch=5)
+    c, parts = controller_for(digits, schedule, mode="learned")
+    assert (c.last_epoch, c.num_active, c.is_set_up) == (-1, 1, False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        c.setup(parts)
+        seen = [(c.last_epoch, c.num_active, str(c.phase), c.sampler.num_clusters)]
+        for _ in range(5):
+            c.end_epoch()
+            seen.append((c.last_epoch, c.num_active, str(c.phase), c.sampler.num_clusters))
+    assert seen == [
+        (0, 1, "divide", 1),
+        (1, 2, "divide", 2),  # split
+        (2, 4, "divide", 4),  # split
+        (3, 4, "full_embedding", 4),
+        (4, 4, "all_data", 1),  # one cluster of all the data; K stays what it was
+        (5, 4, "all_data", 1),
+    ]
+    assert c.recluster_seconds > c.clustering_seconds > 0 and c.fresh_samples == len(digits)
+    assert c.state_dict() == {"last_epoch": 5}
+
+
+def test_steps_out_of_order_are_refused_and_a_repeated_one_skipped(digits):
+    c, parts = controller_for(digits, DivideConquerSchedule(num_learners=2, recluster_every=1))
+    with pytest.raises(RuntimeError, match="before set-up"):
+        c.end_epoch()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        c.setup(parts)
+        c.end_epoch(1)
+        version = c.sampler.version
+        c.end_epoch(1)  # already taken: skipped
+        assert (c.last_epoch, c.sampler.version) == (1, version)
+        with pytest.raises(RuntimeError, match=r"the D&C steps after epochs \[2\] were never taken"):
+            c.end_epoch(3)
+        c.recluster()  # outside the schedule: the same K
+    assert c.num_active == 2 and c.sampler.version == version + 1
+
+
+def test_its_hooks_come_off(digits):
+    c, parts = controller_for(digits, DivideConquerSchedule(num_learners=2, recluster_every=2, freeze_trunk_epochs=1))
+    parts.trunk_params = list(parts.model[0].parameters())
+    parts.optimizers = [
+        torch.optim.Adam([{"params": parts.model[0].parameters()}, {"params": parts.model[1].parameters()}])
+    ]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        c.setup(parts)
+    assert len(c.embedder._forward_pre_hooks) == 1 and c.freezer is not None
+    c.remove_hooks()
+    assert len(c.embedder._forward_pre_hooks) == 0 and c.freezer is None

@@ -1,0 +1,92 @@
+"""The FAQ quotes the package's real messages (docs/faq_messages.py reads them from the source) and covers the main
+ones."""
+
+import sys
+
+from doc_reading import ROOT, fenced_blocks
+
+sys.path.insert(0, str(ROOT / "docs"))
+import faq_messages  # noqa: E402
+
+FAQ = ROOT / "docs" / "faq.md"
+# messages a new user meets first: the FAQ must explain each (fragments of the package's messages)
+FAQ_MUST_COVER = [
+    # setting up, in each kind of loop
+    "DivideConquerWrapper was not set up: in your own loop call dc.setup(",
+    "must contain the wrapper's SubspaceMaskedEmbedder",
+    "is the embedder itself",
+    "must hold the {number of labels} samples of the ClusterSampler's labels",
+    "which does not take the D&C step",
+    "has trainable parameters that no optimizer holds",
+    "freeze_trunk_epochs needs an optimizer that holds the trunk's parameters",
+    "give the trunk a group of its own",
+    "is in eval mode but gradients are being computed",
+    "cannot read (inputs, labels) from a batch",
+    # the sampler and the DataLoader
+    "ClusterSampler takes batch_size and m as keywords",
+    "is not a multiple of m=",
+    "classes per batch",
+    "must be integers, got dtype",
+    "ClusterSampler yields sample indices, but the DataLoader got it as batch_sampler=",
+    "the DataLoader's batch_size=",
+    "cannot fill a batch of",
+    "no cluster can fill a batch of",
+    "they are left out of the batches until the next reclustering",
+    # PML's trainers
+    "the trainer's sampler is not the wrapper's ClusterSampler",
+    "differs from ClusterSampler's batch_size",
+    "freeze_these contains",
+    # Lightning
+    "the training DataLoader does not draw from the wrapper's ClusterSampler",
+    "use_distributed_sampler=False",
+    "DivideConquerCallback found",
+    # during training
+    "reached DivideConquerWrapper, but the end-of-epoch step after epoch",
+    "DivideConquerWrapper's end-of-epoch step was last taken after epoch",
+    "were never taken",
+    "received a batch that its ClusterSampler did not draw",
+    "dc.one_batch()",
+    "the labels the loss received do not match the batch ClusterSampler drew",
+    "got an indices_tuple and a miner in DivideConquerWrapper",
+    # the schedule, the wrapper's arguments, reclustering
+    "conquer_epoch is deprecated",
+    "give the schedule either as schedule= or as",
+    "is not a power of two",
+    "it was built with embedding_size=",
+    "k-means with K=",
+    "does not use class labels",
+]
+
+
+def faq_quotes():
+    return [code for lang, attrs, code, _ in fenced_blocks(FAQ) if lang == "text"]
+
+
+def test_faq_quotes_only_messages_the_package_gives():
+    templates = faq_messages.templates()
+    quotes = faq_quotes()
+    assert len(quotes) >= 30
+    stale = [q for q in quotes if not faq_messages.is_quoted_from(q, templates)]
+    assert not stale, "quoted in docs/faq.md but not in the package:\n\n" + "\n\n".join(stale)
+
+
+def test_faq_covers_the_main_messages():
+    quoted = " ".join(faq_messages.normalise(q) for q in faq_quotes())
+    missing = [m for m in FAQ_MUST_COVER if m not in quoted]
+    assert not missing, missing
+    text = FAQ.read_text()
+    assert "optimizer got an empty parameter list" in text  # torch's error, with a parameter-free loss
+    assert "Converting a tensor with requires_grad=True" in text  # torch's warning about PML's progress bar
+    assert '\\"' not in text  # no escaped quotes in titles
+
+
+def test_faq_generator_reads_the_messages_from_the_source():
+    templates = faq_messages.templates()
+    assert "sampler.py" in templates and "wrapper.py" in templates
+    joined = [faq_messages.normalise(t) for ts in templates.values() for t in ts]
+    assert any(t.startswith("batch_size={batch_size} is not a multiple of m={m}") for t in joined)
+    assert faq_messages.is_quoted_from("…is not a multiple of m={m}: a batch holds", templates)
+    assert not faq_messages.is_quoted_from("a message that the package does not give", templates)
+
+
+# ---------------------------------------------------------------------------------------------- the site
