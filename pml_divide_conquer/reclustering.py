@@ -203,7 +203,7 @@ class Reclusterer:
         if len(embedded) != len(labels) or not np.array_equal(embedded, labels):
             raise ValueError(
                 "the dataset embedded for clustering does not have the sampler's labels in the same order "
-                f"({len(embedded)} vs {len(labels)} samples): the dataset given at set-up (and cluster_dataset) "
+                f"({len(embedded)} vs {len(labels)} samples): the dataset given at set-up (and the reclusterer's dataset) "
                 "must hold the training samples in the order of the sampler's labels"
             )
         return emb
