@@ -1,10 +1,10 @@
 """Many-class zero-shot retrieval on Han characters: D&C against its baseline where D&C is meant to win.
 
-    python benchmarks/han.py gate --out bench-out                  # CPU gate: margin loss, baseline vs D&C, 3 seeds
-    python benchmarks/han.py tune --out bench-out                  # tuning on the validation classes
-    python benchmarks/han.py table --out bench-out                 # every variant, 4 losses, 3 seeds, test classes
-    python benchmarks/han.py gate --preset gpu --device cuda --npz han.npz   # the GPU configuration
-    python benchmarks/han.py reclustering --out bench-out          # embedding pass vs training features
+    python -m benchmarks.han gate --out bench-out                  # CPU gate: margin loss, baseline vs D&C, 3 seeds
+    python -m benchmarks.han tune --out bench-out                  # tuning on the validation classes
+    python -m benchmarks.han table --out bench-out                 # every variant, 4 losses, 3 seeds, test classes
+    python -m benchmarks.han gate --preset gpu --device cuda --npz han.npz   # the GPU configuration
+    python -m benchmarks.han reclustering --out bench-out          # embedding pass vs training features
 
 The regime of the papers (Stanford Online Products: thousands of classes with few images each, a pretrained trunk),
 scaled down (``benchmarks/setup_han.sh`` renders the data once):
@@ -40,6 +40,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from benchmarks.common import markdown_table, pyplot, report, setup, write_csv
 from pml_divide_conquer import (
     ClusterSampler,
     DivideConquerSchedule,
@@ -51,8 +52,6 @@ from pml_divide_conquer import (
     heads,
 )
 from pml_divide_conquer.learners import AssembledHeads
-
-from common import markdown_table, pyplot, report, setup, write_csv
 
 METRICS = ("recall_at_1", "recall_at_2", "recall_at_4", "recall_at_8", "mean_average_precision_at_r")
 METRIC_NAMES = ("R@1", "R@2", "R@4", "R@8", "MAP@R")
@@ -1002,7 +1001,7 @@ def main(argv=None):
             records.sort(key=lambda r: r[args.group] or float("inf"))
         seeds = len({r["seed"] for r in records})
         title = f"Han test classes, runs of {', '.join(args.sources)} ({seeds} seeds)"
-        command = "python benchmarks/han.py " + shlex.join(sys.argv[1:] if argv is None else argv)
+        command = "python -m benchmarks.han " + shlex.join(sys.argv[1:] if argv is None else argv)
         report(out, "han_report", title, table(records, (args.group,)), command)
         return records
     if args.command == "gate":
@@ -1060,7 +1059,7 @@ def main(argv=None):
         f"{args.seeds} seeds, {args.device}"
     )
     plot(records, out / f"{name}.png", title)
-    command = "python benchmarks/han.py " + shlex.join(sys.argv[1:] if argv is None else argv)
+    command = "python -m benchmarks.han " + shlex.join(sys.argv[1:] if argv is None else argv)
     groups = ("regime",) if regimes else ("loss",)
     text = reclustering_table(records) if args.command == "reclustering" else table(records, groups)
     report(out, name, f"{title} — {elapsed / 60:.1f} min", text, command)

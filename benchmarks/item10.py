@@ -1,9 +1,9 @@
 """Issue 16 (item 10): where and why D&C loses on a few hundred classes (a set like a user's held-out glyph set).
 
-    python benchmarks/item10.py table --npz han.npz --out out/item10       # baseline vs D&C, 2 losses x 2 regimes
-    python benchmarks/item10.py heads --npz han.npz --out out/item10       # ArcFace: the full head at the phase change
-    python benchmarks/item10.py phases --npz han.npz --out out/item10      # phase epochs and the ablation's parts
-    python benchmarks/item10.py report --out out/item10                    # every run so far, one table + curves
+    python -m benchmarks.item10 table --npz han.npz --out out/item10       # baseline vs D&C, 2 losses x 2 regimes
+    python -m benchmarks.item10 heads --npz han.npz --out out/item10       # ArcFace: the full head at the phase change
+    python -m benchmarks.item10 phases --npz han.npz --out out/item10      # phase epochs and the ablation's parts
+    python -m benchmarks.item10 report --out out/item10                    # every run so far, one table + curves
 
 The set: 300 training and 300 unseen test classes of Han characters (200 validation classes kept apart for
 tuning), 15 images per class from distinct faces, 32x32 (``load_han(..., images_per_class=15)``), and 1,000 other
@@ -24,8 +24,8 @@ from pathlib import Path
 
 import numpy as np
 
-import han
-from common import markdown_table, pyplot, report, setup
+from benchmarks import han
+from benchmarks.common import markdown_table, pyplot, report, setup
 
 SIZES = dict(num_pretrain=1000, num_train=300, num_val=200, num_test=300, images_per_class=15)
 REGIMES = {
@@ -239,7 +239,7 @@ def main(argv=None):
     p.add_argument("--jobs", type=int, default=2)
     args = p.parse_args(argv)
     out = setup(args.out)
-    command = "python benchmarks/item10.py " + shlex.join(sys.argv[1:] if argv is None else argv)
+    command = "python -m benchmarks.item10 " + shlex.join(sys.argv[1:] if argv is None else argv)
     if args.experiment != "report":
         named = configs(args.experiment, args.seeds, args.losses, args.regimes, args.only)
         if args.set:

@@ -1,6 +1,6 @@
 """A Hangul-syllable set like a user's held-out glyph set (issue 16), rendered with the Han set's machinery.
 
-    python benchmarks/render_hangul.py out/hangul.npz     # after benchmarks/setup_han.sh (the same font packages)
+    python -m benchmarks.render_hangul out/hangul.npz     # after benchmarks/setup_han.sh (the same font packages)
 
 The Han set's rendering (lab.datasets.render_han_glyphs: every image from a different face, copies, placeholders and
 near-identical drawings dropped) with the Hangul Syllables block (U+AC00-U+D7A3) in place of the Han blocks;

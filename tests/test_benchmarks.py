@@ -8,21 +8,18 @@ import importlib
 import json
 import math
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
-
 
 @pytest.fixture
-def bench(monkeypatch):
-    """Import a benchmark script as a module; restore torch's thread count afterwards (the scripts set it)."""
-    monkeypatch.syspath_prepend(str(BENCH))
+def bench():
+    """Import a benchmark script, ``benchmarks.<name>``; restore torch's thread count afterwards (the scripts set
+    it)."""
     threads = torch.get_num_threads()
-    yield lambda name: importlib.import_module(name)
+    yield lambda name: importlib.import_module(f"benchmarks.{name}")
     torch.set_num_threads(threads)
 
 
@@ -210,7 +207,7 @@ TINY_SIZES = '{"num_pretrain": 20, "num_train": 20, "num_val": 5, "num_test": 15
 
 
 def run_tiny_han(han, command, npz, out, seeds):
-    """``han.py COMMAND`` on the tiny Han set, tiny preset, one process."""
+    """``python -m benchmarks.han COMMAND`` on the tiny Han set, tiny preset, one process."""
     args = ["--preset", "tiny", "--npz", str(npz), "--sizes", TINY_SIZES, "--seeds", str(seeds), "--jobs", "1"]
     return han.main([command, *args, "--out", str(out)])
 
