@@ -8,10 +8,11 @@
 The set: 300 training and 300 unseen test classes of Han characters (200 validation classes kept apart for
 tuning), 15 images per class from distinct faces, 32x32 (``load_han(..., images_per_class=15)``), and 1,000 other
 classes to pretrain the trunk on. Two regimes: the trunk trained from scratch (BatchNorm trained, lr 1e-3), and
-pretrained on the 1,000 other classes with BatchNorm frozen, lr 3e-4. Everything else is the han benchmark's CPU preset
-(four conv blocks 16-32-64-128, Linear(128, 128), batch 64, m = 2, 12 epochs, Adam, ArcFace's class weights 1e-2) and
-D&C is ``han.CHOSEN`` (K = 4, T = 2, fixed chunks, CVPR phases with K grown, per-learner heads). Every run records
-R@1 on the eval classes after each epoch (``curve``; RNG states are kept, so the run trains as one without it).
+pretrained on the 1,000 other classes with BatchNorm frozen, lr 3e-4. Everything else is the han benchmark's CPU
+preset (four conv blocks 16-32-64-128, Linear(128, 128), batch 64, m = 2, 12 epochs, Adam, ArcFace's class weights
+1e-2) and D&C is ``benchmarks.han.CHOSEN`` (K = 4, T = 2, fixed chunks, CVPR phases with K grown, per-learner heads).
+Every run records R@1 on the eval classes after each epoch (``curve``; RNG states are kept, so the run trains as one
+without it).
 """
 
 import argparse

@@ -1,0 +1,170 @@
+"""Fine-tuning on the training classes, from the pretrained trunk: the baseline (PML's ``MetricLossOnly`` +
+``MPerClassSampler`` + loss + miner) or D&C (``ClusterSampler`` + ``DivideConquerWrapper`` around the same loss and
+miner)."""
+
+import time
+
+import numpy as np
+import torch
+
+from benchmarks.han.ablations import RandomReclusterer, RestartedHeads, imprint
+from benchmarks.han.curves import curve_hooks
+from benchmarks.han.models import make_loss_and_miner, make_trunk
+from pml_divide_conquer import (
+    ClusterSampler,
+    DivideConquerSchedule,
+    DivideConquerWrapper,
+    KMeansSettings,
+    Reclusterer,
+    ReclusterSettings,
+    SubspaceMaskedEmbedder,
+)
+
+
+def finetune(cfg, data, trunk_state, device):
+    """Fine-tune a copy of the pretrained trunk with the metric loss; returns (trunk, embedder, seconds, stats)."""
+    import logging
+
+    from pytorch_metric_learning import samplers, trainers
+
+    logging.getLogger("PML").setLevel(logging.WARNING)
+    torch.manual_seed(cfg.seed)
+    np.random.seed(cfg.seed)  # PML's MPerClassSampler draws from numpy's global RNG
+    trunk, dim = make_trunk(cfg)
+    trunk.load_state_dict(trunk_state)
+    ds = data["train"]
+    if cfg.train_classes:  # a fixed subset of the training classes (the same for every seed and method)
+        from lab.datasets import BatchArrayDataset
+
+        classes = np.random.default_rng(0).permutation(int(ds.labels.max()) + 1)[: cfg.train_classes]
+        keep = np.flatnonzero(np.isin(ds.labels, classes))
+        labels = np.unique(ds.labels[keep], return_inverse=True)[1]
+        ds = BatchArrayDataset(ds.data.cpu()[torch.as_tensor(keep)], labels, device=ds.device)
+    labels = ds.labels
+    num_learners = cfg.num_learners if cfg.method == "dc" else 1
+    mode = cfg.mode if cfg.method == "dc" else "fixed"
+    embedder = SubspaceMaskedEmbedder(
+        cfg.embedding_size, num_learners, mode=mode, embedder=torch.nn.Linear(dim, cfg.embedding_size)
+    )
+    trunk.to(device), embedder.to(device)
+    loss, miner = make_loss_and_miner(cfg.loss, len(np.unique(labels)), cfg.embedding_size)
+    if cfg.scale:
+        loss.scale = cfg.scale
+    if cfg.unit_head:
+        with torch.no_grad():
+            loss.W.copy_(torch.nn.functional.normalize(loss.W, dim=0))
+    optimizers = {
+        "trunk_optimizer": torch.optim.Adam(
+            trunk.parameters(), lr=cfg.lr * cfg.trunk_lr_multiplier, weight_decay=cfg.weight_decay
+        ),
+        "embedder_optimizer": torch.optim.Adam(
+            embedder.parameter_groups(
+                lr=cfg.lr, weight_decay=cfg.weight_decay, mask_lr_multiplier=cfg.mask_lr_multiplier, mask_weight_decay=0
+            )
+        ),
+    }
+    wrapper = None
+    if cfg.method == "dc":
+        sampler = ClusterSampler(labels, batch_size=cfg.batch_size, m=cfg.m, seed=cfg.seed)
+        full, all_data = cfg.phase_epochs()
+        settings = ReclusterSettings(
+            cluster_on=cfg.cluster_on,
+            features_from=cfg.recluster_from,
+            batch_size=512,
+            kmeans=KMeansSettings(gpu=False),
+        )
+        wrapper = DivideConquerWrapper(
+            loss,
+            miner,
+            embedder=embedder,
+            sampler=sampler,
+            schedule=DivideConquerSchedule(
+                num_learners=cfg.num_learners,
+                recluster_every=cfg.recluster_every,
+                full_embedding_epoch=full,
+                all_data_epoch=all_data,
+                grow=cfg.grow,
+                freeze_trunk_epochs=cfg.freeze_trunk_epochs,
+            ),
+            reclusterer=(RandomReclusterer if cfg.random_clusters else Reclusterer)(settings),
+            heads=cfg.heads,
+            full_head=cfg.full_head if cfg.assemble == "concat" else RestartedHeads(cfg.assemble),
+            orthogonality_weight=cfg.orthogonality_weight,
+        ).to(device)
+        if cfg.learner_scale:
+            from pml_divide_conquer.learners import learner_key
+
+            for k in range(wrapper.num_learners):
+                wrapper.learners[learner_key(k)].scale = cfg.learner_scale
+        loss_funcs, mining_funcs = {"metric_loss": wrapper}, {}
+        hook = wrapper.get_end_of_epoch_hook()
+    else:
+        sampler = samplers.MPerClassSampler(
+            labels, cfg.m, batch_size=cfg.batch_size, length_before_new_iter=len(labels)
+        )
+        loss_funcs, mining_funcs = {"metric_loss": loss.to(device)}, ({"tuple_miner": miner} if miner else {})
+        hook = None
+    params = [p for p in loss_funcs["metric_loss"].parameters() if p.requires_grad]
+    if params:
+        optimizers["metric_loss_optimizer"] = torch.optim.Adam(params, lr=cfg.loss_lr)
+    trainer = trainers.MetricLossOnly(
+        models={"trunk": trunk, "embedder": embedder},
+        optimizers=optimizers,
+        batch_size=cfg.batch_size,
+        loss_funcs=loss_funcs,
+        mining_funcs=mining_funcs,
+        dataset=ds,
+        sampler=sampler,
+        dataloader_num_workers=0,
+        data_device=device,
+        collate_fn=ds.collate_fn,
+        end_of_epoch_hook=hook,
+        iterations_per_epoch=len(labels) // cfg.batch_size,
+        freeze_trunk_batchnorm=cfg.freeze_batchnorm,
+    )
+    stats = {}
+    curve, on_iteration, on_epoch, curve_seconds = [], None, (lambda t: True), [0.0]
+    if cfg.curve:
+        curve, on_iteration, on_epoch, curve_seconds = curve_hooks(cfg, trainer, trunk, embedder, data, device, wrapper)
+        trainer.end_of_iteration_hook = on_iteration
+        trainer.end_of_epoch_hook = on_epoch
+    if cfg.imprint_epoch and wrapper is None:
+        then = on_epoch
+
+        def on_epoch(t):
+            if t.epoch == cfg.imprint_epoch:
+                imprint(loss.W, t, lambda y: torch.as_tensor(y))
+            return then(t)
+
+        trainer.end_of_epoch_hook = on_epoch
+    start = time.perf_counter()
+    if wrapper is not None:
+        seconds = []
+        trainer.end_of_epoch_hook = wrapper.get_end_of_epoch_hook(
+            then=lambda t: seconds.append((wrapper.recluster_seconds, wrapper.clustering_seconds)) or on_epoch(t)
+        )
+        wrapper.prepare(trainer)
+        trainer.train(num_epochs=cfg.epochs)
+        stats = dict(
+            reclusterings=len({s for s in seconds if s[0] > 0}),
+            recluster_seconds=float(np.mean([s[0] for s in seconds if s[0] > 0] or [0])),
+            kmeans_seconds=float(np.mean([s[1] for s in seconds if s[0] > 0] or [0])),
+        )
+    else:
+        trainer.train(num_epochs=cfg.epochs)
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    train_seconds = time.perf_counter() - start - curve_seconds[0]
+    if cfg.curve:
+        stats["curve_points"] = curve
+        stats["curve_seconds"] = round(curve_seconds[0], 1)
+    if wrapper is not None:
+        # what a reclustering's embedding pass costs: one no-grad pass over the training set, timed once here
+        pass_start = time.perf_counter()
+        wrapper.embed_training_set()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        stats["pass_seconds"] = time.perf_counter() - pass_start
+        memory = wrapper.feature_memory
+        stats["feature_memory_bytes"] = 0 if memory is None else memory.nbytes
+    return trunk, embedder, train_seconds, stats
