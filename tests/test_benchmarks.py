@@ -321,3 +321,22 @@ def test_kmeans_backends_benchmark_smoke(bench, tmp_path, capsys):
     )
     assert len(records) == 3 and all(r["seconds"] > 0 for r in records)
     assert (tmp_path / "kmeans_backends.md").read_text().count("|") > 10
+
+
+def test_han_learner_scale_is_the_copies_scale_and_the_full_learners_comes_back_at_the_phase_change(bench):
+    """The wrapper copies one loss for every learner: it is built at the learners' scale, and the full learner's
+    head start (full_head=) gives the full learner's copy the loss's own scale when the divide phase ends."""
+    han = bench("han")
+    from benchmarks.han import finetuning
+
+    dc = han.PRESETS["tiny"].but(**han.CHOSEN, loss="arcface", learner_scale=16.0)
+    loss, _, full_head = finetuning.make_loss(dc, 10, finetuning.make_schedule(dc))
+    assert loss.scale == 16.0 and isinstance(full_head, han.FullLearnerScale) and full_head.scale == 64
+    assert type(full_head.inner).__name__ == "ImprintedHeads"  # the library's default, as without the option
+    # where the option changes nothing it is not applied: no scale (margin), no divide phase, the baseline
+    for cfg in (dc.but(loss="margin"), dc.but(schedule="custom-full"), dc.but(method="baseline")):
+        schedule = finetuning.make_schedule(cfg) if cfg.method == "dc" else None
+        loss, _, full_head = finetuning.make_loss(cfg, 10, schedule)
+        assert not isinstance(full_head, han.FullLearnerScale) and getattr(loss, "scale", 64) == 64
+    with pytest.raises(ValueError, match="per-learner heads"):  # shared heads never run the full head's start
+        finetuning.make_loss(dc.but(heads="shared"), 10, finetuning.make_schedule(dc))

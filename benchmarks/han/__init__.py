@@ -23,13 +23,13 @@ t-interval over seeds) and writes ``han_<command>.md/.csv/.png`` into ``--out``.
 (``--jobs``, one torch thread each) on the CPU, one after the other on a GPU.
 
 The modules, in the order of a run: :mod:`.config` (a run's settings, the presets, the chosen D&C), :mod:`.data`
-(the splits), :mod:`.models` (trunks, loss and miner), :mod:`.pretraining`, :mod:`.finetuning` (with the research
+(the splits), :mod:`.trunks`, :mod:`.pretraining`, :mod:`.finetuning` (with the research
 parts of :mod:`.ablations` and the per-epoch :mod:`.curves`), :mod:`.evaluation`; :mod:`.jobs` runs them,
 :mod:`.records` keeps what they return; :mod:`.experiments` names what each command runs, :mod:`.stats`,
 :mod:`.tables` and :mod:`.plots` report it; :mod:`.cli` is the command line.
 """
 
-from benchmarks.han.ablations import ASSEMBLIES, RandomReclusterer, RestartedHeads, imprint
+from benchmarks.han.ablations import ASSEMBLIES, FullLearnerScale, RandomReclusterer, RestartedHeads, imprint
 from benchmarks.han.cli import main, parser
 from benchmarks.han.config import CHOSEN, HEAD_LOSSES, LOSSES, METRIC_NAMES, METRICS, PRESETS, Config
 from benchmarks.han.curves import curve_hooks
@@ -49,12 +49,12 @@ from benchmarks.han.experiments import (
 )
 from benchmarks.han.finetuning import finetune
 from benchmarks.han.jobs import run_all, run_job
-from benchmarks.han.models import BasicBlock, cnn_trunk, make_loss_and_miner, make_trunk, resnet_trunk
 from benchmarks.han.plots import plot
 from benchmarks.han.pretraining import pretrain
 from benchmarks.han.records import describe, keep_partial, load_records, variant_name
 from benchmarks.han.stats import T_975, paired_difference
 from benchmarks.han.tables import reclustering_table, table
+from benchmarks.han.trunks import BasicBlock, cnn_trunk, make_trunk, resnet_trunk
 
 __all__ = [
     "ASSEMBLIES",
@@ -71,6 +71,7 @@ __all__ = [
     "T_975",
     "BasicBlock",
     "Config",
+    "FullLearnerScale",
     "RandomReclusterer",
     "RestartedHeads",
     "ablation_configs",
@@ -85,7 +86,6 @@ __all__ = [
     "load_records",
     "load_splits",
     "main",
-    "make_loss_and_miner",
     "make_trunk",
     "paired_difference",
     "parser",

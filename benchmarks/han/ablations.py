@@ -1,12 +1,12 @@
 """The research parts that replace one of D&C's (through the wrapper's public arguments) and the baseline's
-controls: random clusters (``reclusterer=``), the full head restarted after the library's start (``full_head=``),
-the baseline's head imprinted from the class means."""
+controls: random clusters (``reclusterer=``), the full head restarted after the library's start and the learners'
+own ArcFace scale (``full_head=``), the baseline's head imprinted from the class means."""
 
 import numpy as np
 import torch
 
 from pml_divide_conquer import Reclusterer, heads
-from pml_divide_conquer.learners import AssembledHeads
+from pml_divide_conquer.learners import AssembledHeads, HeadStart, head_start
 
 
 class RandomReclusterer(Reclusterer):
@@ -65,6 +65,26 @@ class RestartedHeads(AssembledHeads):
             if mode == "imprint-kept":
                 w.mul_(norms)
         w.grad = None
+
+
+class FullLearnerScale(HeadStart):
+    """Research (``Config.learner_scale``): the learners train their copies of ArcFace at a scale of their own, the
+    full-embedding learner at the loss's. The wrapper copies one loss for every learner, so the loss is built at the
+    learners' scale (:func:`benchmarks.han.finetuning.make_loss`); when the divide phase ends this head start does
+    what ``inner`` does (a :class:`HeadStart` or its name) and gives the full learner's copy, the only one trained
+    from then on, the scale ``scale``. Passed to the wrapper as ``full_head=``; the wrapper calls it with per-learner
+    heads only."""
+
+    def __init__(self, inner, scale):
+        self.inner = head_start(inner)
+        self.scale = scale
+
+    def __repr__(self):
+        return f"FullLearnerScale({self.inner!r}, {self.scale!r})"
+
+    def start(self, learners, context):
+        self.inner.start(learners, context)
+        learners.full.scale = self.scale
 
 
 @torch.no_grad()

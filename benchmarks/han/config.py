@@ -55,7 +55,7 @@ class Config:
     # research (issue 16): what D&C loses on a few hundred classes
     full_head: str = "imprint"  # the wrapper's full_head: "imprint" (the library's default) or "assembled"
     assemble: str = "concat"  # research: the full head restarted after the library's step (ASSEMBLIES)
-    learner_scale: float = 0.0  # ArcFace's scale in the learners' copies of the loss (0: the loss's own, 64)
+    learner_scale: float = 0.0  # ArcFace's scale in the learners' copies (0: the loss's own; per-learner heads only)
     full_epoch: int = 0  # if > 0: the first full-embedding epoch instead of the schedule's
     curve: int = 0  # evaluate R@1 on the eval classes after every epoch (1), or also every `curve` steps (> 1)
     scale: float = 0.0  # ArcFace's scale (every copy of the loss; 0: PML's default, 64)

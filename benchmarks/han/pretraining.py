@@ -7,7 +7,7 @@ from pathlib import Path
 
 import torch
 
-from benchmarks.han.models import make_trunk
+from benchmarks.han.trunks import make_trunk
 
 
 def pretrain(cfg, data, device, out):

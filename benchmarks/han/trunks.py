@@ -1,8 +1,7 @@
-"""What a run trains: the trunk (a small CNN for CPUs, a ResNet-18-like one for GPUs), the loss and its miner."""
+"""The trunks a run trains: a small CNN for CPUs, a ResNet-18-like one for GPUs (the loss and miner are
+``lab.experiment.make_loss_and_miner``'s, as in the other benchmarks)."""
 
 import torch
-
-from benchmarks.han.config import LOSSES
 
 
 def cnn_trunk(width):
@@ -55,20 +54,3 @@ def resnet_trunk(width):
 
 def make_trunk(cfg):
     return (cnn_trunk if cfg.trunk == "cnn" else resnet_trunk)(cfg.width)
-
-
-def make_loss_and_miner(name, num_classes, embedding_size):
-    from pytorch_metric_learning import losses, miners
-
-    if name == "margin":  # the papers' loss: beta 1.2 fixed, margin 0.2, distance-weighted sampling
-        return (
-            losses.MarginLoss(margin=0.2, beta=1.2, learn_beta=False),
-            miners.DistanceWeightedMiner(cutoff=0.5, nonzero_loss_cutoff=1.4),
-        )
-    if name == "triplet":
-        return losses.TripletMarginLoss(margin=0.1), miners.TripletMarginMiner(margin=0.1, type_of_triplets="semihard")
-    if name == "contrastive":
-        return losses.ContrastiveLoss(pos_margin=0.0, neg_margin=0.5), miners.PairMarginMiner(0.0, 0.5)
-    if name == "arcface":
-        return losses.ArcFaceLoss(num_classes=num_classes, embedding_size=embedding_size), None
-    raise ValueError(f"unknown loss {name!r}: one of {LOSSES}")
