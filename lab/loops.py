@@ -1,5 +1,5 @@
 """The same D&C run through the three kinds of training loop: a plain PyTorch loop, a Lightning Trainer and PML's
-MetricLossOnly. Used by ``benchmarks/loops.py`` and the tests that check the loops agree.
+MetricLossOnly. Used by the tests that check the loops agree (tests/test_lightning.py).
 
 Every loop gets the same model (one seed), the same single Adam optimizer, the same ClusterSampler and the same
 wrapper settings; each records, for every step, the indices of its batch, the learner it trained and its loss, and
