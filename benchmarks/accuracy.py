@@ -1,7 +1,7 @@
 """Accuracy: baseline vs D&C (fixed chunks, learned masks), same trunk, loss, miner, epochs and batch size.
 
-    python benchmarks/accuracy.py --dataset glyphs --losses triplet,contrastive,arcface --seeds 3 --out bench-out
-    python benchmarks/accuracy.py --dataset glyphs --split val ...   # tune on the validation classes only
+    python -m benchmarks.accuracy --dataset glyphs --losses triplet,contrastive,arcface --seeds 3 --out bench-out
+    python -m benchmarks.accuracy --dataset glyphs --split val ...   # tune on the validation classes only
 
 Prints a markdown table (mean ± std over seeds of R@1/2/4/8, NMI and MAP@R on the test classes, in %) and writes
 ``accuracy_<dataset>.csv`` (one row per run) and ``accuracy_<dataset>.png`` (R@1 per loss and method) to ``--out``.
@@ -16,10 +16,9 @@ import time
 
 import numpy as np
 
+from benchmarks.common import Timer, markdown_table, mean_std, pyplot, report, setup, write_csv
 from lab import experiment as ex
 from pml_divide_conquer import DivideConquerSchedule
-
-from common import Timer, markdown_table, mean_std, pyplot, report, setup, write_csv
 
 METHODS = {  # row name -> RunConfig changes
     "baseline": dict(method="baseline"),
@@ -223,7 +222,7 @@ def main(argv=None):
         name,
         f"Accuracy, {title} ({time.time() - start:.0f} s)",
         table(records),
-        "python benchmarks/accuracy.py " + shlex.join(sys.argv[1:] if argv is None else argv),
+        "python -m benchmarks.accuracy " + shlex.join(sys.argv[1:] if argv is None else argv),
     )
     return records
 

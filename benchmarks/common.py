@@ -3,17 +3,12 @@
 import csv
 import os
 import platform
-import sys
 import time
 import warnings
 from pathlib import Path
 
-os.environ.setdefault("TQDM_DISABLE", "1")  # PML's trainers draw a bar per epoch: too noisy for a benchmark log
-
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import numpy as np
+import torch
 
 
 def setup(out_dir):

@@ -1,6 +1,6 @@
 """k-means where the data is: the torch k-means (on a GPU when there is one) against faiss on the CPU.
 
-    python benchmarks/kmeans_backends.py --n 1000000 --dim 128 --k 8 --device cuda --out bench-out
+    python -m benchmarks.kmeans_backends --n 1000000 --dim 128 --k 8 --device cuda --out bench-out
 
 The same N x dim features (random clusters around ``--centres`` centres, default 4K, L2-normalised), 100
 iterations, all points: the seconds of each, the adjusted Rand index between them against faiss's against itself
@@ -15,9 +15,8 @@ import time
 import numpy as np
 import torch
 
+from benchmarks.common import markdown_table, report, setup, write_csv
 from pml_divide_conquer import KMeansSettings, clustering
-
-from common import markdown_table, report, setup, write_csv
 
 
 def objective(x, ids, k):
@@ -80,7 +79,7 @@ def main(argv=None):
         "kmeans_backends",
         title,
         table,
-        "python benchmarks/kmeans_backends.py " + shlex.join(sys.argv[1:] if argv is None else argv),
+        "python -m benchmarks.kmeans_backends " + shlex.join(sys.argv[1:] if argv is None else argv),
     )
     return records
 

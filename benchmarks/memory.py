@@ -1,6 +1,6 @@
 """Memory: peak RSS of D&C training vs baseline training, each in a fresh process, side by side.
 
-    python benchmarks/memory.py --epochs 4 --num-learners 8 --out bench-out
+    python -m benchmarks.memory --epochs 4 --num-learners 8 --out bench-out
 
 Every variant runs in its own Python process (so peaks do not mix; the processes run concurrently): "idle" loads
 the data and builds the model without training (the floor: Python, torch, PML, data), then the baseline and D&C
@@ -17,15 +17,15 @@ import subprocess
 import sys
 from pathlib import Path
 
-from common import markdown_table, pyplot, report, setup, write_csv
+from benchmarks.common import markdown_table, pyplot, report, setup, write_csv
 
+ROOT = Path(__file__).resolve().parents[1]  # the repository root, where ``python -m benchmarks.memory`` runs
 VARIANTS = {"idle": None, "baseline": "baseline", "D&C fixed": "D&C fixed", "D&C learned": "D&C learned"}
 
 
 def child(args):
+    from benchmarks import accuracy
     from lab import experiment as ex
-
-    import accuracy
 
     setup(args.out)
     acc_args = accuracy.parser().parse_args(
@@ -78,10 +78,11 @@ def main(argv=None):
     out = setup(args.out)
     argv = sys.argv[1:] if argv is None else list(argv)
     records = []
-    # one process per variant, run at the same time (each one's peak RSS is its own)
+    # one process per variant, run at the same time (each one's peak RSS is its own), from the repository root
     procs = {
         name: subprocess.Popen(
-            [sys.executable, str(Path(__file__).resolve()), *argv, "--child", name],
+            [sys.executable, "-m", "benchmarks.memory", *argv, "--out", str(out.resolve()), "--child", name],
+            cwd=ROOT,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
@@ -116,7 +117,7 @@ def main(argv=None):
         f"Peak memory ({args.dataset}, {args.loss}, {args.epochs} epochs, K up to {args.num_learners}, "
         f"T={args.recluster_every}, batch {args.batch_size})"
     )
-    report(out, "memory", title, table, "python benchmarks/memory.py " + shlex.join(argv))
+    report(out, "memory", title, table, "python -m benchmarks.memory " + shlex.join(argv))
     return records
 
 

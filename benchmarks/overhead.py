@@ -1,8 +1,8 @@
 """Training overhead: time per training step with DivideConquerWrapper vs the bare loss, on the same batches, in a
 plain PyTorch loop and in PML's MetricLossOnly.
 
-    python benchmarks/overhead.py --ks 1,2,4,8,16,32 --steps 60 --loop both --out bench-out
-    python benchmarks/overhead.py --device cuda --model resnet --dataset synthetic --batch-size 128 \\
+    python -m benchmarks.overhead --ks 1,2,4,8,16,32 --steps 60 --loop both --out bench-out
+    python -m benchmarks.overhead --device cuda --model resnet --dataset synthetic --batch-size 128 \\
         --embedding-size 512 --ks 8,32 --loss margin --loop plain --out bench-out
 
 For each K, the data is clustered into K clusters (fixed chunks, grow=False) and the ClusterSampler draws batches;
@@ -24,6 +24,7 @@ import numpy as np
 import torch
 from pytorch_metric_learning import trainers
 
+from benchmarks.common import Timer, markdown_table, pyplot, report, setup, write_csv
 from lab import experiment as ex
 from pml_divide_conquer import (
     ClusterSampler,
@@ -33,8 +34,6 @@ from pml_divide_conquer import (
     Reclusterer,
     SubspaceMaskedEmbedder,
 )
-
-from common import Timer, markdown_table, pyplot, report, setup, write_csv
 
 LOOPS = ("plain", "pml")
 
@@ -75,7 +74,7 @@ def _concat(a, b):
 def make_trunk(dataset, args):
     """(trunk, output size): the benchmark's small CNN or MLP, or a ResNet-18 for 32x32 images (``--model resnet``)."""
     if args.model == "resnet":
-        from han import resnet_trunk
+        from benchmarks.han import resnet_trunk
 
         return resnet_trunk(args.conv_width)
     cfg = ex.RunConfig(
@@ -250,7 +249,7 @@ def main(argv=None):
         "overhead",
         title,
         table,
-        "python benchmarks/overhead.py " + shlex.join(sys.argv[1:] if argv is None else argv),
+        "python -m benchmarks.overhead " + shlex.join(sys.argv[1:] if argv is None else argv),
     )
     return records
 

@@ -1,7 +1,7 @@
 """The paper protocol (CUB-200-2011, Cars196, Stanford Online Products) for machines with a GPU and internet.
 
-    python benchmarks/paper_protocol.py --dataset cub --root data/cub --download          # full run (GPU)
-    python benchmarks/paper_protocol.py --dry-run                                         # wiring check, CPU, offline
+    python -m benchmarks.paper_protocol --dataset cub --root data/cub --download          # full run (GPU)
+    python -m benchmarks.paper_protocol --dry-run                                         # wiring check, CPU, offline
 
 Data comes through PML's own dataset classes (``pytorch_metric_learning.datasets.CUB``, ``Cars196``,
 ``StanfordOnlineProducts``; first half of the classes train, the second half test), the trunk is torchvision's
@@ -25,6 +25,7 @@ import torch
 from pytorch_metric_learning import losses, miners, testers, trainers
 from pytorch_metric_learning.utils.accuracy_calculator import AccuracyCalculator
 
+from benchmarks.common import setup
 from lab import experiment as ex
 from pml_divide_conquer import (
     ClusterSampler,
@@ -33,8 +34,6 @@ from pml_divide_conquer import (
     Reclusterer,
     SubspaceMaskedEmbedder,
 )
-
-from common import setup
 
 # dataset -> settings; recall_ks as reported in the papers
 PRESETS = {

@@ -1,6 +1,6 @@
 """Reclustering cost: one D&C reclustering vs one no-grad forward pass over the training set; k-means alone at scale.
 
-    python benchmarks/recluster.py --k 8 --sizes 10000,100000,1000000 --dim 512 --out bench-out
+    python -m benchmarks.recluster --k 8 --sizes 10000,100000,1000000 --dim 512 --out bench-out
 
 Part 1 (glyph training set, the accuracy benchmark's conv trunk): the time of ``wrapper.recluster(trainer)``
 (an embedding pass, faiss k-means with retries, Hungarian matching) against the time of one no-grad forward pass
@@ -15,10 +15,9 @@ import sys
 
 import numpy as np
 
+from benchmarks.common import Timer, markdown_table, pyplot, report, setup, write_csv
 from lab import experiment as ex
 from pml_divide_conquer import KMeansSettings, clustering
-
-from common import Timer, markdown_table, pyplot, report, setup, write_csv
 
 
 def training_set_part(args):
@@ -138,7 +137,7 @@ def main(argv=None):
         "recluster",
         f"Reclustering cost (K={args.k}, median of {args.repeats} for the training set)",
         table,
-        "python benchmarks/recluster.py " + shlex.join(sys.argv[1:] if argv is None else argv),
+        "python -m benchmarks.recluster " + shlex.join(sys.argv[1:] if argv is None else argv),
     )
     return records
 

@@ -1,7 +1,7 @@
 """Costs against the size of the data, from Stanford Online Products to ten million images.
 
-    python benchmarks/scale.py --sizes 60000,1000000,10000000 --out bench-out
-    python benchmarks/scale.py --ddp 4 --out bench-out          # also the 4-process gloo run (about a minute)
+    python -m benchmarks.scale --sizes 60000,1000000,10000000 --out bench-out
+    python -m benchmarks.scale --ddp 4 --out bench-out          # also the 4-process gloo run (about a minute)
 
 Synthetic labels shaped like the retrieval sets D&C was made for (about 10 images a class, between 2 and 19;
 clusters coherent by class, as k-means gives them), features random and L2-normalised. Four tables:
@@ -30,10 +30,9 @@ import warnings
 import numpy as np
 import torch
 
+from benchmarks.common import markdown_table, pyplot, report, setup, write_csv
 from pml_divide_conquer import ClusterSampler, DivideConquerSchedule, KMeansSettings, clustering
 from pml_divide_conquer.feature_memory import FeatureMemory
-
-from common import markdown_table, pyplot, report, setup, write_csv
 
 
 def sop_like(n, seed=0, mean_per_class=10):
@@ -61,7 +60,7 @@ def sampler_pass(labels, class_cluster, k, planner="new", batch_size=128, m=2):
         if planner == "new":
             plan = s.plan_pass(0)
         else:
-            import old_planning
+            from benchmarks import old_planning
 
             pools = old_planning.servable_pools(labels, assignment, k, m, batch_size)
             plan = old_planning.plan_pass(pools, batch_size, m, np.random.default_rng(0))
@@ -190,7 +189,7 @@ def main(argv=None):
     p.add_argument("--out", default="bench-out")
     args = p.parse_args(argv)
     out = setup(args.out)
-    command = "python benchmarks/scale.py " + shlex.join(sys.argv[1:] if argv is None else argv)
+    command = "python -m benchmarks.scale " + shlex.join(sys.argv[1:] if argv is None else argv)
     records, rows = [], []
     for n in args.sizes:
         labels, class_cluster = sop_like(n)

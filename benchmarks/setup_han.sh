@@ -12,7 +12,7 @@ set -euo pipefail
 OUT="$(realpath -m "${1:-han.npz}")"
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 PYTHON="${PYTHON:-$ROOT/.venv/bin/python}"
-export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"
+cd "$ROOT"  # python -c and python - import from the current folder: this checkout's lab/
 PACKAGES=$("$PYTHON" -c "from lab.datasets import HAN_FONT_PACKAGES; print(HAN_FONT_PACKAGES)")
 missing=$(for p in $PACKAGES; do dpkg -s "$p" >/dev/null 2>&1 || echo "$p"; done)
 if [ -n "$missing" ]; then

@@ -1,6 +1,6 @@
 """Tune D&C's settings on the glyph *validation* classes (held out from the training classes; test classes unseen).
 
-    python benchmarks/tune.py --seeds 2 --out bench-out
+    python -m benchmarks.tune --seeds 2 --out bench-out
 
 Each row changes one setting (triplet loss, D&C fixed unless stated) from the defaults K=4, T=2, the journal's
 phases, clustering the trunk output, λ=0.01; prints the table and writes ``tune.csv`` and ``tune.png``.
@@ -12,8 +12,8 @@ import sys
 
 import numpy as np
 
-import accuracy
-from common import markdown_table, mean_std, pyplot, report, setup, write_csv
+from benchmarks import accuracy
+from benchmarks.common import markdown_table, mean_std, pyplot, report, setup, write_csv
 
 GRID = {  # row -> (accuracy.py arguments, methods)
     "baseline": ([], "baseline"),
@@ -86,7 +86,7 @@ def main(argv=None):
         "tune",
         f"Tuning on glyph validation classes (triplet, {args.epochs} epochs, {args.seeds} seeds)",
         table,
-        "python benchmarks/tune.py " + shlex.join(sys.argv[1:] if argv is None else argv),
+        "python -m benchmarks.tune " + shlex.join(sys.argv[1:] if argv is None else argv),
     )
 
 

@@ -33,8 +33,8 @@ class KMeansSettings:
             where the data is (:func:`choose_backend`).
 
     Examples:
-        >>> KMeansSettings(niter=20, seed=3)
-        KMeansSettings(niter=20, seed=3, max_points_per_centroid=None, max_retries=30, gpu=None, backend=None)
+        >>> KMeansSettings(niter=20, seed=3).max_retries
+        30
         >>> KMeansSettings(n_iter=20)
         Traceback (most recent call last):
         TypeError: KMeansSettings.__init__() got an unexpected keyword argument 'n_iter'

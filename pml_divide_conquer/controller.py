@@ -28,9 +28,10 @@ class EpochController:
     """Takes the schedule's step after each epoch.
 
     Examples:
-        >>> controller = EpochController(schedule, sampler, embedder, learners, reclusterer, memory)
-        >>> controller.setup(parts)                # a TrainingParts; takes the step before epoch 1
-        >>> controller.end_epoch()                 # after each epoch
+        >>> controller = EpochController(schedule, sampler, embedder, learners,
+        ...                              reclusterer, memory)
+        >>> controller.setup(parts)  # a TrainingParts; the step before epoch 1
+        >>> controller.end_epoch()  # after each epoch
         >>> controller.last_epoch, controller.num_active, controller.phase
         (1, 1, <Phase.DIVIDE: 'divide'>)
     """

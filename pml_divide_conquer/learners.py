@@ -62,10 +62,11 @@ class HeadStart:
     heads (``DivideConquerWrapper(..., full_head=...)``). Subclasses override :meth:`start`.
 
     Examples:
-        >>> class FreshHeads(HeadStart):  # the loss's own initialisation, as if no learner had trained
+        >>> class FreshHeads(HeadStart):  # the loss's own initialisation
         ...     def start(self, learners, context):
         ...         pass
-        >>> dc = DivideConquerWrapper(arcface, embedder=embedder, sampler=sampler, full_head=FreshHeads())
+        >>> dc = DivideConquerWrapper(arcface, embedder=embedder, sampler=sampler,
+        ...                           full_head=FreshHeads())
     """
 
     def start(self, learners: "Learners", context: HeadStartContext) -> None:
@@ -131,7 +132,8 @@ class Learners:
         full_head: a :class:`HeadStart` (per-learner heads: how the full learner's heads start).
 
     Examples:
-        >>> learners = Learners(losses.ArcFaceLoss(10, 64), None, 4, "per_learner", 64, np.arange(10))
+        >>> learners = Learners(losses.ArcFaceLoss(10, 64), None, 4, "per_learner",
+        ...                     first_size=64, class_ids=np.arange(10))
         >>> loss = learners.loss("learner0", x, labels, None, dims=slice(0, 64))
     """
 

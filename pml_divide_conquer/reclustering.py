@@ -111,10 +111,13 @@ class Reclusterer:
     ``DivideConquerWrapper(..., reclusterer=...)``.
 
     Examples:
-        >>> dc = DivideConquerWrapper(loss, embedder=embedder, sampler=sampler, reclusterer=Reclusterer(
-        ...     cluster_on="embedding", kmeans=KMeansSettings(niter=20)))
+        >>> reclusterer = Reclusterer(cluster_on="embedding",
+        ...                           kmeans=KMeansSettings(niter=20))
+        >>> dc = DivideConquerWrapper(loss, embedder=embedder, sampler=sampler,
+        ...                           reclusterer=reclusterer)
         >>> class RandomClusters(Reclusterer):
-        ...     def cluster(self, features, labels, assignment, current_k, k, split=False):
+        ...     def cluster(self, features, labels, assignment, current_k, k,
+        ...                 split=False):
         ...         return np.random.default_rng(0).integers(0, k, len(features))
     """
 
@@ -203,8 +206,8 @@ class Reclusterer:
         if len(embedded) != len(labels) or not np.array_equal(embedded, labels):
             raise ValueError(
                 "the dataset embedded for clustering does not have the sampler's labels in the same order "
-                f"({len(embedded)} vs {len(labels)} samples): the dataset given at set-up (and the reclusterer's dataset) "
-                "must hold the training samples in the order of the sampler's labels"
+                f"({len(embedded)} vs {len(labels)} samples): the dataset given at set-up (and the reclusterer's "
+                "dataset) must hold the training samples in the order of the sampler's labels"
             )
         return emb
 

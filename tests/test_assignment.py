@@ -79,3 +79,12 @@ def test_state_round_trips_and_a_corrupted_one_is_refused():
     with pytest.raises(ValueError, match="saved for another dataset"):
         ClusterAssignment(LABELS[:10]).load_state_dict(state)
     assert torch.equal(torch.as_tensor(b.ids), state["assignment"])  # the refused one changed nothing
+
+
+def test_the_docstring_example_runs():
+    import doctest
+
+    runner = doctest.DocTestRunner()
+    for test in doctest.DocTestFinder().find(ClusterAssignment, globs={"ClusterAssignment": ClusterAssignment}):
+        runner.run(test)
+    assert runner.failures == 0 and runner.tries >= 3

@@ -8,21 +8,18 @@ import importlib
 import json
 import math
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
-
 
 @pytest.fixture
-def bench(monkeypatch):
-    """Import a benchmark script as a module; restore torch's thread count afterwards (the scripts set it)."""
-    monkeypatch.syspath_prepend(str(BENCH))
+def bench():
+    """Import a benchmark script, ``benchmarks.<name>``; restore torch's thread count afterwards (the scripts set
+    it)."""
     threads = torch.get_num_threads()
-    yield lambda name: importlib.import_module(name)
+    yield lambda name: importlib.import_module(f"benchmarks.{name}")
     torch.set_num_threads(threads)
 
 
@@ -210,7 +207,7 @@ TINY_SIZES = '{"num_pretrain": 20, "num_train": 20, "num_val": 5, "num_test": 15
 
 
 def run_tiny_han(han, command, npz, out, seeds):
-    """``han.py COMMAND`` on the tiny Han set, tiny preset, one process."""
+    """``python -m benchmarks.han COMMAND`` on the tiny Han set, tiny preset, one process."""
     args = ["--preset", "tiny", "--npz", str(npz), "--sizes", TINY_SIZES, "--seeds", str(seeds), "--jobs", "1"]
     return han.main([command, *args, "--out", str(out)])
 
@@ -324,3 +321,22 @@ def test_kmeans_backends_benchmark_smoke(bench, tmp_path, capsys):
     )
     assert len(records) == 3 and all(r["seconds"] > 0 for r in records)
     assert (tmp_path / "kmeans_backends.md").read_text().count("|") > 10
+
+
+def test_han_learner_scale_is_the_copies_scale_and_the_full_learners_comes_back_at_the_phase_change(bench):
+    """The wrapper copies one loss for every learner: it is built at the learners' scale, and the full learner's
+    head start (full_head=) gives the full learner's copy the loss's own scale when the divide phase ends."""
+    han = bench("han")
+    from benchmarks.han import finetuning
+
+    dc = han.PRESETS["tiny"].but(**han.CHOSEN, loss="arcface", learner_scale=16.0)
+    loss, _, full_head = finetuning.make_loss(dc, 10, finetuning.make_schedule(dc))
+    assert loss.scale == 16.0 and isinstance(full_head, han.FullLearnerScale) and full_head.scale == 64
+    assert type(full_head.inner).__name__ == "ImprintedHeads"  # the library's default, as without the option
+    # where the option changes nothing it is not applied: no scale (margin), no divide phase, the baseline
+    for cfg in (dc.but(loss="margin"), dc.but(schedule="custom-full"), dc.but(method="baseline")):
+        schedule = finetuning.make_schedule(cfg) if cfg.method == "dc" else None
+        loss, _, full_head = finetuning.make_loss(cfg, 10, schedule)
+        assert not isinstance(full_head, han.FullLearnerScale) and getattr(loss, "scale", 64) == 64
+    with pytest.raises(ValueError, match="per-learner heads"):  # shared heads never run the full head's start
+        finetuning.make_loss(dc.but(heads="shared"), 10, finetuning.make_schedule(dc))

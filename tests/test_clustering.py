@@ -161,3 +161,13 @@ def test_kmeans_settings_refuse_what_cannot_run():
         KMeansSettings(backend="sklearn")
     with pytest.raises(TypeError):
         KMeansSettings(n_iter=3)  # unknown names are refused
+
+
+def test_the_settings_docstring_examples_run():
+    import doctest
+
+    finder = doctest.DocTestFinder()
+    runner = doctest.DocTestRunner(optionflags=doctest.IGNORE_EXCEPTION_DETAIL)
+    for test in finder.find(KMeansSettings, globs={"KMeansSettings": KMeansSettings}):
+        runner.run(test)
+    assert runner.failures == 0 and runner.tries >= 2

@@ -86,7 +86,7 @@ def test_glyphs_are_rendered_once_then_read_from_the_cache(tmp_path, monkeypatch
     first = datasets.glyph_arrays(fonts=fonts, **TINY)
     files = list(tmp_path.glob("glyphs_12px_*.npz"))
     assert len(files) == 1
-    monkeypatch.setattr(datasets, "render_glyphs", lambda **kw: pytest.fail("rendered again instead of cached"))
+    monkeypatch.setattr(datasets.glyphs, "render_glyphs", lambda **kw: pytest.fail("rendered again instead of cached"))
     second = datasets.glyph_arrays(fonts=fonts, **TINY)
     assert np.array_equal(first[0], second[0]) and first[2] == second[2] and len(first[2]) == 10
 
@@ -136,7 +136,9 @@ def test_fonts_that_cannot_be_read_or_drawn_are_skipped_with_one_warning(tmp_pat
     assert len(messages) == 1, messages
     assert "Garbage.ttf" in messages[0] and "BadHinting.ttf" in messages[0] and "invalid opcode" in messages[0]
     # the same set, from the same cache file, as with the good fonts alone
-    monkeypatch.setattr(datasets, "render_glyphs", lambda **kw: pytest.fail("the broken fonts changed the cache key"))
+    monkeypatch.setattr(
+        datasets.glyphs, "render_glyphs", lambda **kw: pytest.fail("the broken fonts changed the cache key")
+    )
     clean = datasets.glyph_arrays(fonts=fonts, **TINY)
     assert np.array_equal(images, clean[0]) and chars == clean[2]
 
@@ -144,7 +146,7 @@ def test_fonts_that_cannot_be_read_or_drawn_are_skipped_with_one_warning(tmp_pat
 def test_missing_font_files_are_skipped_with_one_warning_naming_the_package(monkeypatch):
     files = dict(datasets.GLYPH_FONT_FILES)
     files["fonts-not-installed"] = ("/nonexistent/fonts", "Foo-Regular.ttf Foo-Bold.ttf")
-    monkeypatch.setattr(datasets, "GLYPH_FONT_FILES", files)
+    monkeypatch.setattr(datasets.glyphs, "GLYPH_FONT_FILES", files)
     with pytest.warns(UserWarning, match="apt-get install -y fonts-not-installed") as record:
         fonts = datasets.glyph_fonts()
     record = [w for w in record if issubclass(w.category, UserWarning)]
@@ -153,7 +155,7 @@ def test_missing_font_files_are_skipped_with_one_warning_naming_the_package(monk
 
 
 def test_no_fonts_names_the_install_command(monkeypatch):
-    monkeypatch.setattr(datasets, "GLYPH_FONT_FILES", {"fonts-foo": ("/nonexistent", "Foo.ttf")})
+    monkeypatch.setattr(datasets.glyphs, "GLYPH_FONT_FILES", {"fonts-foo": ("/nonexistent", "Foo.ttf")})
     with pytest.warns(UserWarning, match="fonts-foo"):
         with pytest.raises(FileNotFoundError, match="apt-get install -y fonts-"):
             datasets.glyph_arrays()

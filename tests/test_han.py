@@ -44,7 +44,7 @@ def made_fonts(tmp_path_factory):
     placeholder = folder / "Placeholder.ttf"
     with TTFont(gothic.path, lazy=True) as g, TTFont(mincho.path) as font:
         both = sorted(set(font.getBestCmap()) & set(g.getBestCmap()))
-        remapped = [cp for cp in both if datasets._is_han(cp)][:12]
+        remapped = [cp for cp in both if datasets.han_render._is_han(cp)][:12]
         for table in font["cmap"].tables:
             if table.isUnicode() and remapped[0] in table.cmap:
                 for cp in remapped[1:]:
@@ -92,7 +92,7 @@ def test_han_rendering_is_deterministic_and_cached_on_the_faces_used(tmp_path, m
     monkeypatch.setenv("PML_DC_CACHE", str(tmp_path))
     first = datasets.han_glyph_arrays(fonts=sawarabi(), **TINY)
     assert len(list(tmp_path.glob("han_32px_*.npz"))) == 1
-    monkeypatch.setattr(datasets, "render_han_glyphs", lambda **kw: pytest.fail("rendered again instead of cached"))
+    monkeypatch.setattr(datasets.han, "render_han_glyphs", lambda **kw: pytest.fail("rendered again instead of cached"))
     again = datasets.han_glyph_arrays(fonts=sawarabi(), **TINY)
     assert np.array_equal(first.images, again.images) and first.chars == again.chars
     monkeypatch.undo()
@@ -124,7 +124,7 @@ def test_load_han_splits_are_disjoint_and_load_from_an_npz_without_fonts(tmp_pat
     # the arrays saved once are loaded without any font: by path or by $PML_DC_HAN_NPZ
     npz = tmp_path / "han.npz"
     datasets.save_han_npz(npz, fonts=sawarabi(), **TINY)
-    monkeypatch.setattr(datasets, "open_faces", lambda *a, **k: pytest.fail("opened fonts instead of the .npz"))
+    monkeypatch.setattr(datasets.han, "open_faces", lambda *a, **k: pytest.fail("opened fonts instead of the .npz"))
     from_npz = datasets.load_han("test", npz=npz, **SPLITS)
     monkeypatch.setenv(datasets.HAN_NPZ_ENV, str(npz))
     from_env = datasets.load_han("test", **SPLITS)

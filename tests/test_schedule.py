@@ -130,3 +130,11 @@ def test_steps_are_consistent_with_cluster_counts(log_k, T, full, all_data, grow
             assert all_data == e + 1
         if s.phase_in_epoch(e) == Phase.ALL_DATA:
             assert step.action == NONE
+
+
+def test_the_docstring_examples_run():
+    import doctest
+
+    from pml_divide_conquer import schedule
+
+    assert doctest.testmod(schedule, optionflags=doctest.ELLIPSIS).failed == 0

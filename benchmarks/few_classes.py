@@ -1,17 +1,18 @@
-"""Issue 16 (item 10): where and why D&C loses on a few hundred classes (a set like a user's held-out glyph set).
+"""Few classes: where and why D&C loses on a few hundred classes (a set like a user's held-out glyph set; issue 16).
 
-    python benchmarks/item10.py table --npz han.npz --out out/item10       # baseline vs D&C, 2 losses x 2 regimes
-    python benchmarks/item10.py heads --npz han.npz --out out/item10       # ArcFace: the full head at the phase change
-    python benchmarks/item10.py phases --npz han.npz --out out/item10      # phase epochs and the ablation's parts
-    python benchmarks/item10.py report --out out/item10                    # every run so far, one table + curves
+    python -m benchmarks.few_classes table --npz han.npz --out out/few   # baseline vs D&C, 2 losses x 2 regimes
+    python -m benchmarks.few_classes heads --npz han.npz --out out/few   # ArcFace: the full head at the phase change
+    python -m benchmarks.few_classes phases --npz han.npz --out out/few  # phase epochs and the ablation's parts
+    python -m benchmarks.few_classes report --out out/few                # every run so far, one table + curves
 
 The set: 300 training and 300 unseen test classes of Han characters (200 validation classes kept apart for
 tuning), 15 images per class from distinct faces, 32x32 (``load_han(..., images_per_class=15)``), and 1,000 other
 classes to pretrain the trunk on. Two regimes: the trunk trained from scratch (BatchNorm trained, lr 1e-3), and
-pretrained on the 1,000 other classes with BatchNorm frozen, lr 3e-4. Everything else is ``han.py``'s CPU preset
-(four conv blocks 16-32-64-128, Linear(128, 128), batch 64, m = 2, 12 epochs, Adam, ArcFace's class weights 1e-2) and
-D&C is ``han.CHOSEN`` (K = 4, T = 2, fixed chunks, CVPR phases with K grown, per-learner heads). Every run records
-R@1 on the eval classes after each epoch (``curve``; RNG states are kept, so the run trains as one without it).
+pretrained on the 1,000 other classes with BatchNorm frozen, lr 3e-4. Everything else is the han benchmark's CPU
+preset (four conv blocks 16-32-64-128, Linear(128, 128), batch 64, m = 2, 12 epochs, Adam, ArcFace's class weights
+1e-2) and D&C is ``benchmarks.han.CHOSEN`` (K = 4, T = 2, fixed chunks, CVPR phases with K grown, per-learner heads).
+Every run records R@1 on the eval classes after each epoch (``curve``; RNG states are kept, so the run trains as one
+without it).
 """
 
 import argparse
@@ -24,8 +25,8 @@ from pathlib import Path
 
 import numpy as np
 
-import han
-from common import markdown_table, pyplot, report, setup
+from benchmarks import han
+from benchmarks.common import markdown_table, pyplot, report, setup
 
 SIZES = dict(num_pretrain=1000, num_train=300, num_val=200, num_test=300, images_per_class=15)
 REGIMES = {
@@ -103,7 +104,7 @@ def configs(experiment, seeds, losses, regimes, only=None):
 def key(r):
     """A run's whole Config (fields a record lacks at their defaults) as a string."""
     fields = han.Config.__dataclass_fields__
-    legacy = {"full_head": "assembled"}  # runs made before the library's full_head (and han.py's field) existed
+    legacy = {"full_head": "assembled"}  # runs made before the library's full_head (and the han Config's field) existed
     cfg = {k: r.get(k, legacy.get(k, f.default)) for k, f in fields.items()}
     if cfg["method"] == "baseline" or cfg["loss"] not in han.HEAD_LOSSES:
         cfg["full_head"] = None  # no head to start: the same run either way
@@ -229,7 +230,7 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("experiment", choices=["table", "heads", "imprint", "norm", "phases", "fixed", "final", "report"])
     p.add_argument("--npz", default=None)
-    p.add_argument("--out", default="out/item10")
+    p.add_argument("--out", default="out/few")
     p.add_argument("--seeds", type=int, default=2)
     p.add_argument("--losses", default=",".join(LOSSES), type=lambda v: v.split(","))
     p.add_argument("--regimes", default=",".join(REGIMES), type=lambda v: v.split(","))
@@ -239,7 +240,7 @@ def main(argv=None):
     p.add_argument("--jobs", type=int, default=2)
     args = p.parse_args(argv)
     out = setup(args.out)
-    command = "python benchmarks/item10.py " + shlex.join(sys.argv[1:] if argv is None else argv)
+    command = "python -m benchmarks.few_classes " + shlex.join(sys.argv[1:] if argv is None else argv)
     if args.experiment != "report":
         named = configs(args.experiment, args.seeds, args.losses, args.regimes, args.only)
         if args.set:
@@ -250,16 +251,16 @@ def main(argv=None):
             sizes=json.dumps(SIZES), device="cpu", split=args.split, npz=args.npz, jobs=args.jobs, out=str(out)
         )
         start = time.perf_counter()
-        han.run_all([c for _, _, c in named], run_args, f"item10 {args.experiment}", [n for _, n, _ in named])
+        han.run_all([c for _, _, c in named], run_args, f"few classes {args.experiment}", [n for _, n, _ in named])
         print(f"{args.experiment}: {(time.perf_counter() - start) / 60:.1f} min", flush=True)
     records = load(out)
     for r in records:
         r["regime"] = regime_of(r)
     shown = EXPERIMENTS if args.experiment == "report" else ("table", args.experiment)
     text = tabulate(records, shown) + "\n\nR@1 (%) after each epoch, mean over seeds:\n\n" + curve_table(records)
-    plot_curves(records, out / "item10_curves.png")
-    plot_curves(records, out / "item10_curves_key.png", KEY_SETTINGS)
-    report(out, f"item10_{args.experiment}", f"Han, {SIZES}", text, command)
+    plot_curves(records, out / "few_classes_curves.png")
+    plot_curves(records, out / "few_classes_curves_key.png", KEY_SETTINGS)
+    report(out, f"few_classes_{args.experiment}", f"Han, {SIZES}", text, command)
 
 
 if __name__ == "__main__":
