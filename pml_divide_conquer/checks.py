@@ -11,6 +11,7 @@ from . import heads
 from .compat import DistributedMinerWrapper
 from .embedder import SubspaceMaskedEmbedder
 from .learners import HEAD_MODES, PER_LEARNER, SHARED
+from .reclustering import Reclusterer
 from .sampler import ClusterSampler
 
 # Losses that need the same number of samples of every class in a batch (they raise otherwise)
@@ -88,6 +89,15 @@ def check_wrapper_arguments(loss, miner, embedder, sampler, heads_mode):
             f"({num_classes}): every cluster needs several classes. Use at most {num_classes // 2 or 1} learners."
         )
     heads.check_fits(loss, embedder.embedding_size, num_classes)
+
+
+def reclusterer(value):
+    """The wrapper's Reclusterer: ``value``, or the default one for None."""
+    if value is None:
+        return Reclusterer()
+    if not isinstance(value, Reclusterer):
+        raise TypeError(f"reclusterer must be a Reclusterer, got {type(value).__name__}")
+    return value
 
 
 def check_parameters_are_optimized(wrapper, optimizers):

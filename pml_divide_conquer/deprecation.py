@@ -37,13 +37,10 @@ def _spelled(values):
     return ", ".join(f"{k}={v!r}" for k, v in values.items())
 
 
-def wrapper_parts(num_learners, schedule, reclusterer, deprecated):
-    """The schedule and the reclusterer of a DivideConquerWrapper given the keywords of 0.3 (``deprecated``), with
-    one FutureWarning for each group that names the new spelling."""
-    from .clustering import KMeansSettings
-    from .reclustering import Reclusterer
-    from .schedule import DivideConquerSchedule
-
+def wrapper_keywords(num_learners, deprecated, schedule_given, reclusterer_given):
+    """The keywords of 0.3 a DivideConquerWrapper was given (``deprecated``), sorted into what they set now:
+    ``(schedule fields, ReclusterSettings fields, KMeansSettings fields)``, with one FutureWarning for each group
+    that names the new spelling. Refused: unknown keywords, and a group given beside its new spelling."""
     known = set(SCHEDULE_KEYWORDS) | {"conquer_epoch"} | set(RECLUSTER_KEYWORDS) | set(KMEANS_KEYWORDS)
     unknown = sorted(set(deprecated) - known)
     if unknown:
@@ -51,28 +48,24 @@ def wrapper_parts(num_learners, schedule, reclusterer, deprecated):
     timing = {k: deprecated[k] for k in SCHEDULE_KEYWORDS if k in deprecated}
     if "conquer_epoch" in deprecated:  # (the schedule itself warns about this one, with what it means)
         timing["conquer_epoch"] = deprecated["conquer_epoch"]
-    if timing:
-        if schedule is not None:
-            raise ValueError(f"give the schedule either as schedule= or as {sorted(timing)}, not both")
-        schedule = DivideConquerSchedule(num_learners=num_learners, **timing)
-        new = {k: v for k, v in timing.items() if k != "conquer_epoch"}
-        if new:
-            warn_deprecated(
-                f"DivideConquerWrapper({_spelled(new)})",
-                f"pass schedule=DivideConquerSchedule(num_learners={num_learners}, {_spelled(new)})",
-                stacklevel=4,
-            )
+    if timing and schedule_given:
+        raise ValueError(f"give the schedule either as schedule= or as {sorted(timing)}, not both")
+    new = {k: v for k, v in timing.items() if k != "conquer_epoch"}
+    if new:
+        warn_deprecated(
+            f"DivideConquerWrapper({_spelled(new)})",
+            f"pass schedule=DivideConquerSchedule(num_learners={num_learners}, {_spelled(new)})",
+            stacklevel=4,
+        )
     settings = {RECLUSTER_KEYWORDS[k]: v for k, v in deprecated.items() if k in RECLUSTER_KEYWORDS}
     kmeans = {KMEANS_KEYWORDS[k]: v for k, v in deprecated.items() if k in KMEANS_KEYWORDS}
     if settings or kmeans:
         old = {k: v for k, v in deprecated.items() if k in RECLUSTER_KEYWORDS or k in KMEANS_KEYWORDS}
-        if reclusterer is not None:
+        if reclusterer_given:
             raise ValueError(f"give the reclustering settings either in reclusterer= or as {sorted(old)}, not both")
-        new = dict(settings, **({"kmeans": KMeansSettings(**kmeans)} if kmeans else {}))
-        reclusterer = Reclusterer(**new)
         shown = _spelled(settings) + (", " if settings and kmeans else "")
         shown += f"kmeans=KMeansSettings({_spelled(kmeans)})" if kmeans else ""
         warn_deprecated(
             f"DivideConquerWrapper({_spelled(old)})", f"pass reclusterer=Reclusterer({shown})", stacklevel=4
         )
-    return schedule, reclusterer
+    return timing, settings, kmeans

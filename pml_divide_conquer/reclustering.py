@@ -19,6 +19,7 @@ import torch.nn.functional as F
 
 from . import clustering, distributed
 from .clustering import KMeansSettings
+from .feature_memory import FeatureMemory
 from .torch_utils import unwrap
 
 CLUSTER_SPACES = ("trunk", "embedding")
@@ -129,6 +130,13 @@ class Reclusterer:
 
     def __repr__(self):
         return f"{type(self).__name__}({self.settings!r})"
+
+    def feature_memory(self, num_samples):
+        """The :class:`~pml_divide_conquer.feature_memory.FeatureMemory` that training fills for this reclusterer
+        (``features_from="training"``), or None (an embedding pass each time)."""
+        if self.settings.features_source == "pass":
+            return None
+        return FeatureMemory(num_samples, self.settings.memory_device)
 
     def assign(self, source, labels, assignment, current_k, k, split=False) -> Reclustering:
         """The new assignment (one cluster id in [0, k) per sample) on every rank, and what it cost.

@@ -10,14 +10,15 @@ import torch.nn.functional as F
 from pytorch_metric_learning.losses import BaseMetricLossFunction
 
 from . import checks, records, routing, state
+from .clustering import KMeansSettings
 from .controller import EpochController
-from .deprecation import wrapper_parts
+from .deprecation import wrapper_keywords
 from .embedder import LEARNED
-from .feature_memory import FeatureMemory, record_batch
+from .feature_memory import record_batch
 from .learners import FULL_KEY, PER_LEARNER, Learners, learner_key
 from .reclustering import Reclusterer
 from .routing import Router
-from .schedule import Phase, make_schedule
+from .schedule import DivideConquerSchedule, Phase, make_schedule
 from .training import plain_loop_parts
 
 HALF = (torch.float16, torch.bfloat16)
@@ -92,11 +93,14 @@ class DivideConquerWrapper(BaseMetricLossFunction):
     ):
         super().__init__()
         checks.check_wrapper_arguments(loss, miner, embedder, sampler, heads)
-        schedule, reclusterer = wrapper_parts(embedder.num_learners, schedule, reclusterer, deprecated)
-        self.schedule = make_schedule(schedule, embedder.num_learners)
-        self.reclusterer = reclusterer = Reclusterer() if reclusterer is None else reclusterer
-        if not isinstance(reclusterer, Reclusterer):
-            raise TypeError(f"reclusterer must be a Reclusterer, got {type(reclusterer).__name__}")
+        K = embedder.num_learners
+        timing, settings, kmeans = wrapper_keywords(K, deprecated, schedule is not None, reclusterer is not None)
+        if timing:  # the keywords of 0.3
+            schedule = DivideConquerSchedule(num_learners=K, **timing)
+        if settings or kmeans:
+            reclusterer = Reclusterer(**settings, **({"kmeans": KMeansSettings(**kmeans)} if kmeans else {}))
+        self.schedule = make_schedule(schedule, K)
+        self.reclusterer = reclusterer = checks.reclusterer(reclusterer)
         self.heads = heads
         self.orthogonality_weight = float(orthogonality_weight)
         if checks.needs_equal_counts(loss):
@@ -104,10 +108,7 @@ class DivideConquerWrapper(BaseMetricLossFunction):
         first_size = embedder.subspace_size(self.schedule.learners_in_epoch(1))
         learners = Learners(loss, miner, embedder.num_learners, heads, first_size, np.unique(sampler.labels), full_head)
         self.learners, self.miners = learners.losses, learners.miners  # registered: saved and moved with the loss
-        settings = reclusterer.settings  # features_from="training": a memory of the features training computed
-        memory = (
-            FeatureMemory(len(sampler.labels), settings.memory_device) if self.recluster_from == "training" else None
-        )
+        memory = reclusterer.feature_memory(len(sampler.labels))  # None: an embedding pass each time
         # Held outside the module tree: the embedder is trained and saved with the model (registering it here would
         # put its parameters in the loss's optimizer too), the sampler and the rest are no modules.
         self.__dict__.update(embedder=embedder, sampler=sampler, feature_memory=memory, _learners=learners)
