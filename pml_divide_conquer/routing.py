@@ -7,6 +7,7 @@ do not match the ticket) is noted in a device flag and raised at the next :meth:
 step: one sync an epoch); on the CPU, where reading costs nothing, at once.
 """
 
+import contextlib
 from typing import NamedTuple
 
 import numpy as np
@@ -76,8 +77,17 @@ class Router:
 
     def __init__(self, sampler):
         self.sampler = sampler
-        self.held = None  # inside one_batch(): [the batch's ticket, or None yet]
+        self.held = None  # inside holding(): [the batch's ticket, or None yet]
         self.flags = {}  # message -> a device bool tensor: something to raise at the next check
+
+    @contextlib.contextmanager
+    def holding(self):
+        """Every batch taken inside the block is the first one (``dc.one_batch()``: LBFGS or SAM closures)."""
+        self.held = [None]
+        try:
+            yield
+        finally:
+            self.held = None
 
     def flag(self, bad, message, error=RuntimeError):
         """Raise ``error(message)`` if the boolean tensor ``bad`` is true: now on the CPU, at the next check on a

@@ -113,7 +113,7 @@ class DivideConquerWrapper(BaseMetricLossFunction):
         # put its parameters in the loss's optimizer too), the sampler and the rest are no modules.
         self.__dict__.update(embedder=embedder, sampler=sampler, feature_memory=memory, _learners=learners)
         self.__dict__["controller"] = EpochController(self.schedule, sampler, embedder, learners, reclusterer, memory)
-        self.__dict__["router"] = Router(sampler)
+        self.__dict__["_router"] = Router(sampler)
         records.init(self, embedder.num_learners)
         self.update_cluster_stats()
 
@@ -153,7 +153,7 @@ class DivideConquerWrapper(BaseMetricLossFunction):
             return self._forward(embeddings, labels, indices_tuple, ref_emb, ref_labels)
 
     def _forward(self, embeddings, labels, indices_tuple, ref_emb, ref_labels):
-        self.router.flag(~torch.isfinite(embeddings.detach()).all(), routing.NONFINITE, FloatingPointError)
+        self._router.flag(~torch.isfinite(embeddings.detach()).all(), routing.NONFINITE, FloatingPointError)
         learners, controller = self._learners, self.controller
         if not self.training:  # outside training (e.g. a validation loss): the full learner, full space
             if embeddings.requires_grad and torch.is_grad_enabled():
@@ -167,7 +167,7 @@ class DivideConquerWrapper(BaseMetricLossFunction):
             return learners.loss(FULL_KEY, x, labels, indices_tuple, None, ref, ref_labels, known=False)
         if not controller.is_set_up:
             raise RuntimeError(f"DivideConquerWrapper was not set up: {controller.hints.setup}")
-        ticket = self.router.take(labels, controller.hints, controller.last_epoch, controller.loop_epoch())
+        ticket = self._router.take(labels, controller.hints, controller.last_epoch, controller.loop_epoch())
         if self.feature_memory is not None:  # the trunk's output (the embedder's input), or the embedding
             record_batch(self.feature_memory, controller.batch_features(embeddings), ticket.indices)
         if controller.phase != Phase.DIVIDE:
@@ -213,11 +213,8 @@ class DivideConquerWrapper(BaseMetricLossFunction):
             >>> with dc.one_batch():
             ...     optimizer.step(closure)   # closure() calls dc(model(x), y) one or more times
         """
-        self.router.held = [None]
-        try:
+        with self._router.holding():
             yield self
-        finally:
-            self.router.held = None
 
     # ------------------------------------------------------------------ epochs (a plain loop; see also integrations)
 
@@ -260,7 +257,7 @@ class DivideConquerWrapper(BaseMetricLossFunction):
         callback and :meth:`prepare` do for their loops): checks them, hooks the embedder and the optimizers, takes
         the step before epoch 1."""
         checks.check_parameters_are_optimized(self, parts.optimizers)
-        self.router.check()  # what was flagged on the device before
+        self._router.check()  # what was flagged on the device before
         self.controller.setup(parts)
         weakref.finalize(self, self.controller.remove_hooks)  # the hooks go with the wrapper
         self.update_cluster_stats()
@@ -271,7 +268,7 @@ class DivideConquerWrapper(BaseMetricLossFunction):
 
         ``epoch``: the epoch that just ended, counted from 1 (default: the one after the last step). Call it after
         the last batch of each epoch, before the next epoch's ``iter(loader)``."""
-        self.router.check()  # what was flagged on the device during the epoch
+        self._router.check()  # what was flagged on the device during the epoch
         self.controller.end_epoch(epoch)
         self.update_cluster_stats()
 
