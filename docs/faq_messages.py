@@ -21,6 +21,8 @@ PACKAGE = Path(__file__).resolve().parents[1] / "pml_divide_conquer"
 WIDTH = 88
 # calls whose (last) string argument is a warning message
 WARN_CALLS = {"warn", "warn_once", "warn_deprecated"}
+# functions that build a message and return it (for a warning or an error raised elsewhere)
+MESSAGE_FUNCTIONS = {"skipped", "unreached_learners", "shortfall"}
 # module-level constants holding a message (e.g. routing.NONFINITE): upper-case names, text with spaces
 CONSTANT = re.compile(r"^[A-Z][A-Z0-9_]*$")
 # the fields of training.LoopHints: how messages name the calls of the loop in use
@@ -108,8 +110,8 @@ def _with_each_loop(text, all_hints):
 
 
 def templates(package=PACKAGE):
-    """{file name (relative to the package): [message templates]} of every ``raise X(...)``, ``warn(...)`` and
-    message constant in the package, integrations included."""
+    """{file name (relative to the package): [message templates]} of every ``raise X(...)``, ``warn(...)``,
+    message constant and message function (``MESSAGE_FUNCTIONS``) in the package, integrations included."""
     files = sorted(Path(package).rglob("*.py"))
     trees = {path: ast.parse(path.read_text()) for path in files}
     all_hints = _loop_hints(trees.values())
@@ -119,6 +121,10 @@ def templates(package=PACKAGE):
         for node in ast.walk(tree):
             if isinstance(node, ast.Raise):
                 text = _message_of_call(node.exc)
+            elif isinstance(node, ast.FunctionDef) and node.name in MESSAGE_FUNCTIONS:
+                texts = [render(r.value) for r in ast.walk(node) if isinstance(r, ast.Return) and r.value is not None]
+                found.extend(t for t in texts if t and t not in found)
+                continue
             elif isinstance(node, ast.Call):
                 func = node.func
                 name = func.attr if isinstance(func, ast.Attribute) else getattr(func, "id", None)

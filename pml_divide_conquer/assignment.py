@@ -6,12 +6,10 @@ cached for the current version; and the warnings about what a cluster cannot ser
 :class:`~pml_divide_conquer.ClusterSampler` draws its stream of batches from one.
 """
 
-import warnings
-
 import numpy as np
 import torch
 
-from . import planning
+from . import notices, planning
 from .planning import as_int_array
 
 
@@ -131,7 +129,7 @@ class ClusterAssignment:
             self._cache = (key, runs, planning.layouts(runs, self.num_clusters, m, batch_size, equal_counts))
         return self._cache[2]
 
-    def check_servable(self, m, batch_size, equal_counts=False, stacklevel=4):
+    def check_servable(self, m, batch_size, equal_counts=False):
         """Warn (once per version) about clusters that are empty or cannot fill a batch, and (once) about samples
         left out of the batches; raise if no cluster can fill a batch."""
         sizes = self.sizes()
@@ -140,7 +138,6 @@ class ClusterAssignment:
             self.warn_once(
                 f"empty-v{self.version}",
                 f"clusters {empty} are empty: their learners get no batches until the next reclustering.",
-                stacklevel,
             )
         served = self.layouts(m, batch_size, equal_counts)
         left_out = [c for c in range(self.num_clusters) if sizes[c] > 0 and c not in served]
@@ -150,28 +147,32 @@ class ClusterAssignment:
                 f"clusters {left_out} cannot fill a batch of {batch_size} distinct samples with m={m} per class: "
                 "their learners get no batches until the next reclustering. Use fewer learners, a smaller "
                 "batch_size or a smaller m.",
-                stacklevel,
             )
         if not served:
             raise RuntimeError(
                 f"no cluster can fill a batch of {batch_size} distinct samples with m={m} per class (cluster sizes "
                 f"{sizes.tolist()}): use fewer learners, a smaller batch_size or a smaller m"
             )
+        self.warn_fragments(m)
+
+    def warn_fragments(self, m):
+        """Warn (once) about samples of classes with fewer than ``m`` samples in their cluster: left out of the
+        batches (from the start, when the first assignment is the single cluster of all the data)."""
         runs = self.runs()
         dropped = int(runs.sizes[runs.sizes < m].sum())
         if dropped:
+            where = "in their cluster" if self.num_clusters > 1 else "(in the one cluster of all the data)"
             self.warn_once(
                 "fragments",
-                f"{dropped} of {len(self.labels)} samples belong to classes with fewer than m={m} samples in their "
-                "cluster: they cannot give m distinct samples, so they are left out of the batches until the next "
+                f"{dropped} of {len(self.labels)} samples belong to classes with fewer than m={m} samples {where}: "
+                "they cannot give m distinct samples, so they are left out of the batches until the next "
                 "reclustering (no sample appears twice in a batch). A smaller m keeps more of them.",
-                stacklevel,
             )
 
-    def warn_once(self, key, message, stacklevel=3):
+    def warn_once(self, key, message):
         if key not in self.warned:
             self.warned.add(key)
-            warnings.warn(message, stacklevel=stacklevel)
+            notices.warn(message)
 
     # ---------------------------------------------------------------- state
 

@@ -4,10 +4,11 @@ import inspect
 
 import numpy as np
 import torch
-from pytorch_metric_learning.losses import SmoothAPLoss
+from pytorch_metric_learning.losses import BaseMetricLossFunction, CrossBatchMemory, SmoothAPLoss
+from pytorch_metric_learning.losses.base_loss_wrapper import BaseLossWrapper
 from pytorch_metric_learning.miners import BaseMiner, EmbeddingsAlreadyPackagedAsTriplets
 
-from . import heads
+from . import heads, notices
 from .compat import DistributedMinerWrapper
 from .embedder import SubspaceMaskedEmbedder
 from .learners import HEAD_MODES, PER_LEARNER, SHARED
@@ -31,10 +32,24 @@ def _declares_labels_not_supported(loss):
     return False
 
 
+def is_pml_loss(loss):
+    """A loss of pytorch-metric-learning's (or of one's own built on its BaseMetricLossFunction)."""
+    pml = type(loss).__module__.startswith("pytorch_metric_learning.")
+    return pml or isinstance(loss, (BaseMetricLossFunction, BaseLossWrapper))
+
+
 def check_loss(loss):
     """Raise a clear error unless ``loss`` is a PML loss that takes class labels."""
     if not isinstance(loss, torch.nn.Module):
         raise TypeError(f"loss must be a PML loss (a torch.nn.Module), got {type(loss).__name__}")
+    if not is_pml_loss(loss):
+        raise TypeError(
+            f"{type(loss).__name__} is not a PML loss: DivideConquerWrapper wraps pytorch-metric-learning's "
+            "label-based losses (pytorch_metric_learning.losses: TripletMarginLoss, ContrastiveLoss, MarginLoss, "
+            "MultiSimilarityLoss, ArcFaceLoss, NormalizedSoftmaxLoss, ...) or one's own BaseMetricLossFunction "
+            "subclass. For cross-entropy over the training classes, take a classification loss such as "
+            "losses.NormalizedSoftmaxLoss(num_classes, embedding_size)."
+        )
     params = inspect.signature(loss.forward).parameters
     if "labels" not in params or _declares_labels_not_supported(loss):
         raise ValueError(
@@ -89,6 +104,34 @@ def check_wrapper_arguments(loss, miner, embedder, sampler, heads_mode):
             f"({num_classes}): every cluster needs several classes. Use at most {num_classes // 2 or 1} learners."
         )
     heads.check_fits(loss, embedder.embedding_size, num_classes)
+    warn_if_batches_give_no_tuples(loss, sampler)
+
+
+def warn_if_batches_give_no_tuples(loss, sampler):
+    """Warn when the sampler's batches hold no positive pair (m=1) or no negative (one class a batch) for a loss that
+    needs them: a pair or triplet loss (a classification loss, or one with a cross-batch memory, needs neither)."""
+    if heads.has_heads(loss) or any(isinstance(m, CrossBatchMemory) for m in loss.modules()):
+        return
+    classes = sampler.global_batch_size // sampler.m
+    if sampler.m >= 2 and classes >= 2:
+        return
+    missing = "positive pair (m=1: one sample per class)" if sampler.m < 2 else "negative (one class a batch)"
+    notices.warn(
+        f"{type(loss).__name__} compares samples within a batch, but ClusterSampler(batch_size="
+        f"{sampler.batch_size}, m={sampler.m}) gives batches with no {missing}: its loss is 0 on every batch and "
+        "nothing trains. Give each batch at least 2 classes of at least m=2 samples (e.g. batch_size=32, m=4), or "
+        "use a classification loss (ArcFaceLoss, NormalizedSoftmaxLoss), which trains on any batch."
+    )
+
+
+def check_not_mined_twice(indices_tuple, miners):
+    """A batch mined by the loop (an ``indices_tuple``) may not reach a wrapper that mines itself."""
+    if indices_tuple is not None and miners is not None:
+        raise ValueError(
+            "got an indices_tuple and a miner in DivideConquerWrapper: give the miner only to the wrapper, which "
+            "mines in each learner's subspace. (Under DDP, wrap the inner loss and miner in PML's "
+            "DistributedLossWrapper / DistributedMinerWrapper rather than the wrapper.)"
+        )
 
 
 def reclusterer(value):

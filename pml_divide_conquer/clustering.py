@@ -5,14 +5,13 @@ torch/PML side (embedding the training set, ranks) lives in :mod:`pml_divide_con
 """
 
 import dataclasses
-import warnings
 from dataclasses import dataclass
 from typing import Optional
 
 import numpy as np
 from scipy.optimize import linear_sum_assignment
 
-from .deprecation import warn_deprecated
+from . import notices
 
 BACKENDS = ("faiss", "torch")
 
@@ -73,7 +72,11 @@ def settings_of(settings, deprecated, where):
         if unknown:
             raise TypeError(f"{where}() got unexpected keyword arguments {unknown}")
         spelled = ", ".join(f"{k}={v!r}" for k, v in deprecated.items())
-        warn_deprecated(f"{where}(..., {spelled})", f"pass settings=KMeansSettings({spelled})", stacklevel=4)
+        notices.warn(
+            f"{where}(..., {spelled}) is deprecated and will be removed in 0.5: "
+            f"pass settings=KMeansSettings({spelled})",
+            FutureWarning,
+        )
         settings = dataclasses.replace(settings or KMeansSettings(), **deprecated)
     if settings is None:
         return KMeansSettings()
@@ -234,10 +237,9 @@ def kmeans_with_retries(x, k, labels, settings=None, **deprecated):
         bad = invalid_clusters(ids, labels, k)
         if not bad:
             return ids
-    warnings.warn(
+    notices.warn(
         f"k-means with K={k} left clusters {bad} without 2 classes of 2 samples after {settings.max_retries} tries; "
         "their learners get few useful pairs. Use fewer learners (num_learners) for this dataset.",
-        stacklevel=2,
     )
     return ids
 
@@ -267,10 +269,9 @@ def split_clusters(x, assignment, labels=None, settings=None, **deprecated):
             degenerate.append(int(c))
         new[members] = 2 * c + sub
     if degenerate and labels is not None:
-        warnings.warn(
+        notices.warn(
             f"splitting clusters {degenerate} left a child without 2 classes of 2 samples; its learner gets few "
             "useful pairs. Use fewer learners (num_learners) for this dataset.",
-            stacklevel=2,
         )
     return new
 

@@ -116,6 +116,18 @@ class EpochController:
                 "the ClusterSampler's labels, in the same order: reclustering embeds samples by their index"
             )
 
+    def _check_dataset(self):
+        """The training set still holds the samples of the sampler's labels (it may have grown or shrunk since)."""
+        n, expected = len(self.parts.dataset), len(self.sampler.labels)
+        if n != expected:
+            change = "grew" if n > expected else "shrank"
+            raise RuntimeError(
+                f"the training dataset {change} from {expected} samples (the ClusterSampler's labels, at set-up) to "
+                f"{n}: D&C would never draw its new samples, or draw samples that are gone. Build a ClusterSampler "
+                "and a wrapper for the new dataset (resuming the model from a checkpoint), or keep the dataset as it "
+                "was."
+            )
+
     def _trunk_frozen_now(self):
         return self.last_epoch >= 0 and self.schedule.trunk_frozen_in_epoch(self.last_epoch + 1)
 
@@ -134,6 +146,13 @@ class EpochController:
         """Take the step after ``epoch`` (default: the epoch after the last step taken)."""
         if not self.is_set_up:
             raise RuntimeError(f"DivideConquerWrapper.end_epoch() before set-up: {self.hints.setup}")
+        if epoch is None and self.last_epoch >= 0 and self.sampler.batches_this_epoch == 0:
+            raise RuntimeError(
+                f"dc.end_epoch() would take the step after epoch {self.last_epoch + 1}, but no batch reached the "
+                f"loss since the step after epoch {self.last_epoch}: end_epoch() called twice for one epoch? Call "
+                "it once after each epoch's last batch (end_epoch(epoch) with the epoch's number is skipped when "
+                "that step was taken already)."
+            )
         self.step(self.last_epoch + 1 if epoch is None else int(epoch))
 
     def step(self, epoch):
@@ -147,6 +166,7 @@ class EpochController:
                 "wrapper's state_dict first; it holds the steps taken."
             )
         start = time.perf_counter()
+        self._check_dataset()
         if self.memory is not None:
             self.memory.synchronize()  # every rank (and so rank 0's checkpoint) holds every row
         phase, k = self.phase, self.num_active
@@ -185,6 +205,7 @@ class EpochController:
             raise RuntimeError(f"DivideConquerWrapper.recluster() before set-up: {self.hints.setup}")
         if self.phase == Phase.ALL_DATA:
             raise RuntimeError("no reclustering in the all-data phase: it trains on batches from all the data")
+        self._check_dataset()
         self._divide(Step(Action.RECLUSTER, self.num_active, self.phase), self.num_active)
 
     def _clusters_changed(self):

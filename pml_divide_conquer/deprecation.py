@@ -1,16 +1,14 @@
 """Deprecated spellings: what 0.3 accepted and 0.4 still does, for one release, with a FutureWarning naming the
 new spelling. Each entry is listed in CHANGELOG.md."""
 
-import warnings
+from . import notices
 
 REMOVED_IN = "0.5"
 
 
-def warn_deprecated(old, new, stacklevel=3):
+def warn_deprecated(old, new):
     """Warn that ``old`` is deprecated: ``new`` is the spelling to use (a FutureWarning, shown by default)."""
-    warnings.warn(
-        f"{old} is deprecated and will be removed in {REMOVED_IN}: {new}", FutureWarning, stacklevel=stacklevel
-    )
+    notices.warn(f"{old} is deprecated and will be removed in {REMOVED_IN}: {new}", FutureWarning)
 
 
 # DivideConquerWrapper's keywords of 0.3 -> what they set now
@@ -37,10 +35,24 @@ def _spelled(values):
     return ", ".join(f"{k}={v!r}" for k, v in values.items())
 
 
-def wrapper_keywords(num_learners, deprecated, schedule_given, reclusterer_given):
-    """The keywords of 0.3 a DivideConquerWrapper was given (``deprecated``), sorted into what they set now:
-    ``(schedule fields, ReclusterSettings fields, KMeansSettings fields)``, with one FutureWarning for each group
-    that names the new spelling. Refused: unknown keywords, and a group given beside its new spelling."""
+def wrapper_parts(num_learners, deprecated, schedule, reclusterer):
+    """The schedule and the reclusterer of a DivideConquerWrapper given the keywords of 0.3 (``deprecated``) too,
+    with one FutureWarning for each group that names the new spelling. Refused: unknown keywords, and a group given
+    beside its new spelling."""
+    from .clustering import KMeansSettings
+    from .reclustering import Reclusterer
+    from .schedule import DivideConquerSchedule
+
+    timing, settings, kmeans = _sorted(num_learners, deprecated, schedule is not None, reclusterer is not None)
+    if timing:
+        schedule = DivideConquerSchedule(num_learners=num_learners, **timing)
+    if settings or kmeans:
+        reclusterer = Reclusterer(**settings, **({"kmeans": KMeansSettings(**kmeans)} if kmeans else {}))
+    return schedule, reclusterer
+
+
+def _sorted(num_learners, deprecated, schedule_given, reclusterer_given):
+    """``(schedule fields, ReclusterSettings fields, KMeansSettings fields)`` of the keywords of 0.3, warned of."""
     known = set(SCHEDULE_KEYWORDS) | {"conquer_epoch"} | set(RECLUSTER_KEYWORDS) | set(KMEANS_KEYWORDS)
     unknown = sorted(set(deprecated) - known)
     if unknown:
@@ -55,7 +67,6 @@ def wrapper_keywords(num_learners, deprecated, schedule_given, reclusterer_given
         warn_deprecated(
             f"DivideConquerWrapper({_spelled(new)})",
             f"pass schedule=DivideConquerSchedule(num_learners={num_learners}, {_spelled(new)})",
-            stacklevel=4,
         )
     settings = {RECLUSTER_KEYWORDS[k]: v for k, v in deprecated.items() if k in RECLUSTER_KEYWORDS}
     kmeans = {KMEANS_KEYWORDS[k]: v for k, v in deprecated.items() if k in KMEANS_KEYWORDS}
@@ -65,7 +76,5 @@ def wrapper_keywords(num_learners, deprecated, schedule_given, reclusterer_given
             raise ValueError(f"give the reclustering settings either in reclusterer= or as {sorted(old)}, not both")
         shown = _spelled(settings) + (", " if settings and kmeans else "")
         shown += f"kmeans=KMeansSettings({_spelled(kmeans)})" if kmeans else ""
-        warn_deprecated(
-            f"DivideConquerWrapper({_spelled(old)})", f"pass reclusterer=Reclusterer({shown})", stacklevel=4
-        )
+        warn_deprecated(f"DivideConquerWrapper({_spelled(old)})", f"pass reclusterer=Reclusterer({shown})")
     return timing, settings, kmeans

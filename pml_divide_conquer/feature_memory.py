@@ -127,6 +127,13 @@ class FeatureMemory:
     def _write(self, indices, rows, steps):
         if not len(indices):
             return
+        # no non-finite row enters (a float16 batch that overflowed): its samples keep their last row and stamp,
+        # or are embedded afresh at the next reclustering (one read of a flag per flush, not per step)
+        finite = torch.isfinite(rows).all(dim=1).cpu().numpy()
+        if not finite.all():
+            indices, rows, steps = indices[finite], rows[torch.as_tensor(finite).to(rows.device)], steps[finite]
+            if not len(indices):
+                return
         # the newest row of each sample (a sample is in one rank's batch share at a step: no ties)
         order = np.lexsort((steps, indices))
         last = np.append(indices[order][1:] != indices[order][:-1], True)

@@ -233,11 +233,11 @@ class Learners:
 
     def check_extra_state(self, state):
         """Raise a ValueError naming what does not fit (learners this wrapper does not have)."""
-        unknown = sorted(set(state.get("memory_sizes", {})) - set(self.losses))
-        if unknown:
+        saved = set(state.get("memory_sizes", {}))
+        if saved and saved != set(self.losses):
             raise ValueError(
-                f"the checkpoint holds learners {unknown} that this wrapper does not have ({len(self.losses) - 1} "
-                "learners): it was written with more learners (num_learners)"
+                f"the checkpoint holds {len(saved) - 1} learners, this wrapper {len(self.losses) - 1}: it was written "
+                f"with num_learners={len(saved) - 1}; build the SubspaceMaskedEmbedder (and schedule) with that K"
             )
         if state.get("mode", self.mode) != self.mode:
             raise ValueError(

@@ -153,6 +153,7 @@ class Reclusterer:
         # one rank clusters, all ranks get its result (k-means need not agree bit for bit across processes)
         clustering_start = time.perf_counter()
         if distributed.world_size_and_rank()[1] == 0:
+            check_finite(emb)
             new = self.cluster(emb, labels, assignment, current_k, k, split)
         else:
             new = np.zeros(len(labels), dtype=np.int64)
@@ -218,6 +219,18 @@ class Reclusterer:
                 "dataset) must hold the training samples in the order of the sampler's labels"
             )
         return emb
+
+
+def check_finite(features):
+    """Raise, naming them, if the features of some training samples are NaN or inf."""
+    bad = np.flatnonzero(~np.isfinite(features).all(axis=1))
+    if len(bad):
+        shown = ", ".join(map(str, bad[:10].tolist())) + (f" and {len(bad) - 10} more" if len(bad) > 10 else "")
+        raise FloatingPointError(
+            f"the features of {len(bad)} of {len(features)} training samples to cluster are NaN or inf (samples "
+            f"{shown}, by their index in the training set): their inputs may hold NaN or inf (look at those "
+            "samples), or the model has diverged (lower the learning rate)."
+        )
 
 
 @dataclass

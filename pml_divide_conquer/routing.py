@@ -13,7 +13,7 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
-from . import distributed
+from . import distributed, notices
 from .planning import as_int_array
 
 NONFINITE = (
@@ -27,11 +27,26 @@ LABELS = (
     "one batch, as LBFGS or SAM closures do: wrap the calls in `with dc.one_batch():`.)"
 )
 NOT_DRAWN = (
-    "DivideConquerWrapper received a batch that its ClusterSampler did not draw. Give the same ClusterSampler to "
-    "the DataLoader (sampler=...) as to the wrapper, and do not call the wrapper on batches from another "
-    "DataLoader while it is in train() mode (a validation loss: call dc.eval() first; a second call on the same "
-    "batch: use `with dc.one_batch():`)."
+    "DivideConquerWrapper received a batch that its ClusterSampler did not draw: most likely a batch of another "
+    "DataLoader (a validation loss computed in train() mode: call dc.eval() first), or a training DataLoader "
+    "that does not draw from the wrapper's ClusterSampler (give it sampler=<that ClusterSampler>)."
 )
+SECOND_CALL = (
+    "the loss was called a second time for the batch it had just received (an LBFGS or SAM closure, a diagnostic "
+    "after the training call): wrap the calls of one batch in `with dc.one_batch():`, or compute a diagnostic in "
+    "dc.eval() mode."
+)
+NONFINITE_LOSS = (
+    "the loss DivideConquerWrapper computed is NaN or inf while its embeddings are finite: the wrapper's own "
+    "parameters (the learned masks, a classification head) have diverged. Lower their learning rate (the masks' "
+    "mask_lr_multiplier, the loss's optimizer), or look for a NaN in them before this step."
+)
+EVAL_WITH_GRADIENTS = (
+    "DivideConquerWrapper is in eval mode but gradients are being computed: in eval mode it trains no learner. "
+    "Call .train() on it, or on the module holding it, before training (Lightning keeps the mode modules had when "
+    "fit() started; PML: keep it out of freeze_these)."
+)
+LOOKAHEAD_ON_DEVICE = 4  # later tickets a batch with labels on a device is compared with, to name a skip
 STALE = (
     "a batch drawn before the last reclustering reached the loss. Change clusters only through the wrapper's "
     "end-of-epoch step (or recluster()), between epochs; after a reclustering inside an epoch, start a new "
@@ -54,6 +69,23 @@ class Ticket(NamedTuple):
     indices: np.ndarray  # this rank's share of the batch
     fingerprint: int  # of the whole cluster batch (all ranks): equal on all ranks when their plans agree
     step: int  # batches consumed before this one since training started (the same on all ranks)
+
+
+def skipped(count, on_device=False):
+    """The message for a batch the loss received ``count`` batches after the one the sampler expected."""
+    where = (
+        " (The labels are on a device, where they are checked without a host sync: this is raised at the epoch end, "
+        "after the epoch trained with misrouted batches.)"
+        if on_device
+        else ""
+    )
+    return (
+        f"the loss received the batch ClusterSampler drew {count} batch(es) after the one it expected: the loop "
+        f"skipped {count} batch(es) without saying so (a caught exception and `continue`, an `if ...: continue`). "
+        "Call dc.skip_batch() for each batch the loop does not pass to the loss, before moving on, so that the next "
+        "batch is routed to its own learner. (A batch the loss received is taken already, even if it raised: do not "
+        "skip it again.)" + where
+    )
 
 
 class FirstIndex(int):
@@ -79,6 +111,8 @@ class Router:
         self.sampler = sampler
         self.held = None  # inside holding(): [the batch's ticket, or None yet]
         self.flags = {}  # message -> a device bool tensor: something to raise at the next check
+        self.last = None  # the ticket of the last batch taken
+        self.nonfinite_batches = 0  # float16 batches with non-finite embeddings this epoch (a tensor on a device)
 
     @contextlib.contextmanager
     def holding(self):
@@ -99,12 +133,44 @@ class Router:
         key = (message, error)
         self.flags[key] = bad if key not in self.flags else self.flags[key] | bad
 
+    def count_nonfinite(self, bad):
+        """Count a batch with non-finite embeddings under float16 autocast (no host sync on a device)."""
+        self.nonfinite_batches = self.nonfinite_batches + bad.to(torch.long)
+
     def check(self):
-        """Raise what was flagged on the device since the last check (one host sync per flag)."""
+        """Raise what was flagged on the device since the last check (one host sync per flag); return, and reset,
+        the number of float16 batches with non-finite embeddings since then."""
         flags, self.flags = self.flags, {}
         for (message, error), bad in flags.items():
             if bool(bad):
                 raise error(message)
+        count, self.nonfinite_batches = int(self.nonfinite_batches), 0
+        batches = self.sampler.batches_this_epoch
+        if count and count >= batches:
+            raise FloatingPointError(
+                f"every batch since the last end-of-epoch step ({count}) had non-finite embeddings under float16 "
+                "autocast: the model has diverged, which a GradScaler cannot undo. Lower the learning rate, or train "
+                "in bfloat16 or float32."
+            )
+        if count:
+            notices.warn(
+                f"{count} of the {batches} batches since the last end-of-epoch step had non-finite embeddings under "
+                "float16 autocast: a GradScaler skips their steps, and their features were not kept for "
+                "reclustering (float16 overflows; bfloat16 does not)."
+            )
+        return count
+
+    def skip(self):
+        """The loop will not pass the next batch the sampler drew to the loss: take its ticket (``dc.skip_batch()``)."""
+        ticket = self.sampler.next_ticket()
+        if ticket is None:
+            raise RuntimeError(
+                "dc.skip_batch() was called, but no batch the sampler drew is waiting: call it for a batch the "
+                "DataLoader gave that the loop does not pass to the loss (a batch the loss received is taken already)"
+            )
+        self.sampler.consume(ticket)
+        self.last = None
+        return ticket
 
     def local_labels(self, labels):
         # Inside PML's DistributedLossWrapper (efficient=False) the loss gets the batch gathered from all ranks, this
@@ -132,7 +198,7 @@ class Router:
             )
         ticket = sampler.next_ticket()
         if ticket is None:
-            raise RuntimeError(NOT_DRAWN)
+            raise RuntimeError(SECOND_CALL if self._same(labels, self.last) else NOT_DRAWN)
         size = len(labels)
         if size != len(ticket.indices):
             raise RuntimeError(
@@ -140,10 +206,11 @@ class Router:
                 f"{sampler.batch_size}. Give {hints.batch_size_holder} batch_size={sampler.batch_size} (the "
                 "sampler's), and do not drop samples from the batch (e.g. with PML's subset_batch_miner)."
             )
-        self._check_labels(labels, ticket, LABELS)  # on a device: flagged there, raised at the epoch end
+        self._check_batch(labels, ticket)  # on a device: flagged there, raised at the epoch end
         if ticket.version != sampler.version:
             raise RuntimeError(STALE)
         sampler.consume(ticket)
+        self.last = ticket
         if sampler.position_in_epoch(ticket) >= sampler.batches_per_epoch:
             raise RuntimeError(
                 f"a batch of epoch {last_epoch + 2} reached DivideConquerWrapper, but the end-of-epoch step after "
@@ -161,15 +228,48 @@ class Router:
             self.held[0] = ticket
         return ticket
 
-    def _check_labels(self, labels, ticket, message):
-        """Raise (on the host) or flag (on a device) ``message`` if ``labels`` are not those of ``ticket``'s batch."""
+    def _expected(self, ticket, device=None):
         expected = self.sampler.labels[ticket.indices]
+        return expected if device is None else torch.from_numpy(expected).to(device, non_blocking=True)
+
+    def _same(self, labels, ticket):
+        """Whether host ``labels`` are those of ``ticket``'s batch (False for no ticket, or labels on a device)."""
+        if ticket is None or (torch.is_tensor(labels) and labels.device.type != "cpu"):
+            return False
+        return np.array_equal(np.asarray(torch.as_tensor(labels)), self._expected(ticket))
+
+    def _check_batch(self, labels, ticket):
+        """``labels`` are those of ``ticket``'s batch, or an error that says what happened: a batch the loop skipped
+        (the labels are a later ticket's), a second call (the last batch's), other labels."""
+        later = self.sampler.waiting_tickets()[1:]
         if torch.is_tensor(labels) and labels.device.type != "cpu":
-            expected = torch.from_numpy(expected).to(labels.device, non_blocking=True)
-            self.flag(~(expected == labels.long()).all(), message)
+            labels, device = labels.long(), labels.device
+            bad = ~(self._expected(ticket, device) == labels).all()
+            skips = [(self._expected(t, device) == labels).all() for t in later[:LOOKAHEAD_ON_DEVICE]]
+            skips = [bad & s for s in skips]
+            for count, s in enumerate(skips, 1):
+                self.flag(s, skipped(count, on_device=True))
+            again = bad & (self._expected(self.last, device) == labels).all() if self.last is not None else bad & False
+            known = again
+            for s in skips:
+                known = known | s
+            self.flag(again, SECOND_CALL)
+            self.flag(bad & ~known, LABELS)
             return
         got = as_int_array(labels, "the batch's labels")
         if got.ndim != 1:
             raise ValueError(f"expected 1-D labels, got shape {got.shape}")
-        if not np.array_equal(got, expected):
+        if np.array_equal(got, self._expected(ticket)):
+            return
+        for count, t in enumerate(later, 1):
+            if np.array_equal(got, self._expected(t)):
+                raise RuntimeError(skipped(count))
+        raise RuntimeError(SECOND_CALL if self._same(got, self.last) else LABELS)
+
+    def _check_labels(self, labels, ticket, message):
+        """Raise (on the host) or flag (on a device) ``message`` if ``labels`` are not those of ``ticket``'s batch."""
+        if torch.is_tensor(labels) and labels.device.type != "cpu":
+            self.flag(~(self._expected(ticket, labels.device) == labels.long()).all(), message)
+            return
+        if not np.array_equal(as_int_array(labels, "the batch's labels"), self._expected(ticket)):
             raise RuntimeError(message)

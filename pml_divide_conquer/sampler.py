@@ -97,6 +97,7 @@ class ClusterSampler(Sampler):
         self._pass, self._pos = 0, 0  # consumption position: the next batch to consume is (pass, pos) of this version
         self._consumed, self._epoch_start = 0, 0  # batches consumed since training / since the last end-of-epoch step
         self._generation, self._tickets = 0, deque()  # the current iterator; tickets of batches drawn, not consumed
+        self.clusters.warn_fragments(self.m)  # batches come from the single cluster until the first assignment
 
     # what the assignment (``self.clusters``) holds
     labels = property(lambda self: self.clusters.labels, doc="The training labels, one per sample.")

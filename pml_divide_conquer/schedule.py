@@ -14,9 +14,10 @@ The three phases, as the authors' code trains them:
 """
 
 import enum
-import warnings
 from dataclasses import dataclass
 from typing import Optional
+
+from . import notices
 
 
 class Phase(str, enum.Enum):
@@ -118,7 +119,7 @@ class DivideConquerSchedule:
                     "conquer_epoch is the old name of full_embedding_epoch = all_data_epoch: give either "
                     "conquer_epoch or the new ones, not both"
                 )
-            _warn_conquer_epoch(self.conquer_epoch, stacklevel=4)
+            _warn_conquer_epoch(self.conquer_epoch)
             object.__setattr__(self, "full_embedding_epoch", self.conquer_epoch)
             object.__setattr__(self, "all_data_epoch", self.conquer_epoch)
             object.__setattr__(self, "conquer_epoch", None)
@@ -210,6 +211,58 @@ class DivideConquerSchedule:
         num_splits = (epoch - 1) // self.recluster_every
         return min(self.num_learners, 2**num_splits)
 
+    def divide_epochs(self) -> Optional[int]:
+        """The epochs of the divide phase (None: it never ends)."""
+        ends = [e for e in (self.full_embedding_epoch, self.all_data_epoch) if e is not None]
+        return min(ends) - 1 if ends else None
+
+    def learners_reached(self) -> int:
+        """The most learners that train on subspaces of their own: K in the divide phase's last epoch
+        (``num_learners`` when the phase never ends, 0 when there is none)."""
+        last = self.divide_epochs()
+        if last is None:
+            return self.num_learners
+        return 0 if last < 1 else self.learners_in_epoch(last)
+
+    def unreached_learners(self) -> Optional[str]:
+        """What to change when the divide phase ends before K reaches ``num_learners`` (None when it does)."""
+        reached, k, last = self.learners_reached(), self.num_learners, self.divide_epochs()
+        if not 0 < reached < k:
+            return None
+        splits, every = k.bit_length() - 1, self.recluster_every
+        needed = 1 + splits * every  # K doubles after every T-th epoch: epoch 1 + log2(K) T has K
+        epochs = next(n for n in range(1, 100 * needed + 200) if round(n * 80 / 180) >= needed)
+        journal = f"num_epochs={epochs}, num_learners={k}" + ("" if every == 2 else f", recluster_every={every}")
+        faster = (last - 1) // splits
+        idle = (
+            f"learner {reached} and its subspace never trains"
+            if reached == k - 1
+            else f"learners {reached}-{k - 1} and their subspaces never train"
+        )
+        return (
+            f"the divide phase ends after epoch {last} with K={reached} of its {k} learners: {idle}. With "
+            f"recluster_every={every} the divide phase needs {needed} epochs to reach K={k}: e.g. "
+            f"DivideConquerSchedule.journal({journal})"
+            + (f", or recluster_every={faster}" if faster >= 1 else "")
+            + ". (A short smoke run is fine as it is.)"
+        )
+
+    def shortfall(self, num_epochs: int) -> Optional[str]:
+        """What a run of ``num_epochs`` epochs leaves out of this schedule (None: nothing)."""
+        for name, start in (("full-embedding", self.full_embedding_epoch), ("all-data", self.all_data_epoch)):
+            if start is not None and num_epochs < start:
+                phase = self.phase_in_epoch(num_epochs).value
+                return (
+                    f"the run stops after epoch {num_epochs}, but the schedule's {name} phase starts at epoch {start}: "
+                    f"it ends in the {phase} phase. Build the schedule for the run's length "
+                    f"(e.g. DivideConquerSchedule.journal(num_epochs={num_epochs}, num_learners={self.num_learners})) "
+                    "or train longer."
+                )
+        k = self.learners_in_epoch(num_epochs)
+        if self.divide_epochs() is None and k < self.num_learners:
+            return f"the run stops after epoch {num_epochs} with K={k} of the schedule's {self.num_learners} learners."
+        return None
+
     def trunk_frozen_in_epoch(self, epoch: int) -> bool:
         if self.freeze_trunk_epochs == 0 or self.phase_in_epoch(epoch) == Phase.ALL_DATA:
             return False
@@ -247,16 +300,18 @@ def make_schedule(schedule, num_learners):
             f"the schedule has num_learners={schedule.num_learners}, the SubspaceMaskedEmbedder "
             f"{num_learners}: build both with the same K"
         )
+    unreached = schedule.unreached_learners()
+    if unreached:
+        notices.warn(unreached)
     return schedule
 
 
-def _warn_conquer_epoch(epoch, stacklevel):
-    warnings.warn(
+def _warn_conquer_epoch(epoch):
+    notices.warn(
         f"conquer_epoch is deprecated: conquer_epoch={epoch} means full_embedding_epoch={epoch}, all_data_epoch="
         f"{epoch} (full embedding on all data from that epoch). The authors train most of the run on the full "
         "embedding with cluster batches first: see DivideConquerSchedule.journal() and .cvpr().",
         FutureWarning,
-        stacklevel=stacklevel,
     )
 
 

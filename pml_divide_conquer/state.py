@@ -3,9 +3,12 @@ state is checked against the wrapper before anything of it is loaded.
 
 The extra state holds, by owner: the epoch controller (the last epoch stepped, and the schedule it ran), the
 embedder (K, mode, size, a copy of the learned masks), the learners (their memories' sizes and fill), the sampler
-(the assignment and the position in its stream) and the feature memory. K itself is not saved: it follows from the
-schedule and the last epoch. A checkpoint of 0.3 (``num_active``, ``last_epoch``, ``sampler``, ``masks``, ...) is
-converted on load. ``state_dict()`` never communicates; under DDP see ``DivideConquerWrapper.consolidate_state_dict``.
+(the assignment and the position in its stream) and the feature memory; and torch's random generators as they
+were when it was saved, which loading restores, so that a resumed run draws the same random numbers as the
+uninterrupted one (a random miner such as DistanceWeightedMiner, dropout, augmentation) whatever the loop. K
+itself is not saved: it follows from the schedule and the last epoch. A checkpoint of 0.3 (``num_active``,
+``last_epoch``, ``sampler``, ``masks``, ...) is converted on load. ``state_dict()`` never communicates; under
+DDP see ``DivideConquerWrapper.consolidate_state_dict``.
 
 Resuming under another schedule is allowed where the two agree at the checkpoint's epoch (the same K and phase
 in the epoch that comes next): a longer run, a later full-embedding phase. Anything else is refused, as is a
@@ -39,7 +42,23 @@ def extra_state(controller):
         "learners": controller.learners.extra_state(),
         "sampler": controller.sampler.state_dict(),
         "feature_memory": None if memory is None else memory.state_dict(),
+        "rng": random_state(),
     }
+
+
+def random_state():
+    """torch's random generators now (the CPU's, and CUDA's when it is in use): what a resumed run needs to draw
+    the same random numbers as the uninterrupted one (a random miner, dropout, augmentation)."""
+    cuda = torch.cuda.is_available() and torch.cuda.is_initialized()
+    return {"torch": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state_all() if cuda else None}
+
+
+def restore_random_state(saved):
+    """Give torch's generators the state ``random_state`` saved (CUDA's where this process has as many devices)."""
+    torch.set_rng_state(saved["torch"].cpu())
+    cuda = saved.get("cuda")
+    if cuda is not None and torch.cuda.is_available() and len(cuda) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all([state.cpu() for state in cuda])
 
 
 def upgrade(saved):
@@ -144,6 +163,8 @@ def load(saved, controller):
     if saved["embedder"]["masks"] is not None:
         with torch.no_grad():
             masks.copy_(saved["embedder"]["masks"])
+    if saved.get("rng") is not None:  # (0.3 saved none: its recipes did, where they did)
+        restore_random_state(saved["rng"])
 
 
 def check_keys(module, state_dict, prefix, strict):

@@ -1,7 +1,6 @@
 """DivideConquerWrapper: the loss a training loop calls, routing each batch to the learner of its cluster."""
 
 import contextlib
-import warnings
 import weakref
 
 import numpy as np
@@ -9,16 +8,14 @@ import torch
 import torch.nn.functional as F
 from pytorch_metric_learning.losses import BaseMetricLossFunction
 
-from . import checks, records, routing, state
-from .clustering import KMeansSettings
+from . import checks, notices, records, routing, state
 from .controller import EpochController
-from .deprecation import wrapper_keywords
+from .deprecation import wrapper_parts
 from .embedder import LEARNED
 from .feature_memory import record_batch
 from .learners import FULL_KEY, PER_LEARNER, Learners, learner_key
-from .reclustering import Reclusterer
 from .routing import Router
-from .schedule import DivideConquerSchedule, Phase, make_schedule
+from .schedule import Phase, make_schedule
 from .training import plain_loop_parts
 
 HALF = (torch.float16, torch.bfloat16)
@@ -39,13 +36,11 @@ class DivideConquerWrapper(BaseMetricLossFunction):
         miner: optionally a PML tuple miner (one copy per learner, applied in the learner's subspace).
         embedder: the :class:`SubspaceMaskedEmbedder` that produces the embeddings (K = its ``num_learners``).
         sampler: the :class:`ClusterSampler` the training DataLoader draws from.
-        schedule: a :class:`DivideConquerSchedule` (default: ``DivideConquerSchedule(num_learners=K)``, K doubling
-            from 1 every 2 epochs).
+        schedule: a :class:`DivideConquerSchedule` (default: ``DivideConquerSchedule(num_learners=K)``).
         reclusterer: a :class:`~pml_divide_conquer.Reclusterer`: what is clustered, where its features come from,
             the k-means settings (default: the reference's, clustering the trunk features training computed).
-        heads: classification losses (ArcFace, CosFace, ProxyAnchor, SoftTriple, ...): ``"per_learner"`` (one head
-            per learner sized to its subspace) or ``"shared"`` (one full-size head each learner trains its part of).
-            See docs/how-to/arcface.md.
+        heads: classification losses (ArcFace, ProxyAnchor, ...): ``"per_learner"`` (one head per learner sized to
+            its subspace) or ``"shared"`` (one full-size head each learner trains its part of; docs/how-to/arcface.md).
         full_head: per-learner heads: how the full-embedding head starts when the divide phase ends:
             ``"imprint"`` (:class:`~pml_divide_conquer.learners.ImprintedHeads`), ``"assembled"``
             (:class:`~pml_divide_conquer.learners.AssembledHeads`) or a :class:`~pml_divide_conquer.learners.HeadStart`.
@@ -53,11 +48,9 @@ class DivideConquerWrapper(BaseMetricLossFunction):
         **deprecated: the keywords of 0.3 (``recluster_every=``, ``cluster_on=``, ``seed=``, ...), for one release,
             with a FutureWarning naming the new spelling (see CHANGELOG.md).
 
-    Public attributes: ``schedule``, ``embedder``, ``sampler``, ``reclusterer``, ``controller`` (the
-    :class:`~pml_divide_conquer.controller.EpochController`), ``learners`` and ``miners`` (``ModuleDict``s of the
-    learners' copies of the loss and miner, keyed ``"learner0"``, ... and ``"full"``), ``feature_memory``; read-only:
-    ``last_epoch``, ``num_active`` (K), ``phase``, ``num_clusters``, ``num_learners``, ``recluster_seconds``,
-    ``clustering_seconds``; written by each training call: ``current_learner``, ``learner{k}_loss``, ...
+    Public attributes (docs/api.md): ``schedule``, ``embedder``, ``sampler``, ``reclusterer``, ``controller``,
+    ``learners`` and ``miners`` (the learners' copies), ``feature_memory``; read-only: ``last_epoch``,
+    ``num_active`` (K), ``phase``, ``recluster_seconds``, ...; record-keeper's: ``current_learner``, ...
 
     Examples:
         >>> embedder = SubspaceMaskedEmbedder(
@@ -94,11 +87,7 @@ class DivideConquerWrapper(BaseMetricLossFunction):
         super().__init__()
         checks.check_wrapper_arguments(loss, miner, embedder, sampler, heads)
         K = embedder.num_learners
-        timing, settings, kmeans = wrapper_keywords(K, deprecated, schedule is not None, reclusterer is not None)
-        if timing:  # the keywords of 0.3
-            schedule = DivideConquerSchedule(num_learners=K, **timing)
-        if settings or kmeans:
-            reclusterer = Reclusterer(**settings, **({"kmeans": KMeansSettings(**kmeans)} if kmeans else {}))
+        schedule, reclusterer = wrapper_parts(K, deprecated, schedule, reclusterer)  # (the keywords of 0.3)
         self.schedule = make_schedule(schedule, K)
         self.reclusterer = reclusterer = checks.reclusterer(reclusterer)
         self.heads = heads
@@ -125,11 +114,9 @@ class DivideConquerWrapper(BaseMetricLossFunction):
     recluster_seconds = property(lambda self: self.controller.recluster_seconds, doc="The last reclustering's time.")
     clustering_seconds = property(lambda self: self.controller.clustering_seconds, doc="Its k-means and matching.")
     full_head = property(lambda self: self._learners.full_head, doc="How the full-embedding heads start.")
-
     phase_id = property(lambda self: list(Phase).index(self.phase), doc="The phase's number (record-keeper's).")
     num_clusters = property(lambda self: self.sampler.num_clusters, doc="K of the sampler's assignment.")
     num_learners = property(lambda self: self.embedder.num_learners, doc="The most learners (the embedder's K).")
-
     recluster_from = property(lambda self: self.reclusterer.settings.features_source, doc="training or pass.")
 
     # ------------------------------------------------------------------ the loss
@@ -140,36 +127,44 @@ class DivideConquerWrapper(BaseMetricLossFunction):
         if labels is None:
             raise ValueError("DivideConquerWrapper needs the batch labels: call it as dc(embeddings, labels)")
         checks.check_shapes(embeddings, labels)
-        if indices_tuple is not None and self.miners is not None:
-            raise ValueError(
-                "got an indices_tuple and a miner in DivideConquerWrapper: give the miner only to the wrapper, which "
-                "mines in each learner's subspace. (Under DDP, wrap the inner loss and miner in PML's "
-                "DistributedLossWrapper / DistributedMinerWrapper rather than the wrapper.)"
-            )
+        checks.check_not_mined_twice(indices_tuple, self.miners)
         # losses and normalisation in float32, also under autocast (the gradient flows back to the half embeddings)
+        float16 = embeddings.dtype == torch.float16
         embeddings = embeddings.float() if embeddings.dtype in HALF else embeddings
         ref_emb = ref_emb.float() if ref_emb is not None and ref_emb.dtype in HALF else ref_emb
         with torch.autocast(embeddings.device.type, enabled=False):
-            return self._forward(embeddings, labels, indices_tuple, ref_emb, ref_labels)
+            if not self.training:
+                return self._eval_loss(embeddings, labels, indices_tuple, ref_emb, ref_labels)
+            return self._training_loss(embeddings, labels, indices_tuple, ref_emb, ref_labels, float16)
 
-    def _forward(self, embeddings, labels, indices_tuple, ref_emb, ref_labels):
+    def _eval_loss(self, embeddings, labels, indices_tuple, ref_emb, ref_labels):
+        """Outside training (e.g. a validation loss): the full learner on the full space."""
         self._router.flag(~torch.isfinite(embeddings.detach()).all(), routing.NONFINITE, FloatingPointError)
-        learners, controller = self._learners, self.controller
-        if not self.training:  # outside training (e.g. a validation loss): the full learner, full space
-            if embeddings.requires_grad and torch.is_grad_enabled():
-                raise RuntimeError(
-                    "DivideConquerWrapper is in eval mode but gradients are being computed: in eval mode it trains "
-                    "no learner. Call .train() on it, or on the module holding it, before training (Lightning keeps "
-                    "the mode modules had when fit() started; PML: keep it out of freeze_these)."
-                )
-            ref = None if ref_emb is None else F.normalize(ref_emb, dim=1)
-            x = F.normalize(embeddings, dim=1)
-            return learners.loss(FULL_KEY, x, labels, indices_tuple, None, ref, ref_labels, known=False)
+        if embeddings.requires_grad and torch.is_grad_enabled():
+            raise RuntimeError(routing.EVAL_WITH_GRADIENTS)
+        ref = None if ref_emb is None else F.normalize(ref_emb, dim=1)
+        x = F.normalize(embeddings, dim=1)
+        return self._learners.loss(FULL_KEY, x, labels, indices_tuple, None, ref, ref_labels, known=False)
+
+    def _training_loss(self, embeddings, labels, indices_tuple, ref_emb, ref_labels, float16):
+        controller, router = self.controller, self._router
         if not controller.is_set_up:
             raise RuntimeError(f"DivideConquerWrapper was not set up: {controller.hints.setup}")
-        ticket = self._router.take(labels, controller.hints, controller.last_epoch, controller.loop_epoch())
+        # the batch's ticket first: a batch that raises below (a loop may catch the error and go on) is taken
+        ticket = router.take(labels, controller.hints, controller.last_epoch, controller.loop_epoch())
+        finite = torch.isfinite(embeddings.detach()).all()
+        if float16:  # float16 autocast: a GradScaler skips such a step; counted, said at the epoch end
+            router.count_nonfinite(~finite)
+        else:
+            router.flag(~finite, routing.NONFINITE, FloatingPointError)
         if self.feature_memory is not None:  # the trunk's output (the embedder's input), or the embedding
             record_batch(self.feature_memory, controller.batch_features(embeddings), ticket.indices)
+        loss = self._learner_loss(ticket, embeddings, labels, indices_tuple, ref_emb, ref_labels)
+        router.flag(finite & ~torch.isfinite(loss.detach()), routing.NONFINITE_LOSS, FloatingPointError)
+        return loss
+
+    def _learner_loss(self, ticket, embeddings, labels, indices_tuple, ref_emb, ref_labels):
+        learners, controller = self._learners, self.controller
         if controller.phase != Phase.DIVIDE:
             self.current_learner = self.num_learners
             ref = None if ref_emb is None else F.normalize(ref_emb, dim=1)
@@ -200,9 +195,18 @@ class DivideConquerWrapper(BaseMetricLossFunction):
         (eval on other classes) give None; ``known``: the labels are training labels (no check, no sync)."""
         return self._learners.map_labels(labels, known)
 
-    def learner_dims(self, learner, num_active):
-        """The embedding dims of learner ``learner``'s subspace (None: all, as with learned masks)."""
-        return self.embedder.subspace_dims(learner, num_active)
+    def skip_batch(self):
+        """The loop will not pass the batch the DataLoader just gave to the loss (``if bad: continue``, an exception
+        caught before the loss call): say so, so that the next batch reaches its own learner. A batch the loss
+        received is taken already, even when the call raised.
+
+        Examples:
+            >>> for x, y in loader:
+            ...     if not torch.isfinite(x).all():
+            ...         dc.skip_batch()
+            ...         continue
+        """
+        self._router.skip()
 
     @contextlib.contextmanager
     def one_batch(self):
@@ -234,9 +238,9 @@ class DivideConquerWrapper(BaseMetricLossFunction):
         epoch.
 
         Args:
-            model: the module your loop calls to get embeddings (``dc(model(x), y)``); it contains the
-                SubspaceMaskedEmbedder (a trunk and an embedder called in turn: ``torch.nn.Sequential(trunk,
-                embedder)``). Embeds samples for clustering in eval mode, without gradients.
+            model: the module your loop calls to get embeddings (``dc(model(x), y)``), containing the
+                SubspaceMaskedEmbedder (e.g. ``torch.nn.Sequential(trunk, embedder)``); it embeds samples for
+                clustering in eval mode, without gradients.
             dataset: the training set, in the order of the ClusterSampler's labels.
             optimizers: every optimizer of the loop (one, or a list): their state follows the learners' heads and
                 masks when clusters split; ``freeze_trunk_epochs`` freezes the trunk's parameter groups in them.
@@ -244,8 +248,7 @@ class DivideConquerWrapper(BaseMetricLossFunction):
             data_and_label_getter: batch -> (inputs, labels) (default: its first two items).
             collate_fn, num_workers: of the DataLoader that embeds samples for clustering.
 
-        It checks the set-up, hooks the embedder (reclustering clusters its input) and the optimizers (trunk freezing)
-        and takes the step before epoch 1. When resuming, load the wrapper's ``state_dict`` first.
+        It hooks the embedder and the optimizers and takes the step before epoch 1; when resuming, load first.
         """
         parts = plain_loop_parts(self, model, dataset, optimizers, device, dtype, num_workers, collate_fn)
         if data_and_label_getter is not None:
@@ -301,7 +304,7 @@ class DivideConquerWrapper(BaseMetricLossFunction):
         pml.prepare(self, trainer)
 
     def end_of_epoch_hook(self, trainer):
-        """PML end-of-epoch hook: take the D&C step after ``trainer.epoch``. Returns True."""
+        """PML's end-of-epoch hook: the D&C step after ``trainer.epoch``; True."""
         from .integrations import pml
 
         return pml.end_of_epoch_hook(self, trainer)
@@ -318,7 +321,7 @@ class DivideConquerWrapper(BaseMetricLossFunction):
         return pml.get_end_of_epoch_hook(self, then)
 
     def step(self, trainer, epoch):
-        warnings.warn("step(trainer, epoch) is deprecated: call end_epoch(epoch)", FutureWarning, stacklevel=2)
+        notices.warn("step(trainer, epoch) is deprecated: call end_epoch(epoch)", FutureWarning)
         self.end_epoch(epoch)
 
     # ------------------------------------------------------------------ state

@@ -2,7 +2,7 @@
 with four learners, in variants that put each kind of saved state to work."""
 
 import torch
-from pytorch_metric_learning import losses
+from pytorch_metric_learning import losses, miners
 
 import factory
 
@@ -21,6 +21,13 @@ def make(digits, losses_out, recluster_every, workers, variant="masks", device="
             grow=False,
             iterations_per_epoch=45,
             loss=losses.CrossBatchMemory(losses.ContrastiveLoss(), 16, memory_size=48),
+        )
+    elif variant == "distance_weighted":  # the papers' loss and miner: the miner draws from torch's generator
+        kw = dict(
+            mode="fixed",
+            iterations_per_epoch=45,
+            loss=losses.MarginLoss(margin=0.2, beta=1.2),
+            miner=miners.DistanceWeightedMiner(cutoff=0.5, nonzero_loss_cutoff=1.4),
         )
     elif variant == "features":  # reclustering from the features training computed (saved with the state)
         kw = dict(mode="learned", iterations_per_epoch=45, recluster=dict(features_from="training"))

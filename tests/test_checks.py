@@ -1,6 +1,8 @@
 """Checks of what a wrapper is given: its loss, miner, embedder, sampler, heads and schedule, and the
 optimizers its parameters need."""
 
+import warnings
+
 import numpy as np
 import pytest
 import torch
@@ -81,3 +83,31 @@ def test_a_loss_parameter_no_optimizer_holds_is_named():
     with pytest.raises(ValueError, match=r"trainable parameters that no optimizer holds \(learners\.learner0\.W"):
         checks.check_parameters_are_optimized(dc, [torch.optim.Adam(torch.nn.Linear(2, 2).parameters())])
     checks.check_parameters_are_optimized(dc, [torch.optim.Adam(dc.parameters())])
+
+
+def test_a_loss_that_is_not_pml_s_is_named_with_what_is_supported():
+    with pytest.raises(TypeError, match="CrossEntropyLoss is not a PML loss: DivideConquerWrapper wraps pytorch-metr"):
+        wrapper(loss=torch.nn.CrossEntropyLoss())
+
+    class Own(losses.BaseMetricLossFunction):  # one's own, on PML's base class: fine
+        def compute_loss(self, embeddings, labels, indices_tuple, ref_emb, ref_labels):
+            return self.zero_losses()
+
+    wrapper(loss=Own())
+
+
+@pytest.mark.parametrize(
+    "batch_size, m, missing", [(8, 1, "no positive pair"), (4, 4, "no negative")], ids=["m=1", "one-class"]
+)
+def test_batches_without_pairs_for_a_pair_loss_are_named_when_the_wrapper_sees_the_loss(batch_size, m, missing):
+    labels = np.repeat(np.arange(8), 6)
+
+    def build(loss):
+        sampler = ClusterSampler(labels, batch_size=batch_size, m=m)
+        return DivideConquerWrapper(loss, embedder=SubspaceMaskedEmbedder(8, 1), sampler=sampler)
+
+    with pytest.warns(UserWarning, match=f"TripletMarginLoss compares samples within a batch.*{missing}"):
+        build(losses.TripletMarginLoss())
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a classification loss trains on any batch: no warning
+        build(losses.ArcFaceLoss(8, 8))

@@ -14,6 +14,9 @@ from pml_divide_conquer.controller import EpochController
 from pml_divide_conquer.learners import Learners
 from pml_divide_conquer.training import TrainingParts
 
+import factory
+from helpers import IndexedDataset
+
 
 def controller_for(dataset, schedule, mode="fixed"):
     torch.manual_seed(0)
@@ -36,7 +39,7 @@ def test_it_steps_the_parts_as_the_schedule_says_and_derives_K_and_the_phase(dig
         c.setup(parts)
         seen = [(c.last_epoch, c.num_active, str(c.phase), c.sampler.num_clusters)]
         for _ in range(5):
-            c.end_epoch()
+            c.end_epoch(c.last_epoch + 1)
             seen.append((c.last_epoch, c.num_active, str(c.phase), c.sampler.num_clusters))
     assert seen == [
         (0, 1, "divide", 1),
@@ -79,3 +82,34 @@ def test_its_hooks_come_off(digits):
     assert len(c.embedder._forward_pre_hooks) == 1 and c.freezer is not None
     c.remove_hooks()
     assert len(c.embedder._forward_pre_hooks) == 0 and c.freezer is None
+
+
+def test_a_training_set_that_grew_or_shrank_since_set_up_is_named_at_the_next_step(digits):
+    c, parts = controller_for(digits, DivideConquerSchedule(num_learners=2, recluster_every=1))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        c.setup(parts)
+    data, labels = digits.data.numpy(), digits.labels
+    for n, change in ((len(labels) + 10, "grew"), (len(labels) - 10, "shrank")):
+        keep = np.resize(np.arange(len(labels)), n)
+        parts.dataset = IndexedDataset(data[keep], labels[keep])
+        for step in (lambda: c.end_epoch(c.last_epoch + 1), c.recluster):
+            with pytest.raises(RuntimeError, match=f"the training dataset {change} from {len(labels)} samples"):
+                step()
+    assert c.last_epoch == 0
+
+
+def test_end_epoch_twice_for_one_epoch_is_refused(digits):
+    """``dc.end_epoch()`` with no batch since the last step would take the next epoch's step untrained."""
+    parts = factory.plain(factory.make(digits, num_learners=4, recluster_every=1))
+    dc = parts["wrapper"]
+    x, y, _ = next(iter(parts["loader"]))
+    dc(parts["model"](x), y)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        dc.end_epoch()
+    with pytest.raises(RuntimeError, match=r"no batch reached the loss since the step after epoch 1: end_epoch\(\) "):
+        dc.end_epoch()
+    assert (dc.last_epoch, dc.num_active) == (1, 2)
+    dc.end_epoch(1)  # the epoch's number: skipped, as a step taken already
+    assert dc.last_epoch == 1

@@ -196,3 +196,21 @@ def test_the_step_reads_no_tensor_value_on_the_host_with_labels_on_the_device(di
         opt.step()
     dc.end_epoch()  # the flags are read here: nothing was wrong
     assert dc.last_epoch == 1
+
+
+def test_a_skipped_batch_with_labels_on_the_gpu_is_named_at_the_epoch_end(digits):
+    """On a device the labels are checked without a host sync: an unannounced skip is flagged there and raised,
+    naming the skip, at the end of the epoch (on the CPU at once)."""
+    import factory
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        parts = factory.plain(factory.make(digits, num_learners=2, grow=False, device=DEVICE))
+    dc, model = parts["wrapper"], parts["model"]
+    batches = iter(parts["loader"])
+    with pytest.raises(RuntimeError, match=r"the loop skipped 1 batch\(es\) without saying so"):
+        for step, (x, y, _) in enumerate(batches):
+            if step == 1:
+                continue  # not passed to the loss, and not announced with dc.skip_batch()
+            dc(model(x.to(DEVICE)), y.to(DEVICE))
+        dc.end_epoch()

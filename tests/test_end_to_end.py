@@ -88,7 +88,7 @@ def test_demo_console_one_bar_run_lines_events_table_and_no_warnings():
         "D&C, learned masks",
     ]
     # the D&C steps, from the library's INFO records on PML's logger, and none of PML's own INFO lines
-    assert len(re.findall(r"D&C: split every cluster in two after epoch 2\b.*: K=2\b", out)) == 2
+    assert len(re.findall(r"D&C: split every cluster in two after epoch 1\b.*: K=2\b", out)) == 2  # (4 epochs: T=1)
     assert out.count("D&C: full embedding phase from epoch") == 2
     assert "TRAINING EPOCH" not in out and "dataloader" not in out.lower()
     for row in ("untrained", "baseline (no D&C)", "D&C, fixed chunks", "D&C, learned masks"):

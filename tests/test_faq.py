@@ -55,6 +55,22 @@ FAQ_MUST_COVER = [
     "it was built with embedding_size=",
     "k-means with K=",
     "does not use class labels",
+    "is not a PML loss",
+    # bad input, faults and resuming
+    "the divide phase ends after epoch",
+    "the run stops after epoch",
+    "compares samples within a batch",
+    "end_epoch() called twice for one epoch?",
+    "the training dataset {change} from",
+    "the loss was called a second time for the batch it had just received",
+    "the loop skipped {count} batch(es) without saying so",
+    "dc.skip_batch() was called, but no batch the sampler drew is waiting",
+    "the loss DivideConquerWrapper computed is NaN or inf while its embeddings are finite",
+    "batches since the last end-of-epoch step had non-finite embeddings under float16 autocast",
+    "training samples to cluster are NaN or inf",
+    "the checkpoint holds {…} learners, this wrapper {…}",
+    "is out of range for num_clusters=",
+    "the checkpoint's D&C state lacks {missing}",
 ]
 
 

@@ -90,7 +90,9 @@ def test_the_extra_state_fits_only_learners_like_these():
     state = learners.extra_state()
     assert state["memory_sizes"] == {"learner0": 4, "learner1": 4, "full": D}
     learners.check_extra_state(state)
-    with pytest.raises(ValueError, match=r"learners \['learner2', 'learner3'\] that this wrapper does not have"):
+    with pytest.raises(
+        ValueError, match=r"the checkpoint holds 4 learners, this wrapper 2: it was written with num_learners=4"
+    ):
         learners.check_extra_state(dict(state, memory_sizes={**state["memory_sizes"], "learner2": 2, "learner3": 2}))
     with pytest.raises(ValueError, match='written with heads="shared"'):
         learners.check_extra_state(dict(state, mode="shared"))

@@ -66,7 +66,10 @@ def test_notebook_runs_in_the_small_configuration(path, tmp_path):
     text = text_of(nb)
     assert "small configuration" in text  # the notebook saw PML_DC_SMALL
     assert not any(o.get("output_type") == "error" for o in outputs(nb))
-    assert not [o for o in outputs(nb) if o.get("name") == "stderr"], "a notebook printed warnings or errors"
+    # the one warning a small run may give: its few epochs end the divide phase before K is reached
+    smoke = "(A short smoke run is fine as it is.)"
+    stderr = [o for o in outputs(nb) if o.get("name") == "stderr" and smoke not in o.get("text", "")]
+    assert not stderr, "a notebook printed warnings or errors"
     assert count_plots(nb) >= MIN_PLOTS[path.name[:2]], f"{path.name} drew {count_plots(nb)} plots"
     if path.name[:2] in ("01", "02", "03"):
         # a results table with real numbers in (0, 100]

@@ -6,7 +6,7 @@ import warnings
 import numpy as np
 import pytest
 import torch
-from pytorch_metric_learning import losses
+from pytorch_metric_learning import losses, miners
 
 from pml_divide_conquer import ClusterSampler, DivideConquerSchedule, DivideConquerWrapper, SubspaceMaskedEmbedder
 
@@ -156,13 +156,16 @@ def state_of(parts):
     return buf
 
 
-@pytest.mark.parametrize("variant", ["masks", "arcface_memory"])
+@pytest.mark.parametrize("variant", ["masks", "arcface_memory", "distance_weighted"])
 def test_resume_in_a_plain_loop_is_bit_identical(digits, variant):
     """A run stopped after epoch 3 (a split and a reclustering behind it, a phase change ahead) and resumed in
-    fresh objects gives exactly the losses and parameters of the uninterrupted run."""
+    fresh objects gives exactly the losses and parameters of the uninterrupted run; also with a miner that draws
+    from torch's generator (the wrapper's state carries it)."""
     kw = dict(num_learners=4, recluster_every=1, full_embedding_epoch=5)
     if variant == "masks":
         kw.update(mode="learned", recluster=dict(features_from="pass"))
+    elif variant == "distance_weighted":
+        kw.update(loss=losses.MarginLoss(margin=0.2, beta=1.2), miner=miners.DistanceWeightedMiner(cutoff=0.5))
     else:
         kw.update(loss=losses.ArcFaceLoss(10, 16), recluster=dict(features_from="training"))
     full = []

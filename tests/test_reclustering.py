@@ -13,6 +13,7 @@ from pml_divide_conquer.reclustering import FeatureSource
 from pml_divide_conquer.training import TrainingParts
 
 import factory
+from helpers import IndexedDataset
 
 
 def test_hungarian_matching_keeps_learners_on_their_data(digits, monkeypatch):
@@ -102,3 +103,16 @@ def test_a_cluster_dataset_is_what_reclustering_embeds(digits):
     bad["wrapper"].prepare(bad["trainer"])
     with pytest.raises(ValueError, match="in the same order"):
         bad["wrapper"].embed_training_set()
+
+
+def test_samples_whose_features_are_not_finite_are_named(digits):
+    """inf in one training image (the CVPR schedule clusters at set-up, before any step): the message names the
+    sample and says its input may be the cause."""
+    data = digits.data.numpy().copy()
+    data[7, 3] = float("inf")
+    broken = IndexedDataset(data, digits.labels)
+    parts = factory.plain(factory.make(broken, num_learners=2, grow=False), setup=False)
+    with pytest.raises(FloatingPointError, match=r"the features of 1 of 1797 training samples .* \(samples 7, by th"):
+        parts["wrapper"].setup(parts["model"], broken, optimizers=[parts["optimizer"]])
+    with pytest.raises(FloatingPointError, match="their inputs may hold NaN or inf"):
+        parts["wrapper"].setup(parts["model"], broken, optimizers=[parts["optimizer"]])

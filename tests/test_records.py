@@ -8,7 +8,7 @@ import warnings
 import numpy as np
 import pytest
 import torch
-from pytorch_metric_learning import testers
+from pytorch_metric_learning import losses, miners, testers
 from pytorch_metric_learning.utils import logging_presets
 from pytorch_metric_learning.utils.accuracy_calculator import AccuracyCalculator
 
@@ -22,7 +22,7 @@ def small(digits):
     return IndexedDataset(digits.data[keep].numpy(), digits.labels[keep])
 
 
-def run_with_hooks(dataset, folder, epochs, start_fresh=True, losses_out=None):
+def run_with_hooks(dataset, folder, epochs, start_fresh=True, losses_out=None, **spec):
     record_keeper, _, _ = logging_presets.get_record_keeper(
         os.path.join(folder, "logs"), os.path.join(folder, "tensorboard"), is_new_experiment=start_fresh
     )
@@ -43,7 +43,9 @@ def run_with_hooks(dataset, folder, epochs, start_fresh=True, losses_out=None):
             losses_out.append((trainer.epoch, float(trainer.losses["total_loss"])))
 
     parts = factory.pml(
-        factory.make(dataset, num_learners=4, mode="learned", recluster_every=1, heads="shared"),
+        factory.make(
+            dataset, **{"num_learners": 4, "mode": "learned", "recluster_every": 1, "heads": "shared", **spec}
+        ),
         iterations_per_epoch=10,
         end_of_iteration_hook=after_iteration,
     )
@@ -91,13 +93,21 @@ def test_record_keeper_logs_learners_clusters_phase_and_masks(small, tmp_path):
     assert glob.glob(str(tmp_path / "tensorboard" / "**" / "events.*"), recursive=True)
 
 
-def test_hook_container_checkpoints_resume_the_run_exactly(small, tmp_path):
+@pytest.mark.parametrize("miner", ["none", "distance_weighted"])
+def test_hook_container_checkpoints_resume_the_run_exactly(small, tmp_path, miner):
+    """Also with the papers' loss and miner: DistanceWeightedMiner draws from torch's generator, which the wrapper's
+    state (saved by the HookContainer with the loss) carries."""
+    spec = {}
+    if miner == "distance_weighted":
+        spec = dict(loss=losses.MarginLoss(margin=0.2), miner=miners.DistanceWeightedMiner(cutoff=0.5))
     full = []
-    a, *_ = run_with_hooks(small, str(tmp_path / "a"), epochs=4, losses_out=full)
+    a, *_ = run_with_hooks(small, str(tmp_path / "a"), epochs=4, losses_out=full, **spec)
     first = []
-    run_with_hooks(small, str(tmp_path / "b"), epochs=2, losses_out=first)  # "killed" after epoch 2
+    run_with_hooks(small, str(tmp_path / "b"), epochs=2, losses_out=first, **spec)  # "killed" after epoch 2
     resumed = []
-    c, _, _, start_epoch = run_with_hooks(small, str(tmp_path / "b"), epochs=4, start_fresh=False, losses_out=resumed)
+    c, _, _, start_epoch = run_with_hooks(
+        small, str(tmp_path / "b"), epochs=4, start_fresh=False, losses_out=resumed, **spec
+    )
     assert start_epoch == 3
     assert c["wrapper"].last_epoch == 4 and c["wrapper"].num_active == 4
     assert [x for _, x in resumed] == [x for e, x in full if e > 2]  # bit for bit (one torch thread)

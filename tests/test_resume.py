@@ -21,6 +21,7 @@ save, load = factory.checkpoint, factory.restore
         (2, 1, 0, "arcface"),
         (2, 1, 0, "memory"),
         (2, 1, 0, "features"),
+        (2, 1, 0, "distance_weighted"),
         (2, 1, 0, "phases"),
         (3, 2, 0, "phases_frozen"),
     ],

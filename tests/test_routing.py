@@ -219,3 +219,64 @@ def test_a_dataloader_given_the_sampler_as_batch_sampler_says_what_to_pass(digit
     # the index that says so is an ordinary int to everything else
     first = next(iter(sampler))
     assert first == int(first) and digits[first][2] == int(first)
+
+
+def routed_loop(digits):
+    """Two learners from the start (clusters at set-up), in a plain loop; returns (parts, a batch iterator)."""
+    parts = factory.plain(factory.make(digits, num_learners=2, grow=False))
+    return parts, iter(parts["loader"])
+
+
+def learner_of(parts, idx):
+    return int(parts["sampler"].assignment[np.asarray(idx)][0])
+
+
+def test_a_batch_the_loop_skips_without_saying_so_is_named(digits):
+    parts, batches = routed_loop(digits)
+    dc, model = parts["wrapper"], parts["model"]
+    x, y, _ = next(batches)
+    dc(model(x), y)
+    next(batches)  # `if bad: continue`: this batch never reaches the loss
+    x, y, _ = next(batches)
+    with pytest.raises(RuntimeError, match=r"drew 1 batch\(es\) after the one it expected: the loop skipped 1"):
+        dc(model(x), y)
+
+
+def test_a_skip_the_loop_announces_keeps_every_batch_on_its_learner(digits):
+    parts, batches = routed_loop(digits)
+    dc, model = parts["wrapper"], parts["model"]
+    for step in range(6):
+        x, y, idx = next(batches)
+        if step % 2:
+            dc.skip_batch()
+            continue
+        dc(model(x), y)
+        assert dc.current_learner == learner_of(parts, idx)
+    with pytest.raises(RuntimeError, match="no batch the sampler drew is waiting"):
+        dc.skip_batch()  # the batch the loss received is taken already
+
+
+def test_a_batch_whose_loss_raised_is_taken_so_the_loop_can_go_on(digits):
+    """``except FloatingPointError: continue`` after a NaN batch: the next batch is routed as usual."""
+    parts, batches = routed_loop(digits)
+    dc, model = parts["wrapper"], parts["model"]
+    x, y, _ = next(batches)
+    with pytest.raises(FloatingPointError):
+        dc(model(x) * float("nan"), y)
+    x, y, idx = next(batches)
+    dc(model(x), y)
+    assert dc.current_learner == learner_of(parts, idx)
+
+
+def test_a_second_call_for_one_batch_and_a_batch_not_drawn_say_which_it_is(digits):
+    parts, batches = routed_loop(digits)
+    dc, model = parts["wrapper"], parts["model"]
+    with pytest.raises(RuntimeError, match="did not draw: most likely a batch of another DataLoader"):
+        dc(torch.randn(16, 16), torch.as_tensor(digits.labels[:16]))
+    x, y, _ = next(batches)
+    dc(model(x), y)
+    with pytest.raises(RuntimeError, match="called a second time for the batch it had just received.*one_batch"):
+        dc(model(x), y)
+    next(batches)  # a batch waits: the same batch's labels again are still a second call
+    with pytest.raises(RuntimeError, match="called a second time"):
+        dc(model(x), y)

@@ -97,14 +97,26 @@ def test_without_replacement_while_a_class_has_samples_left():
 
 def test_class_fragments_smaller_than_m_are_left_out_with_one_warning():
     labels = np.array([0] * 10 + [1] * 10 + [2] * 2 + [3] * 12)
-    s = ClusterSampler(labels, batch_size=8, m=4, seed=0)
     with pytest.warns(UserWarning, match="2 of 34 samples belong to classes with fewer than m=4") as record:
+        s = ClusterSampler(labels, batch_size=8, m=4, seed=0)
         s.set_assignment(np.zeros(len(labels), dtype=int), 1)
         batches = take_pass(s) + take_pass(s)
     assert sum("fewer than m" in str(w.message) for w in record) == 1
     used = np.concatenate([b for _, b in batches])
     assert not np.isin(used, np.flatnonzero(labels == 2)).any()
     assert all(len(set(b.tolist())) == len(b) for _, b in batches)
+
+
+def test_a_class_left_out_of_the_first_single_cluster_is_named_when_the_sampler_is_built(recwarn):
+    """The journal schedule's first epochs draw from one cluster of all the data: a class with fewer than m samples
+    is left out of them from the start, and the sampler says so then, not at the first reclustering."""
+    labels = np.array([0] * 10 + [1] * 10 + [2] * 3)
+    with pytest.warns(UserWarning, match=r"3 of 23 samples .* fewer than m=4 samples \(in the one cluster of all"):
+        s = ClusterSampler(labels, batch_size=8, m=4, seed=0)
+    used = np.concatenate([b for _, b in take_pass(s)])
+    assert not np.isin(used, np.flatnonzero(labels == 2)).any()
+    ClusterSampler(labels, batch_size=6, m=3, seed=0)  # m=3: every class can give m samples
+    assert not [w for w in recwarn if "fewer than m=3" in str(w.message)]
 
 
 def test_deterministic_for_a_seed_and_reshuffled_every_pass():

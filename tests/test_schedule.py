@@ -1,7 +1,7 @@
 import warnings
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from pml_divide_conquer.schedule import Action, DivideConquerSchedule, Phase
@@ -138,3 +138,43 @@ def test_the_docstring_examples_run():
     from pml_divide_conquer import schedule
 
     assert doctest.testmod(schedule, optionflags=doctest.ELLIPSIS).failed == 0
+
+
+def test_a_schedule_that_cannot_reach_its_K_says_what_would():
+    """journal(6, 8) ends the divide phase at K=2, journal(12, 8) at K=4 (T=2): learners that never train."""
+    short = DivideConquerSchedule.journal(num_epochs=6, num_learners=8)
+    assert (short.divide_epochs(), short.learners_reached()) == (3, 2)
+    assert DivideConquerSchedule.journal(num_epochs=12, num_learners=8).learners_reached() == 4
+    message = short.unreached_learners()
+    assert "ends after epoch 3 with K=2 of its 8 learners: learners 2-7" in message
+    assert "needs 7 epochs to reach K=8: e.g. DivideConquerSchedule.journal(num_epochs=15, num_learners=8)" in message
+    assert DivideConquerSchedule.journal(num_epochs=15, num_learners=8).unreached_learners() is None
+    assert "or recluster_every=1" in DivideConquerSchedule.journal(num_epochs=12, num_learners=8).unreached_learners()
+    for fine in (DivideConquerSchedule.cvpr(10, 8), DivideConquerSchedule(num_learners=8)):  # K from the start; no end
+        assert fine.unreached_learners() is None
+
+
+@settings(max_examples=100, deadline=None)
+@given(log_k=st.integers(1, 5), T=st.integers(1, 4), num_epochs=st.integers(1, 200))
+def test_the_suggested_journal_run_reaches_K_and_a_silent_one_reaches_it(log_k, T, num_epochs):
+    s = DivideConquerSchedule.journal(num_epochs=num_epochs, num_learners=2**log_k, recluster_every=T)
+    message = s.unreached_learners()
+    if message is None:
+        assert s.learners_reached() in (2**log_k, 0)
+        return
+    epochs = int(message.split("journal(num_epochs=")[1].split(",")[0])
+    longer = DivideConquerSchedule.journal(num_epochs=epochs, num_learners=2**log_k, recluster_every=T)
+    assert longer.learners_reached() == 2**log_k and epochs > num_epochs
+    if "or recluster_every=" in message:
+        faster = int(message.split("or recluster_every=")[1].split(".")[0])
+        quicker = DivideConquerSchedule(
+            num_learners=2**log_k, recluster_every=faster, full_embedding_epoch=s.full_embedding_epoch
+        )
+        assert quicker.learners_reached() == 2**log_k
+
+
+def test_what_a_run_shorter_than_its_schedule_leaves_out():
+    s = DivideConquerSchedule.journal(num_epochs=12, num_learners=4)
+    assert "the run stops after epoch 3, but the schedule's full-embedding phase starts at epoch 6" in s.shortfall(3)
+    assert s.shortfall(6) is None and s.shortfall(12) is None
+    assert "with K=1 of the schedule's 4 learners" in DivideConquerSchedule(num_learners=4).shortfall(2)

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from pytorch_metric_learning import losses
 
 from pml_divide_conquer import state
 
@@ -65,3 +66,58 @@ def test_resuming_under_another_schedule_is_allowed_where_it_agrees_at_the_check
         with pytest.raises(ValueError, match="in the divide phase to come, but this wrapper's schedule has K=2 in the "
                            "full_embedding phase there"):  # fmt: skip
             earlier.load_state_dict(saved)
+
+
+def test_a_refused_checkpoint_leaves_a_fresh_wrapper_fresh(digits):
+    """After a refused load the run that follows starts as a fresh one: the step before epoch 1, epoch 1 next."""
+    saved = trained(digits, num_learners=2, grow=False)["wrapper"].state_dict()
+    parts = factory.plain(factory.make(digits, num_learners=4, grow=False), setup=False)
+    with pytest.raises(ValueError):
+        parts["wrapper"].load_state_dict(saved)
+    assert parts["wrapper"].last_epoch == -1 and parts["sampler"].version == 0
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        parts["wrapper"].setup(parts["model"], digits, optimizers=[parts["optimizer"]])
+    assert (parts["wrapper"].last_epoch, parts["wrapper"].num_active, parts["sampler"].num_clusters) == (0, 4, 4)
+
+
+def test_a_0_3_0_checkpoint_of_another_K_or_heads_is_refused():
+    """0.3.0 saved K only as ``num_active``: it is inferred, and checked like a checkpoint of this release."""
+    saved = torch.load(V030 / "checkpoint_fixed_margin_epoch3.pt", weights_only=True)["dc"]  # K=4, fixed chunks
+    dataset, _ = golden.digits_0_to_4()
+    for change in (dict(num_learners=2), dict(mode="learned")):
+        spec = dict(num_learners=4, batch_size=32, m=8, loss=losses.MarginLoss(margin=0.2, beta=1.2))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            other = factory.make(dataset, **{**spec, **change})["wrapper"]
+        with pytest.raises(ValueError, match="num_learners" if "num_learners" in change else "mode"):
+            other.load_state_dict(saved)
+        assert other.last_epoch == -1
+
+
+def test_corrupted_cluster_ids_and_a_missing_entry_are_named_on_load(digits):
+    parts = trained(digits, num_learners=2, grow=False)
+    saved = parts["wrapper"].state_dict()
+    fresh = factory.make(digits, num_learners=2, grow=False)["wrapper"]
+    flipped = {k: v for k, v in saved.items()}
+    extra = dict(flipped["_extra_state"], sampler=dict(flipped["_extra_state"]["sampler"]))
+    ids = extra["sampler"]["assignment"].clone()
+    ids[5] = 64  # one bit flipped: cluster 64 of 2
+    extra["sampler"]["assignment"] = ids
+    flipped["_extra_state"] = extra
+    with pytest.raises(ValueError, match="cluster id 64 is out of range for num_clusters=2"):
+        fresh.load_state_dict(flipped)
+    assert fresh.last_epoch == -1
+    lacking = dict(saved, _extra_state={k: v for k, v in saved["_extra_state"].items() if k != "sampler"})
+    with pytest.raises(ValueError, match=r"the checkpoint's D&C state lacks \['sampler'\]"):
+        fresh.load_state_dict(lacking)
+
+
+def test_the_state_carries_torch_s_random_generator_and_loading_restores_it(digits):
+    """So that a random miner (DistanceWeightedMiner), dropout or augmentation draws in a resumed run what it drew
+    in the uninterrupted one (tests/test_plain_loop.py and the integrations' resume tests check whole runs)."""
+    saved = trained(digits, num_learners=2, grow=False)["wrapper"].state_dict()
+    expected = torch.rand(3)  # what the generator gives next after the checkpoint
+    torch.manual_seed(123)
+    factory.make(digits, num_learners=2, grow=False)["wrapper"].load_state_dict(saved)
+    assert torch.equal(torch.rand(3), expected)

@@ -8,7 +8,7 @@ import pytest
 import torch
 from pytorch_metric_learning import losses, miners
 
-from pml_divide_conquer import DivideConquerSchedule
+from pml_divide_conquer import ClusterSampler, DivideConquerSchedule, DivideConquerWrapper, SubspaceMaskedEmbedder
 
 import factory
 from helpers import IndexedDataset
@@ -36,13 +36,18 @@ def test_labels_missing_and_non_finite_embeddings(random_set):
     w = factory.make(random_set, embedding_size=8, batch_size=8)["wrapper"]
     with pytest.raises(ValueError, match="needs the batch labels"):
         w(torch.randn(8, 8))
-    bad = torch.randn(8, 8)
-    bad[3, 2] = float("nan")
-    with pytest.raises(FloatingPointError, match="non-finite"):
-        w(bad, torch.zeros(8, dtype=torch.long))
-    bad[3, 2] = float("inf")
-    with pytest.raises(FloatingPointError, match="non-finite"):
-        w(bad, torch.zeros(8, dtype=torch.long))
+    with pytest.raises(FloatingPointError, match="non-finite"):  # outside training, too
+        w.eval()(torch.full((8, 8), float("nan")), torch.zeros(8, dtype=torch.long))
+    parts = factory.plain(factory.make(random_set, embedding_size=8, batch_size=8))
+    w, batches = parts["wrapper"], iter(parts["loader"])
+    for bad in (float("nan"), float("inf")):
+        x, y, _ = next(batches)
+        e = parts["model"](x).detach()
+        e[3, 2] = bad
+        with pytest.raises(FloatingPointError, match="non-finite"):
+            w(e, y)
+    x, y, _ = next(batches)  # the bad batches were taken: the next one is routed as usual
+    assert torch.isfinite(w(parts["model"](x), y))
 
 
 def test_miner_given_twice_is_refused(random_set):
@@ -133,3 +138,57 @@ def test_the_epoch_state_is_the_controllers_and_read_only(random_set):
     for name in ("last_epoch", "num_active", "phase", "recluster_seconds", "clustering_seconds"):
         with pytest.raises(AttributeError):
             setattr(w, name, 1)
+
+
+def test_a_nan_loss_from_the_wrapper_s_own_parameters_is_raised_before_the_caller_steps(digits):
+    """Learned masks turned NaN: the embeddings are finite, the loss is not; the trunk must not be stepped."""
+    parts = factory.plain(factory.make(digits, num_learners=2, mode="learned", grow=False))
+    with torch.no_grad():
+        parts["embedder"].masks.fill_(float("nan"))  # (the masks' parameter, as a diverged optimizer leaves it)
+    x, y, _ = next(iter(parts["loader"]))
+    embeddings = parts["trunk"](x) @ torch.ones(32, 16)  # finite: computed without the masks
+    with pytest.raises(FloatingPointError, match="loss DivideConquerWrapper computed is NaN or inf while its embed"):
+        parts["wrapper"](embeddings, y)
+
+
+def half_epoch(parts, bad_batches):
+    """One epoch with float16 embeddings (as under float16 autocast); batches in ``bad_batches`` overflow to inf
+    and, as a GradScaler does, are not stepped."""
+    dc, model, opt = parts["wrapper"], parts["model"], parts["optimizer"]
+    for step, (x, y, _) in enumerate(parts["loader"]):
+        opt.zero_grad()
+        e = model(x).half()
+        if step in bad_batches:
+            e = e * torch.tensor(float("inf"), dtype=torch.float16)
+        loss = dc(e, y)
+        if step not in bad_batches:
+            loss.backward()
+            opt.step()
+
+
+def test_float16_overflows_are_counted_and_said_at_the_epoch_end_and_kept_out_of_the_feature_memory(digits):
+    """Under float16 autocast an overflow is an event a GradScaler recovers from (it skips the step): the wrapper
+    goes on, says at the epoch end how many batches overflowed, and keeps their rows out of the feature memory;
+    only an epoch in which every batch overflowed is an error."""
+    spec = dict(num_learners=2, recluster=dict(cluster_on="embedding", features_from="training"))
+    parts = factory.plain(factory.make(digits, **spec))
+    half_epoch(parts, bad_batches={2, 5})
+    batches = len(parts["loader"])
+    with pytest.warns(UserWarning, match=f"2 of the {batches} batches since the last end-of-epoch step had non-f"):
+        parts["wrapper"].end_epoch()
+    rows = parts["wrapper"].feature_memory.features
+    assert rows is not None and torch.isfinite(rows.float()).all()
+    half_epoch(parts, bad_batches=set(range(batches)))
+    with pytest.raises(FloatingPointError, match="every batch since the last end-of-epoch step"):
+        parts["wrapper"].end_epoch()
+
+
+def test_building_a_wrapper_with_a_schedule_that_cannot_reach_K_warns():
+    labels = np.repeat(np.arange(16), 8)
+    embedder = SubspaceMaskedEmbedder(16, 8)
+    sampler = ClusterSampler(labels, batch_size=8, m=4)
+    with pytest.warns(UserWarning, match="the divide phase ends after epoch 3 with K=2 of its 8 learners"):
+        DivideConquerWrapper(
+            losses.ContrastiveLoss(), embedder=embedder, sampler=sampler,
+            schedule=DivideConquerSchedule.journal(num_epochs=6, num_learners=8),
+        )  # fmt: skip

@@ -10,6 +10,7 @@ Examples:
 
 import sys
 
+from .. import notices
 from ..torch_utils import unwrap
 from ..training import LoopHints, TrainingParts
 from ..wrapper import DivideConquerWrapper
@@ -114,6 +115,10 @@ class DivideConquerCallback(pl.Callback):
         )
         if self.data_and_label_getter is not None:
             parts.data_and_label_getter = self.data_and_label_getter
+        max_epochs = getattr(trainer, "max_epochs", None)
+        shortfall = dc.schedule.shortfall(max_epochs) if isinstance(max_epochs, int) and max_epochs > 0 else None
+        if shortfall:
+            notices.warn(f"pl.Trainer(max_epochs={max_epochs}): {shortfall}")
         dc.setup_parts(parts)
 
     def on_train_start(self, trainer, pl_module):

@@ -55,8 +55,13 @@ Module = factory.lightning_module
 trainer = factory.lightning
 
 
-def test_resume_from_a_lightning_checkpoint_is_bit_identical(digits, tmp_path):
+@pytest.mark.parametrize("miner", ["none", "distance_weighted"])
+def test_resume_from_a_lightning_checkpoint_is_bit_identical(digits, tmp_path, miner):
+    """Also with the papers' DistanceWeightedMiner, which draws from torch's generator: the wrapper's state, loaded
+    with the module before Lightning builds the epoch's iterator, carries it."""
     kw = dict(num_learners=4, recluster_every=1, full_embedding_epoch=5)
+    if miner == "distance_weighted":
+        kw.update(loss=losses.MarginLoss(margin=0.2, beta=1.2), miner=miners.DistanceWeightedMiner(cutoff=0.5))
     full, first, resumed = [], [], []
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -132,3 +137,15 @@ def test_the_lightning_example_runs_two_ddp_processes_on_the_cpu(tmp_path):
     )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert "R@1" in done.stdout and "K=2" in done.stdout
+
+
+def test_a_trainer_that_stops_before_the_schedule_s_phases_is_warned_at_fit_start(digits):
+    schedule = DivideConquerSchedule.journal(num_epochs=12, num_learners=2)  # full embedding from epoch 6
+    module = Module(factory.plain(factory.make(digits, num_learners=2, schedule=schedule), setup=False))
+    with pytest.warns(UserWarning, match=r"pl.Trainer\(max_epochs=1\): the run stops after epoch 1, but the sche"):
+        trainer(1, [DivideConquerCallback()], limit_train_batches=2).fit(module)
+    fits = Module(factory.plain(factory.make(digits, num_learners=2, schedule=schedule), setup=False))
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        trainer(12, [DivideConquerCallback()], limit_train_batches=1).fit(fits)
+    assert not [w for w in seen if "the run stops after epoch" in str(w.message)]

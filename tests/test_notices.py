@@ -1,0 +1,46 @@
+"""The package's warnings point at the user's line: the call in the user's code that led to them, not a line of
+the package, nor of torch, PML or Lightning between the two."""
+
+import inspect
+import warnings
+
+import numpy as np
+
+from pml_divide_conquer import ClusterSampler, DivideConquerSchedule, notices
+
+import factory
+
+
+def recorded(call):
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        call()
+    return seen
+
+
+def test_a_warning_of_a_constructor_points_at_the_line_that_built_it():
+    labels = np.array([0] * 8 + [1] * 2)
+    seen = recorded(lambda: ClusterSampler(labels, batch_size=4, m=4))
+    line = inspect.currentframe().f_lineno - 1
+    assert [(w.filename, w.lineno) for w in seen] == [(__file__, line)], [str(w.message) for w in seen]
+    seen = recorded(lambda: DivideConquerSchedule.journal(num_epochs=4, num_learners=8).unreached_learners())
+    assert not seen  # a query does not warn; building the wrapper does (tests/test_schedule.py)
+
+
+def test_a_warning_raised_under_pml_s_trainer_points_at_the_train_call(digits):
+    """The reclustering after epoch 1 leaves class fragments smaller than m (digits, m=4): its warning, raised
+    inside PML's trainer and its end-of-epoch hook, names the line that called trainer.train()."""
+    run = factory.make(digits, num_learners=2, batch_size=32, m=4, heads="shared")
+    parts = factory.pml(run, iterations_per_epoch=3)
+    parts["wrapper"].prepare(parts["trainer"])
+    seen = recorded(lambda: parts["trainer"].train(num_epochs=2))
+    line = inspect.currentframe().f_lineno - 1
+    fragments = [w for w in seen if "fewer than m=4" in str(w.message)]
+    assert fragments and all((w.filename, w.lineno) == (__file__, line) for w in fragments)
+
+
+def test_the_stack_level_is_at_least_the_caller_s():
+    def caller():
+        return notices.user_stacklevel()
+
+    assert caller() >= 1
