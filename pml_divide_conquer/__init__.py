@@ -7,7 +7,7 @@ from .sampler import ClusterBatchSampler, ClusterSampler
 from .schedule import DivideConquerSchedule, Phase
 from .wrapper import DivideConquerWrapper
 
-__version__ = "0.3.0"
+__version__ = "0.4.0.dev0"
 
 __all__ = [
     "ClusterBatchSampler",

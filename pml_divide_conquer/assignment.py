@@ -156,14 +156,15 @@ class ClusterAssignment:
         self.warn_fragments(m)
 
     def warn_fragments(self, m):
-        """Warn (once) about samples of classes with fewer than ``m`` samples in their cluster: left out of the
-        batches (from the start, when the first assignment is the single cluster of all the data)."""
+        """Warn about samples of classes with fewer than ``m`` samples in their cluster: left out of the batches.
+        Once for the single cluster of all the data (the batches before the first assignment, or K=1), and once for
+        the first assignment of K > 1 that leaves some out (so the first does not silence the second)."""
         runs = self.runs()
         dropped = int(runs.sizes[runs.sizes < m].sum())
         if dropped:
             where = "in their cluster" if self.num_clusters > 1 else "(in the one cluster of all the data)"
             self.warn_once(
-                "fragments",
+                "fragments" if self.num_clusters > 1 else "fragments-single",
                 f"{dropped} of {len(self.labels)} samples belong to classes with fewer than m={m} samples {where}: "
                 "they cannot give m distinct samples, so they are left out of the batches until the next "
                 "reclustering (no sample appears twice in a batch). A smaller m keeps more of them.",

@@ -4,14 +4,21 @@ Every k-means setting is on one :class:`KMeansSettings` (as faiss bundles its ``
 torch/PML side (embedding the training set, ranks) lives in :mod:`pml_divide_conquer.reclustering`.
 """
 
+from __future__ import annotations
+
 import dataclasses
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Optional
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+from numpy.typing import ArrayLike
 from scipy.optimize import linear_sum_assignment
 
 from . import notices
+
+if TYPE_CHECKING:
+    import torch
 
 BACKENDS = ("faiss", "torch")
 
@@ -41,12 +48,12 @@ class KMeansSettings:
 
     niter: int = 100
     seed: int = 0
-    max_points_per_centroid: Optional[int] = None
+    max_points_per_centroid: int | None = None
     max_retries: int = 30
-    gpu: Optional[bool] = None
-    backend: Optional[str] = None
+    gpu: bool | None = None
+    backend: str | None = None
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         for name in ("niter", "max_retries"):
             value = getattr(self, name)
             if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 1:
@@ -61,11 +68,12 @@ class KMeansSettings:
         if self.backend is not None and self.backend not in BACKENDS:
             raise ValueError(f'kmeans backend must be "faiss" or "torch", got {self.backend!r}')
 
-    def with_seed(self, seed):
+    def with_seed(self, seed: int) -> KMeansSettings:
+        """These settings with another ``seed``."""
         return dataclasses.replace(self, seed=int(seed))
 
 
-def settings_of(settings, deprecated, where):
+def settings_of(settings: KMeansSettings | None, deprecated: Mapping[str, Any], where: str) -> KMeansSettings:
     """``settings`` (default KMeansSettings()), or one built from the keywords 0.3 took (with a FutureWarning)."""
     if deprecated:
         unknown = sorted(set(deprecated) - {f.name for f in dataclasses.fields(KMeansSettings)})
@@ -85,7 +93,7 @@ def settings_of(settings, deprecated, where):
     return settings
 
 
-def _faiss():
+def _faiss() -> Any:
     import faiss
 
     return faiss
@@ -96,7 +104,7 @@ def faiss_gpu_available() -> bool:
     return hasattr(faiss, "get_num_gpus") and faiss.get_num_gpus() > 0
 
 
-def choose_backend(backend=None, gpu=None):
+def choose_backend(backend: str | None = None, gpu: bool | None = None) -> str:
     """``backend`` as given, else where the data is: faiss on a GPU when faiss sees one, k-means in torch on the GPU
     when torch sees one but faiss does not (faiss-gpu is often not installable), faiss on the CPU otherwise
     (``gpu=False``: always faiss on the CPU)."""
@@ -111,7 +119,7 @@ def choose_backend(backend=None, gpu=None):
     return "torch" if torch.cuda.is_available() else "faiss"
 
 
-def kmeans(x, k, settings=None, **deprecated):
+def kmeans(x: ArrayLike, k: int, settings: KMeansSettings | None = None, **deprecated: Any) -> np.ndarray:
     """Assign each row of ``x`` (n x d, float) to one of ``k`` clusters with k-means, run as ``settings`` (a
     :class:`KMeansSettings`) says: faiss (``backend="faiss"``; ``gpu=None`` uses a GPU when faiss-gpu sees one, False
     forces the CPU) or the same algorithm in torch (``backend="torch"``: :func:`torch_kmeans`, on the GPU when there
@@ -152,7 +160,16 @@ def kmeans(x, k, settings=None, **deprecated):
     return ids[:, 0].astype(np.int64)
 
 
-def torch_kmeans(x, k, *, niter=100, seed=0, device="cpu", max_points_per_centroid=None, chunk=1 << 18):
+def torch_kmeans(
+    x: ArrayLike,
+    k: int,
+    *,
+    niter: int = 100,
+    seed: int = 0,
+    device: torch.device | str = "cpu",
+    max_points_per_centroid: int | None = None,
+    chunk: int = 1 << 18,
+) -> np.ndarray:
     """k-means in torch, as faiss runs it: k distinct random points as the first centroids (seeded), ``niter``
     Lloyd iterations, an empty cluster refilled by splitting a large one (faiss's ``split_clusters``). Returns the
     int64 id of each row's nearest centroid.
@@ -171,7 +188,7 @@ def torch_kmeans(x, k, *, niter=100, seed=0, device="cpu", max_points_per_centro
     train = train.to(device)
     centroids = train[torch.randperm(len(train), generator=gen)[:k].to(device)].clone()
 
-    def assign(points):
+    def assign(points: torch.Tensor) -> torch.Tensor:
         ids = torch.empty(len(points), dtype=torch.long, device=device)
         half_norms = (centroids * centroids).sum(1) / 2
         for start in range(0, len(points), chunk):
@@ -194,7 +211,9 @@ def torch_kmeans(x, k, *, niter=100, seed=0, device="cpu", max_points_per_centro
     return assign(data).cpu().numpy().astype(np.int64)
 
 
-def _split_large_clusters(centroids, counts, gen, eps=1.0 / 1024):
+def _split_large_clusters(
+    centroids: torch.Tensor, counts: torch.Tensor, gen: torch.Generator, eps: float = 1.0 / 1024
+) -> torch.Tensor:
     """Refill each empty centroid with a copy of a large cluster's, the two nudged apart (faiss's rule: the cluster
     chosen with probability growing with its size)."""
     import torch
@@ -213,17 +232,22 @@ def _split_large_clusters(centroids, counts, gen, eps=1.0 / 1024):
     return centroids
 
 
-def cluster_is_valid(cluster_labels, min_classes=2, min_per_class=2) -> bool:
+def cluster_is_valid(cluster_labels: ArrayLike, min_classes: int = 2, min_per_class: int = 2) -> bool:
     """True when at least ``min_classes`` classes have ``min_per_class`` or more members (reference rule)."""
     _, counts = np.unique(cluster_labels, return_counts=True)
     return int((counts >= min_per_class).sum()) >= min_classes
 
 
-def invalid_clusters(assignment, labels, k, min_classes=2, min_per_class=2):
+def invalid_clusters(
+    assignment: np.ndarray, labels: np.ndarray, k: int, min_classes: int = 2, min_per_class: int = 2
+) -> list[int]:
+    """The clusters (of ``k``) that :func:`cluster_is_valid` refuses."""
     return [c for c in range(k) if not cluster_is_valid(labels[assignment == c], min_classes, min_per_class)]
 
 
-def kmeans_with_retries(x, k, labels, settings=None, **deprecated):
+def kmeans_with_retries(
+    x: ArrayLike, k: int, labels: ArrayLike, settings: KMeansSettings | None = None, **deprecated: Any
+) -> np.ndarray:
     """k-means, retried with seeds ``settings.seed + t`` until every cluster has >= 2 classes with >= 2 members
     each (at most ``settings.max_retries`` tries).
 
@@ -244,7 +268,13 @@ def kmeans_with_retries(x, k, labels, settings=None, **deprecated):
     return ids
 
 
-def split_clusters(x, assignment, labels=None, settings=None, **deprecated):
+def split_clusters(
+    x: np.ndarray,
+    assignment: ArrayLike,
+    labels: ArrayLike | None = None,
+    settings: KMeansSettings | None = None,
+    **deprecated: Any,
+) -> np.ndarray:
     """Split every cluster c in two with 2-means: its members get ids 2c and 2c+1.
 
     With ``labels``, each split is retried with new seeds until both children have 2 classes with 2 samples each
@@ -276,7 +306,7 @@ def split_clusters(x, assignment, labels=None, settings=None, **deprecated):
     return new
 
 
-def overlap_matrix(old, new, k):
+def overlap_matrix(old: ArrayLike, new: ArrayLike, k: int) -> np.ndarray:
     """overlap[i, j] = number of samples in old cluster i and new cluster j."""
     old = np.asarray(old, dtype=np.int64)
     new = np.asarray(new, dtype=np.int64)
@@ -285,7 +315,7 @@ def overlap_matrix(old, new, k):
     return np.bincount(old * k + new, minlength=k * k).reshape(k, k)
 
 
-def match_clusters(old, new, k):
+def match_clusters(old: ArrayLike, new: ArrayLike, k: int) -> np.ndarray:
     """Relabel ``new`` so that each new cluster takes the id of the old cluster it overlaps most.
 
     Maximising total overlap is the same as minimising the summed symmetric differences |A_i xor B_j|,

@@ -8,7 +8,10 @@ wrapper that owns it. :class:`~pml_divide_conquer.DivideConquerWrapper` exposes 
 state read-only (``dc.last_epoch``, ``dc.num_active``, ``dc.phase``, ...).
 """
 
+from __future__ import annotations
+
 import time
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -23,6 +26,15 @@ from .schedule import Action, Phase, Step
 from .torch_utils import carry_optimizer_state, contains, unwrap
 from .training import NOT_SET_UP
 
+if TYPE_CHECKING:
+    from .embedder import SubspaceMaskedEmbedder
+    from .feature_memory import FeatureMemory
+    from .learners import Learners
+    from .reclustering import Reclusterer
+    from .sampler import ClusterSampler
+    from .schedule import DivideConquerSchedule
+    from .training import LoopHints, TrainingParts
+
 
 class EpochController:
     """Takes the schedule's step after each epoch.
@@ -36,54 +48,63 @@ class EpochController:
         (1, 1, <Phase.DIVIDE: 'divide'>)
     """
 
-    def __init__(self, schedule, sampler, embedder, learners, reclusterer, memory=None):
+    def __init__(
+        self,
+        schedule: DivideConquerSchedule,
+        sampler: ClusterSampler,
+        embedder: SubspaceMaskedEmbedder,
+        learners: Learners,
+        reclusterer: Reclusterer,
+        memory: FeatureMemory | None = None,
+    ) -> None:
         self.schedule, self.sampler, self.embedder = schedule, sampler, embedder
         self.learners, self.reclusterer, self.memory = learners, reclusterer, memory
         self.last_epoch = -1  # the last epoch whose end-of-epoch step has been taken (0: the step before training)
-        self.parts = None  # the loop's parts, given at set-up
-        self.source = None  # where reclusterings get their features (set up)
-        self.freezer = None
+        self.parts: TrainingParts | None = None  # the loop's parts, given at set-up
+        self.source: FeatureSource | None = None  # where reclusterings get their features (set up)
+        self.freezer: TrunkFreezer | None = None
         self.recluster_seconds = self.clustering_seconds = self.step_seconds = 0.0
         self.fresh_samples = 0  # samples the last reclustering embedded afresh
 
     # ------------------------------------------------------------------ the state it owns
 
     @property
-    def num_active(self):
+    def num_active(self) -> int:
         """K: the learners (and clusters, but in the all-data phase) in effect in the epoch being trained; 1 before
         the set-up. Derived from the schedule and the last epoch stepped: kept in one place."""
         return 1 if self.last_epoch < 0 else self.schedule.learners_in_epoch(self.last_epoch + 1)
 
     @property
-    def phase(self):
+    def phase(self) -> Phase:
         """The phase of the epoch being trained (before training: of epoch 1)."""
         return self.schedule.phase_in_epoch(max(self.last_epoch, 0) + 1)
 
     @property
-    def is_set_up(self):
+    def is_set_up(self) -> bool:
         return self.parts is not None
 
     @property
-    def hints(self):
+    def hints(self) -> LoopHints:
         """How messages name the calls of the loop in use."""
         return self.parts.hints if self.parts is not None else NOT_SET_UP
 
-    def loop_epoch(self):
+    def loop_epoch(self) -> int | None:
         """The epoch the loop says it is training (counted from 1), when it keeps count; else None."""
         return self.parts.current_epoch() if self.parts is not None and self.parts.current_epoch else None
 
-    def batch_features(self, embeddings):
+    def batch_features(self, embeddings: torch.Tensor) -> torch.Tensor | None:
         """What the feature memory keeps of a training batch: the trunk's output (the embedder's input, captured
         there) with ``cluster_on="trunk"``, else the embeddings; None when the capture missed the batch."""
+        assert self.source is not None  # (the training step runs set up)
         capture = self.source.capture
         return embeddings.detach() if capture is None else capture.take()
 
-    def state_dict(self):
+    def state_dict(self) -> dict[str, Any]:
         return {"last_epoch": self.last_epoch}
 
     # ------------------------------------------------------------------ set-up
 
-    def setup(self, parts):
+    def setup(self, parts: TrainingParts) -> None:
         """Check ``parts``, hook the embedder and the optimizers, take the step before epoch 1 (a step already taken,
         e.g. when resuming from a loaded state, is not repeated)."""
         self._check(parts)
@@ -131,7 +152,7 @@ class EpochController:
     def _trunk_frozen_now(self):
         return self.last_epoch >= 0 and self.schedule.trunk_frozen_in_epoch(self.last_epoch + 1)
 
-    def remove_hooks(self):
+    def remove_hooks(self) -> None:
         """Take the hooks of the set-up off the embedder and the optimizers."""
         if self.source is not None and self.source.capture is not None:
             self.source.capture.remove()
@@ -142,7 +163,7 @@ class EpochController:
 
     # ------------------------------------------------------------------ steps
 
-    def end_epoch(self, epoch=None):
+    def end_epoch(self, epoch: int | None = None) -> None:
         """Take the step after ``epoch`` (default: the epoch after the last step taken)."""
         if not self.is_set_up:
             raise RuntimeError(f"DivideConquerWrapper.end_epoch() before set-up: {self.hints.setup}")
@@ -155,7 +176,7 @@ class EpochController:
             )
         self.step(self.last_epoch + 1 if epoch is None else int(epoch))
 
-    def step(self, epoch):
+    def step(self, epoch: int) -> None:
         """Take the schedule's step after ``epoch`` (0: before training). A step already taken is skipped."""
         if epoch <= self.last_epoch:
             return
@@ -199,7 +220,7 @@ class EpochController:
         self.sampler.start_epoch()
         self.step_seconds = time.perf_counter() - start
 
-    def recluster(self):
+    def recluster(self) -> None:
         """Recluster now, outside the schedule, into the current K clusters matched to the learners."""
         if not self.is_set_up:
             raise RuntimeError(f"DivideConquerWrapper.recluster() before set-up: {self.hints.setup}")
@@ -250,8 +271,9 @@ class EpochController:
             embed=embed,
         )
 
-    def embed_training_set(self):
+    def embed_training_set(self) -> np.ndarray:
         """L2-normalised features of the training set (the space reclustering clusters), by an embedding pass."""
-        if not self.is_set_up:
+        source = self.source  # (made at set-up)
+        if not self.is_set_up or source is None:
             raise RuntimeError(f"embedding the training set needs the set-up: {self.hints.setup}")
-        return self.reclusterer.embed(self.source, self.sampler.labels)
+        return self.reclusterer.embed(source, self.sampler.labels)

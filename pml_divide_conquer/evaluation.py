@@ -1,16 +1,28 @@
 """Looking inside a D&C model: retrieval per subspace, and how pure the clusters are."""
 
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
 import numpy as np
 import torch
 import torch.nn.functional as F
+from numpy.typing import ArrayLike
+from torch.utils.data import Dataset
 
 from .compat import AccuracyCalculator
 from .training import default_data_and_label_getter
 
+if TYPE_CHECKING:
+    from .embedder import SubspaceMaskedEmbedder
+
 DEFAULT_METRICS = ("precision_at_1", "NMI")
 
 
-def cluster_purity(assignment, labels, num_clusters=None):
+def cluster_purity(
+    assignment: ArrayLike, labels: ArrayLike, num_clusters: int | None = None
+) -> tuple[np.ndarray, float]:
     """Per cluster, the share of its samples that belong to its most frequent class; and the overall purity.
 
     Returns ``(per_cluster, overall)``: ``per_cluster[c]`` is NaN for an empty cluster; ``overall`` is the share
@@ -35,16 +47,16 @@ def cluster_purity(assignment, labels, num_clusters=None):
 
 
 def evaluate_subspaces(
-    trunk,
-    embedder,
-    dataset,
-    num_active,
-    accuracy_calculator=None,
-    batch_size=256,
-    data_device=None,
-    dataloader_num_workers=0,
-    data_and_label_getter=None,
-):
+    trunk: torch.nn.Module,
+    embedder: SubspaceMaskedEmbedder,
+    dataset: Dataset,
+    num_active: int,
+    accuracy_calculator: AccuracyCalculator | None = None,
+    batch_size: int = 256,
+    data_device: torch.device | str | None = None,
+    dataloader_num_workers: int = 0,
+    data_and_label_getter: Callable[[Any], tuple[Any, Any]] | None = None,
+) -> dict[str, dict[str, float]]:
     """Retrieval metrics (query = reference = ``dataset``) on the full embedding and on each learner's subspace.
 
     Args:
@@ -77,7 +89,15 @@ def evaluate_subspaces(
     return {name: calc.get_accuracy(x, labels) for name, x in spaces.items()}
 
 
-def embed(trunk, embedder, dataset, batch_size=256, device="cpu", num_workers=0, data_and_label_getter=None):
+def embed(
+    trunk: torch.nn.Module,
+    embedder: torch.nn.Module,
+    dataset: Dataset,
+    batch_size: int = 256,
+    device: torch.device | str = "cpu",
+    num_workers: int = 0,
+    data_and_label_getter: Callable[[Any], tuple[Any, Any]] | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """The raw (unnormalised) embeddings ``embedder(trunk(x))`` of ``dataset`` in eval mode without gradients, and
     its labels: the embeddings PML 2's testers compute (``BaseTester.get_all_embeddings`` with
     ``normalize_embeddings=False``), one batch after another in dataset order. The modules' modes are restored.

@@ -8,10 +8,12 @@ start when the divide phase ends (a :class:`HeadStart`: :class:`ImprintedHeads` 
 how they are restricted, inherited, assembled and imprinted) are :mod:`pml_divide_conquer.heads`.
 """
 
+from __future__ import annotations
+
 import copy
 import time
 from dataclasses import dataclass
-from typing import Any, Callable, List, Optional
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -52,7 +54,7 @@ class HeadStartContext:
     """What a :class:`HeadStart` may use when the divide phase ends."""
 
     num_active: int  # K: the learners whose heads there are
-    dims: List[Optional[slice]]  # each learner's slice of the embedding (fixed chunks), or None (learned masks)
+    dims: list[slice | None]  # each learner's slice of the embedding (fixed chunks), or None (learned masks)
     class_owner: np.ndarray  # for each class (0..C-1), the cluster holding most of its samples
     embed: Callable[[], Any]  # -> (the training set's L2-normalised full embeddings, its labels mapped to 0..C-1)
 
@@ -69,10 +71,12 @@ class HeadStart:
         ...                           full_head=FreshHeads())
     """
 
-    def start(self, learners: "Learners", context: HeadStartContext) -> None:
+    def start(self, learners: Learners, context: HeadStartContext) -> None:
+        """Start the heads of ``learners.full`` (the full-embedding learner's copy of the loss) when the divide
+        phase ends, from the learners' heads and what ``context`` gives."""
         raise NotImplementedError
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         return f"{type(self).__name__}()"
 
 
@@ -80,7 +84,7 @@ class AssembledHeads(HeadStart):
     """The learners' heads put together (:func:`heads.assemble`): fixed chunks concatenated along the embedding
     dimension, learned masks each class from the learner whose cluster holds most of its samples."""
 
-    def start(self, learners, context):
+    def start(self, learners: Learners, context: HeadStartContext) -> None:
         parts = [learners.losses[learner_key(k)] for k in range(context.num_active)]
         heads.assemble(parts, learners.full, dims=context.dims, class_owner=context.class_owner)
 
@@ -90,7 +94,7 @@ class ImprintedHeads(AssembledHeads):
     (one no-grad pass; :func:`heads.imprint`). With ArcFace on 300 Han classes the assembled head alone left D&C
     0.5 R@1 below the baseline with a pretrained trunk (docs/benchmarks.md)."""
 
-    def start(self, learners, context):
+    def start(self, learners: Learners, context: HeadStartContext) -> None:
         super().start(learners, context)
         if not learners.has_heads():
             return
@@ -107,7 +111,7 @@ class ImprintedHeads(AssembledHeads):
 FULL_HEADS = {"imprint": ImprintedHeads, "assembled": AssembledHeads}
 
 
-def head_start(value):
+def head_start(value: str | HeadStart) -> HeadStart:
     """A :class:`HeadStart` from itself or its name (``"imprint"``, ``"assembled"``)."""
     if isinstance(value, HeadStart):
         return value
@@ -122,7 +126,8 @@ class Learners:
     and ``dc.miners``).
 
     Args:
-        loss, miner: the user's loss and (optional) miner; each learner gets a deep copy.
+        loss: the user's loss; each learner gets a deep copy.
+        miner: the user's miner, or None; each learner gets a deep copy.
         num_learners: K, the most learners there will be.
         mode: ``"per_learner"`` (each learner's copy of a classification loss keeps a full-size head and uses its
             first s rows for a subspace of s dims) or ``"shared"`` (the full learner owns the only head; the

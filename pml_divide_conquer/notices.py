@@ -1,34 +1,32 @@
 """Warnings that point at the user's call: the line of the loop, the set-up or the constructor that caused them,
 not a line inside this package (or inside torch, PML or Lightning, which call it)."""
 
-import importlib.util
 import inspect
-import os
 import warnings
+from types import FrameType
 
-_HERE = os.path.dirname(os.path.abspath(__file__))
-_TORCH = importlib.util.find_spec("torch")
-# frames of these are skipped: the package, and the frameworks whose calls lead into it
-_SKIPPED = (_HERE,) + ((os.path.dirname(os.path.abspath(_TORCH.origin)),) if _TORCH and _TORCH.origin else ())
-_SKIPPED_NAMES = ("pytorch_metric_learning", "pytorch_lightning", f"lightning{os.sep}pytorch")
-
-
-def _skipped(filename):
-    path = os.path.abspath(filename)
-    return path.startswith(_SKIPPED) or any(f"{os.sep}{name}{os.sep}" in path for name in _SKIPPED_NAMES)
+# frames of these packages are skipped: this one, and the frameworks whose calls lead into it. A frame is known by
+# its module's name (``__name__`` of its globals), not its file's path: a user's folder may be called "torch", and
+# code that dataclasses and torch generate ("<string>") belongs to the module that made it.
+_SKIPPED = frozenset({"pml_divide_conquer", "torch", "pytorch_metric_learning", "pytorch_lightning", "lightning"})
 
 
-def user_stacklevel():
+def _skipped(frame: FrameType) -> bool:
+    name = frame.f_globals.get("__name__") or ""
+    return name.partition(".")[0] in _SKIPPED
+
+
+def user_stacklevel() -> int:
     """The ``stacklevel`` for ``warnings.warn`` (called by :func:`warn`) of the first frame that is the user's."""
     frame, level = inspect.currentframe(), 0
     try:
-        while frame is not None and (level < 2 or _skipped(frame.f_code.co_filename)):
+        while frame is not None and (level < 2 or _skipped(frame)):
             frame, level = frame.f_back, level + 1
         return max(level - 1, 1)
     finally:
         del frame
 
 
-def warn(message, category=UserWarning):
+def warn(message: str, category: type[Warning] = UserWarning) -> None:
     """``warnings.warn(message, category)`` attributed to the user's line."""
     warnings.warn(message, category, stacklevel=user_stacklevel() + 1)

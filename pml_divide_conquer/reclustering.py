@@ -8,10 +8,12 @@ and what to do with the result (learners, sampler). The clustering itself is :mo
 (``DivideConquerWrapper(..., reclusterer=MyReclusterer())``).
 """
 
+from __future__ import annotations
+
 import dataclasses
 import time
 from dataclasses import dataclass, field
-from typing import Any, NamedTuple, Optional
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 import torch
@@ -21,6 +23,10 @@ from . import clustering, distributed
 from .clustering import KMeansSettings
 from .feature_memory import FeatureMemory
 from .torch_utils import unwrap
+
+if TYPE_CHECKING:
+    from .feature_memory import InputCapture
+    from .training import TrainingParts
 
 CLUSTER_SPACES = ("trunk", "embedding")
 FEATURE_SOURCES = ("training", "pass")
@@ -39,7 +45,8 @@ class ReclusterSettings:
             training set each time. None (default): ``"pass"`` with a ``dataset``, else ``"training"``.
         dataset: the training samples with test-time transforms, in the same order, for ``"pass"`` (None: the
             training dataset given at set-up).
-        batch_size, num_workers: of the embedding pass (workers None: the training loop's).
+        batch_size: the batch size of the embedding pass.
+        num_workers: the DataLoader workers of the embedding pass (None: the training loop's).
         memory_device: where the feature memory keeps its rows: ``"cpu"`` (default) or the training device.
         kmeans: the :class:`~pml_divide_conquer.clustering.KMeansSettings` (the reference's by default).
 
@@ -51,14 +58,14 @@ class ReclusterSettings:
     """
 
     cluster_on: str = "trunk"
-    features_from: Optional[str] = None
+    features_from: str | None = None
     dataset: Any = field(default=None, repr=False)
     batch_size: int = 256
-    num_workers: Optional[int] = None
+    num_workers: int | None = None
     memory_device: Any = "cpu"
     kmeans: KMeansSettings = KMeansSettings()
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         if self.cluster_on not in CLUSTER_SPACES:
             raise ValueError(f'cluster_on must be "trunk" or "embedding", got {self.cluster_on!r}')
         if self.features_from is not None and self.features_from not in FEATURE_SOURCES:
@@ -81,7 +88,7 @@ class ReclusterSettings:
             raise TypeError(f"kmeans must be a KMeansSettings, got {type(self.kmeans).__name__}")
 
     @property
-    def features_source(self):
+    def features_source(self) -> str:
         """``"training"`` or ``"pass"``: ``features_from`` as given, or what its default means here."""
         if self.features_from is not None:
             return self.features_from
@@ -122,23 +129,31 @@ class Reclusterer:
         ...         return np.random.default_rng(0).integers(0, k, len(features))
     """
 
-    def __init__(self, settings: Optional[ReclusterSettings] = None, **changes):
+    def __init__(self, settings: ReclusterSettings | None = None, **changes: Any) -> None:
         if settings is not None and not isinstance(settings, ReclusterSettings):
             raise TypeError(f"settings must be a ReclusterSettings, got {type(settings).__name__}")
         settings = settings or ReclusterSettings()
         self.settings = dataclasses.replace(settings, **changes) if changes else settings
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         return f"{type(self).__name__}({self.settings!r})"
 
-    def feature_memory(self, num_samples):
+    def feature_memory(self, num_samples: int) -> FeatureMemory | None:
         """The :class:`~pml_divide_conquer.feature_memory.FeatureMemory` that training fills for this reclusterer
         (``features_from="training"``), or None (an embedding pass each time)."""
         if self.settings.features_source == "pass":
             return None
         return FeatureMemory(num_samples, self.settings.memory_device)
 
-    def assign(self, source, labels, assignment, current_k, k, split=False) -> Reclustering:
+    def assign(
+        self,
+        source: FeatureSource,
+        labels: np.ndarray,
+        assignment: np.ndarray,
+        current_k: int,
+        k: int,
+        split: bool = False,
+    ) -> Reclustering:
         """The new assignment (one cluster id in [0, k) per sample) on every rank, and what it cost.
 
         ``source``: a :class:`FeatureSource` (the loop's parts for an embedding pass, the capture of the embedder's
@@ -146,6 +161,7 @@ class Reclusterer:
         ``k == 2 * current_k``.
         """
         start = time.perf_counter()
+        emb: np.ndarray | None
         if source.memory is None:
             emb, fresh = self.embed(source, labels), len(labels)
         else:
@@ -153,6 +169,7 @@ class Reclusterer:
         # one rank clusters, all ranks get its result (k-means need not agree bit for bit across processes)
         clustering_start = time.perf_counter()
         if distributed.world_size_and_rank()[1] == 0:
+            assert emb is not None  # (rank 0 holds the features)
             check_finite(emb)
             new = self.cluster(emb, labels, assignment, current_k, k, split)
         else:
@@ -161,7 +178,15 @@ class Reclusterer:
         new = distributed.broadcast_array(new)
         return Reclustering(new, time.perf_counter() - start, clustering_seconds, fresh)
 
-    def cluster(self, emb, labels, assignment, current_k, k, split=False):
+    def cluster(
+        self,
+        emb: np.ndarray,
+        labels: np.ndarray,
+        assignment: np.ndarray,
+        current_k: int,
+        k: int,
+        split: bool = False,
+    ) -> np.ndarray:
         """The clustering alone (numpy in, numpy out): k-means at the current K matched to ``assignment``, then,
         for a split, every cluster split in two."""
         kmeans = self.settings.kmeans
@@ -178,11 +203,12 @@ class Reclusterer:
             new = clustering.split_clusters(emb, new, labels, kmeans)
         return new
 
-    def from_memory(self, source, labels):
+    def from_memory(self, source: FeatureSource, labels: np.ndarray) -> tuple[np.ndarray | None, int]:
         """(The rows training last computed, with the samples that have none since the last reclustering embedded
         afresh - all of them when the memory is empty -, how many were embedded); under DDP the rows are on rank 0
         (None on the others)."""
         memory = source.memory
+        assert memory is not None  # (assign() reads the memory only when there is one)
         emb, stale = memory.features_for_clustering()  # the rows on rank 0 only
         if len(stale):
             fresh = self.embed(source, labels, indices=stale)  # (every rank embeds a shard of them)
@@ -193,7 +219,13 @@ class Reclusterer:
         memory.mark_used()
         return emb, len(stale)
 
-    def embed(self, source, labels, indices=None, space=None):
+    def embed(
+        self,
+        source: FeatureSource,
+        labels: np.ndarray,
+        indices: np.ndarray | None = None,
+        space: str | None = None,
+    ) -> np.ndarray:
         """L2-normalised trunk outputs (or embeddings) of the training set (or of its samples ``indices``),
         checked against ``labels``. ``space``: "trunk" or "embedding" (default: ``settings.cluster_on``)."""
         parts = source.parts
@@ -221,7 +253,7 @@ class Reclusterer:
         return emb
 
 
-def check_finite(features):
+def check_finite(features: np.ndarray) -> None:
     """Raise, naming them, if the features of some training samples are NaN or inf."""
     bad = np.flatnonzero(~np.isfinite(features).all(axis=1))
     if len(bad):
@@ -240,9 +272,9 @@ class FeatureSource:
     ``cluster_on="trunk"``), and the :class:`~pml_divide_conquer.feature_memory.FeatureMemory` (None: an embedding
     pass every time). The end-of-epoch step makes it at set-up."""
 
-    parts: Any
-    capture: Any = None
-    memory: Any = None
+    parts: TrainingParts | None
+    capture: InputCapture | None = None
+    memory: FeatureMemory | None = None
 
 
 def embed_dataset(parts, capture, dataset, use_trunk_output, batch_size, num_workers):

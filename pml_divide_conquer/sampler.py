@@ -7,10 +7,16 @@ the pass number; it records which cluster and indices each batch holds. The wrap
 in order, whatever the number of workers) and checks each batch against its ticket.
 """
 
+from __future__ import annotations
+
+import functools
 import zlib
 from collections import deque
+from collections.abc import Callable, Iterator, Mapping
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+from numpy.typing import ArrayLike
 from torch.utils.data import BatchSampler, Sampler
 
 from . import planning
@@ -18,10 +24,34 @@ from .assignment import ClusterAssignment, check_batch_size_and_m
 from .distributed import Replicas
 from .routing import FirstIndex, Ticket
 
+if TYPE_CHECKING:
+    from typing import ParamSpec, TypeVar
+
+    P = ParamSpec("P")
+    R = TypeVar("R")
+
 SAVED = ("seed", "batch_size", "m", "assignment", "num_clusters", "pass", "pos")  # what every saved state holds
 
 
-class ClusterSampler(Sampler):
+def _keywords_checked(init: Callable[P, R]) -> Callable[P, R]:
+    """``ClusterSampler.__init__`` (its signature unchanged: ``inspect``, ``help`` and the checker see it) that first
+    tells a call which passes ``batch_size`` and ``m`` positionally, or leaves one out, how to write it: PML's
+    MPerClassSampler takes them positionally, in the other order, and Python's own message would not say so."""
+
+    @functools.wraps(init)
+    def checked(*args: P.args, **kwargs: P.kwargs) -> R:
+        given = len(args) > 1 or bool(kwargs)  # (self, then the call's arguments; no argument at all: no labels)
+        if given and (len(args) > 2 or kwargs.get("batch_size") is None or kwargs.get("m") is None):
+            raise TypeError(
+                "ClusterSampler takes batch_size and m as keywords: ClusterSampler(labels, batch_size=..., m=...) "
+                "(PML's MPerClassSampler takes (labels, m, batch_size), in the other order)"
+            )
+        return init(*args, **kwargs)
+
+    return checked
+
+
+class ClusterSampler(Sampler[int]):
     """Sampler whose batches each come from a single cluster, ``m`` samples per class, no sample twice in a batch.
 
     Within a cluster, a class's samples are used without replacement until fewer than ``m`` remain, then the
@@ -44,8 +74,8 @@ class ClusterSampler(Sampler):
     Args:
         labels: one integer label per sample of the training dataset, as the loop passes them to the loss. Labels
             that are strings or other objects: encode them first, e.g. ``np.unique(labels, return_inverse=True)[1]``.
-        batch_size: keyword-only; must equal the DataLoader's (or the trainer's) ``batch_size``.
-        m: keyword-only; samples per class in a batch; ``batch_size`` must be a multiple of it. (PML's
+        batch_size: keyword-only, required; must equal the DataLoader's (or the trainer's) ``batch_size``.
+        m: keyword-only, required; samples per class in a batch; ``batch_size`` must be a multiple of it. (PML's
             ``MPerClassSampler(labels, m, batch_size)`` takes them in the other order, hence keywords here.)
         seed: seed of the sampler's own random generator (PML's global numpy RNG is not touched).
         num_replicas: number of DDP processes (default: torch.distributed's world size when it is initialised,
@@ -67,68 +97,81 @@ class ClusterSampler(Sampler):
         ...     train_set, batch_sampler=sampler.batch_sampler())
     """
 
+    @_keywords_checked
     def __init__(
         self,
-        labels,
-        *positional,
-        batch_size=None,
-        m=None,
-        seed=0,
-        num_replicas=None,
-        rank=None,
-        equal_counts=False,
-        batches_per_epoch=None,
-    ):
-        if positional or batch_size is None or m is None:
-            raise TypeError(
-                "ClusterSampler takes batch_size and m as keywords: ClusterSampler(labels, batch_size=..., m=...) "
-                "(PML's MPerClassSampler takes (labels, m, batch_size), in the other order)"
-            )
+        labels: ArrayLike,
+        *,
+        batch_size: int,
+        m: int,
+        seed: int = 0,
+        num_replicas: int | None = None,
+        rank: int | None = None,
+        equal_counts: bool = False,
+        batches_per_epoch: int | None = None,
+    ) -> None:
         self.clusters = ClusterAssignment(labels)
         self.batch_size, self.m = check_batch_size_and_m(batch_size, m)
         self.seed = int(seed)
         self.equal_counts = bool(equal_counts)
         self._replicas = Replicas(num_replicas, rank)
-        self._epoch_length = None if batches_per_epoch is None else self._positive(batches_per_epoch)
-        self._checked_world = None
+        self._epoch_length: int | None = None if batches_per_epoch is None else self._positive(batches_per_epoch)
+        self._checked_world: tuple[int, int] | None = None
         self._check_world()
         self.epoch = 0  # the last set_epoch() value (informational)
-        self._plan_cache = (None, None)  # (what the plan depends on, the plan of that pass)
+        # (what the plan depends on, the plan of that pass)
+        self._plan_cache: tuple[tuple[int, int, int, bool] | None, planning.Plan | None] = (None, None)
         self._pass, self._pos = 0, 0  # consumption position: the next batch to consume is (pass, pos) of this version
         self._consumed, self._epoch_start = 0, 0  # batches consumed since training / since the last end-of-epoch step
-        self._generation, self._tickets = 0, deque()  # the current iterator; tickets of batches drawn, not consumed
-        self.clusters.warn_fragments(self.m)  # batches come from the single cluster until the first assignment
+        self._generation = 0  # the current iterator
+        self._tickets: deque[Ticket] = deque()  # tickets of batches drawn, not consumed
 
     # what the assignment (``self.clusters``) holds
-    labels = property(lambda self: self.clusters.labels, doc="The training labels, one per sample.")
-    assignment = property(lambda self: self.clusters.ids, doc="Each sample's cluster id (0..K-1), int64.")
-    num_clusters = property(lambda self: self.clusters.num_clusters, doc="K of the assignment (1 before the first).")
-    version = property(lambda self: self.clusters.version, doc="Bumped by every new assignment.")
+    @property
+    def labels(self) -> np.ndarray:
+        """The training labels, one per sample."""
+        return self.clusters.labels
+
+    @property
+    def assignment(self) -> np.ndarray:
+        """Each sample's cluster id (0..K-1), int64."""
+        return self.clusters.ids
+
+    @property
+    def num_clusters(self) -> int:
+        """K of the assignment (1 before the first)."""
+        return self.clusters.num_clusters
+
+    @property
+    def version(self) -> int:
+        """Bumped by every new assignment."""
+        return self.clusters.version
 
     # ---------------------------------------------------------------- assignment
 
-    def set_assignment(self, assignment, num_clusters=None):
+    def set_assignment(self, assignment: ArrayLike, num_clusters: int | None = None) -> None:
         """Give each sample its cluster id (0..K-1). Starts a new pass from the new assignment."""
         self._check_world()
         self.clusters.set(assignment, num_clusters)
         self._pass, self._pos = 0, 0
         self.clusters.check_servable(self.m, self.global_batch_size, self.equal_counts)
 
-    def require_equal_counts(self):
+    def require_equal_counts(self) -> None:
         """From now on every class of a batch gives the same number of samples (see ``equal_counts``)."""
         self.equal_counts = True
 
     @property
-    def num_replicas(self):
+    def num_replicas(self) -> int:
         """DDP processes: as given, else torch.distributed's world size now (so a sampler built before
         ``init_process_group``, e.g. in a LightningModule's ``__init__``, follows the processes started later)."""
         return self._replicas.world
 
     @property
-    def rank(self):
+    def rank(self) -> int:
+        """This process's rank: as given, else torch.distributed's rank now."""
         return self._replicas.rank
 
-    def _check_world(self):
+    def _check_world(self) -> None:
         """Check the settings against the number of processes, when it changed since the last check."""
         world, rank = self.num_replicas, self.rank
         if self._checked_world == (world, rank):
@@ -139,53 +182,57 @@ class ClusterSampler(Sampler):
         self._checked_world = (world, rank)
 
     @property
-    def batches_per_epoch(self):
+    def batches_per_epoch(self) -> int:
         """Batches in an epoch: as set, else one baseline epoch, ``len(labels) // (batch_size * num_replicas)``."""
         if self._epoch_length is not None:
             return self._epoch_length
         return len(self.labels) // self.global_batch_size
 
     @staticmethod
-    def _positive(batches):
+    def _positive(batches: int) -> int:
         if not isinstance(batches, (int, np.integer)) or isinstance(batches, bool) or batches < 1:
             raise ValueError(f"batches_per_epoch must be a positive integer, got {batches!r}")
         return int(batches)
 
-    def check_rank(self, error=RuntimeError):
-        self._replicas.check("ClusterSampler", error)  # (raises if this process is not the rank it was built for)
+    def check_rank(self, error: type[Exception] = RuntimeError) -> None:
+        """Raise ``error`` if this process is not the rank (of the world size) the sampler was built for."""
+        self._replicas.check("ClusterSampler", error)
 
     @property
-    def global_batch_size(self):
+    def global_batch_size(self) -> int:
         """Samples per step over all ranks: one cluster batch."""
         return self.batch_size * self.num_replicas
 
-    def cluster_sizes(self):
+    def cluster_sizes(self) -> np.ndarray:
         """Samples per cluster."""
         return self.clusters.sizes()
 
-    def classes_per_cluster(self):
+    def classes_per_cluster(self) -> np.ndarray:
         """Classes per cluster."""
         return self.clusters.classes_per_cluster()
 
     # ---------------------------------------------------------------- planning
 
-    def _layouts(self):
+    def _layouts(self) -> dict[int, planning.ClusterLayout]:
         self._check_world()
         return self.clusters.layouts(self.m, self.global_batch_size, self.equal_counts)
 
-    def batches_per_pass(self):
+    def batches_per_pass(self) -> int:
         """Batches in one pass over the clusters (it need not match an epoch)."""
         return planning.batches_per_pass(self._layouts())
 
-    def _plan(self, pass_index):
+    def _plan(self, pass_index: int) -> planning.Plan:
         key = (self.version, pass_index, self.global_batch_size, self.equal_counts)
-        if self._plan_cache[0] == key:
-            return self._plan_cache[1]
+        cached_key, cached = self._plan_cache
+        if cached_key == key and cached is not None:
+            return cached
+        if self.version == 0:  # batches from the single cluster of all the data, before any assignment
+            self.clusters.warn_fragments(self.m)
         plan = self.plan_pass(pass_index)
         self._plan_cache = (key, plan)
         return plan
 
-    def plan_pass(self, pass_index):
+    def plan_pass(self, pass_index: int) -> planning.Plan:
         """The ``(cluster, indices)`` batches of one pass over all ranks (each ``global_batch_size`` long).
 
         Deterministic in (seed, assignment version, pass), so every rank plans the same pass.
@@ -195,39 +242,39 @@ class ClusterSampler(Sampler):
 
     # ---------------------------------------------------------------- epochs
 
-    def __len__(self):
+    def __len__(self) -> int:
         """Indices in an epoch, ``batches_per_epoch * batch_size`` (it counts indices, like PML's
         MPerClassSampler: ``len(DataLoader(ds, batch_size=..., sampler=sampler))`` is ``batches_per_epoch``)."""
         self._check_world()
         return self.batches_per_epoch * self.batch_size
 
-    def set_batches_per_epoch(self, batches):
+    def set_batches_per_epoch(self, batches: int | None) -> None:
         """Set the epoch length in batches (e.g. PML's ``iterations_per_epoch``); None: one baseline epoch."""
         self._epoch_length = None if batches is None else self._positive(batches)
 
-    def set_epoch(self, epoch):
+    def set_epoch(self, epoch: int) -> None:
         """Record the epoch number, as loops call it on samplers (Lightning every epoch, like
         ``DistributedSampler.set_epoch``). The batches do not depend on it: they follow one stream whose position
         the end-of-epoch steps and :meth:`state_dict` keep, so runs stay reproducible and resumable."""
         self.epoch = int(epoch)
 
-    def start_epoch(self):
+    def start_epoch(self) -> None:
         """The end-of-epoch step was taken: the batches consumed from now on belong to the next epoch."""
         self._epoch_start = self._consumed
 
     @property
-    def batches_this_epoch(self):
+    def batches_this_epoch(self) -> int:
         """Batches consumed since the current epoch started."""
         return self._consumed - self._epoch_start
 
-    def batch_sampler(self):
+    def batch_sampler(self) -> ClusterBatchSampler:
         """A batch view of this sampler, for ``DataLoader(dataset, batch_sampler=sampler.batch_sampler())``:
         yields lists of ``batch_size`` indices, and its ``len`` is ``batches_per_epoch``."""
         return ClusterBatchSampler(self)
 
     # ---------------------------------------------------------------- iteration and tickets
 
-    def __iter__(self):
+    def __iter__(self) -> Iterator[int]:
         """The rest of the current epoch (a full epoch when the last one is complete), as flat indices.
 
         A new iterator (each epoch, or PML's restart of an exhausted one) drops the tickets of batches an abandoned
@@ -238,7 +285,7 @@ class ClusterSampler(Sampler):
         done = self.batches_this_epoch % self.batches_per_epoch
         return self._iterate(self.batches_per_epoch - done, self._generation, self.version)
 
-    def _iterate(self, count, generation, version):
+    def _iterate(self, count: int, generation: int, version: int) -> Iterator[int]:
         pass_index, pos, step = self._pass, self._pos, self._consumed
         plan = self._plan(pass_index)
         first = True
@@ -261,15 +308,15 @@ class ClusterSampler(Sampler):
 
     # ---------------------------------------------------------------- tickets (taken by the wrapper's Router)
 
-    def next_ticket(self):
+    def next_ticket(self) -> Ticket | None:
         """The ticket of the next batch the loss should receive, or None when no drawn batch is waiting."""
         return self._tickets[0] if self._tickets else None
 
-    def waiting_tickets(self):
+    def waiting_tickets(self) -> list[Ticket]:
         """The tickets of every batch drawn and not yet received, in order."""
         return list(self._tickets)
 
-    def consume(self, ticket):
+    def consume(self, ticket: Ticket) -> None:
         """The loss received the batch of ``ticket`` (the next ticket, or a later one when the loop skipped the
         batches before it): the stream goes on after it."""
         while self._tickets and self._tickets[0] is not ticket:
@@ -280,13 +327,14 @@ class ClusterSampler(Sampler):
         self._pass, self._pos = ticket.pass_index, ticket.position + 1
         self._consumed = ticket.step + 1
 
-    def position_in_epoch(self, ticket):
+    def position_in_epoch(self, ticket: Ticket) -> int:
         """Batches of the current epoch consumed before ``ticket``'s batch (an epoch holds ``batches_per_epoch``)."""
         return ticket.step - self._epoch_start
 
     # ---------------------------------------------------------------- state
 
-    def state_dict(self):
+    def state_dict(self) -> dict[str, Any]:
+        """The sampler's state: its settings, the assignment and the position in the stream of batches."""
         return {
             "seed": self.seed,
             "batch_size": self.batch_size,
@@ -301,7 +349,7 @@ class ClusterSampler(Sampler):
             "batches_per_epoch": self._epoch_length,
         }
 
-    def check_state(self, state):
+    def check_state(self, state: Mapping[str, Any]) -> None:
         """Raise a ValueError naming what does not fit if ``state`` cannot be loaded into this sampler."""
         missing = [k for k in SAVED if k not in state]
         if missing:
@@ -318,7 +366,8 @@ class ClusterSampler(Sampler):
                 f"batch_size={self.batch_size}, m={self.m}"
             )
 
-    def load_state_dict(self, state):
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Load a :meth:`state_dict` (checked first): the batches go on from its position."""
         self.check_state(state)
         self.seed = int(state["seed"])
         self.clusters.load_state_dict(state)
@@ -344,7 +393,7 @@ class ClusterBatchSampler(BatchSampler):
         True
     """
 
-    def __init__(self, sampler):
+    def __init__(self, sampler: ClusterSampler) -> None:
         if not isinstance(sampler, ClusterSampler):
             raise TypeError(f"ClusterBatchSampler takes a ClusterSampler, got {type(sampler).__name__}")
         super().__init__(sampler, sampler.batch_size, drop_last=True)

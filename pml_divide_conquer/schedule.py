@@ -13,9 +13,10 @@ The three phases, as the authors' code trains them:
   epochs from ``--finetune-epoch`` on, where it sets ``nb_clusters = 1``; the journal code has no such phase).
 """
 
+from __future__ import annotations
+
 import enum
 from dataclasses import dataclass
-from typing import Optional
 
 from . import notices
 
@@ -25,7 +26,7 @@ class Phase(str, enum.Enum):
     FULL_EMBEDDING = "full_embedding"
     ALL_DATA = "all_data"
 
-    def __str__(self):
+    def __str__(self) -> str:
         return self.value
 
 
@@ -37,7 +38,7 @@ class Action(str, enum.Enum):
     SPLIT = "split"  # recluster at the current K, then split every cluster in two (K doubles)
     ALL_DATA = "all_data"  # one cluster holding all the data
 
-    def __str__(self):
+    def __str__(self) -> str:
         return self.value
 
 
@@ -51,7 +52,7 @@ class Step:
     trunk_frozen: bool = False
 
     @property
-    def num_learners(self):  # the name used before 0.2
+    def num_learners(self) -> int:  # the name used before 0.2
         return self.num_clusters
 
 
@@ -92,13 +93,13 @@ class DivideConquerSchedule:
 
     num_learners: int = 8
     recluster_every: int = 2
-    full_embedding_epoch: Optional[int] = None
-    all_data_epoch: Optional[int] = None
+    full_embedding_epoch: int | None = None
+    all_data_epoch: int | None = None
     grow: bool = True
     freeze_trunk_epochs: int = 0
-    conquer_epoch: Optional[int] = None
+    conquer_epoch: int | None = None
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         if not isinstance(self.num_learners, int) or self.num_learners < 1:
             raise ValueError(f"num_learners must be a positive integer, got {self.num_learners!r}")
         if self.grow and self.num_learners & (self.num_learners - 1):
@@ -141,7 +142,9 @@ class DivideConquerSchedule:
     # ------------------------------------------------------------------ the authors' schedules
 
     @classmethod
-    def journal(cls, num_epochs, num_learners, recluster_every=2, freeze_trunk_epochs=0):
+    def journal(
+        cls, num_epochs: int, num_learners: int, recluster_every: int = 2, freeze_trunk_epochs: int = 0
+    ) -> DivideConquerSchedule:
         """The journal version (TPAMI 2021): K doubles every T epochs from 1; from 80/180 of the run on, the loss is
         on the full embedding with cluster batches (its README: ``--nb-epochs=180 --force-full-embedding-epoch=80
         --mod-epoch=2``, and ``--mod-epoch-freeze=1`` for ``freeze_trunk_epochs=1``); no all-data phase.
@@ -160,7 +163,7 @@ class DivideConquerSchedule:
         )
 
     @classmethod
-    def cvpr(cls, num_epochs, num_learners, recluster_every=2):
+    def cvpr(cls, num_epochs: int, num_learners: int, recluster_every: int = 2) -> DivideConquerSchedule:
         """The CVPR 2019 version: K fixed from the start (data clustered before training); the last 10/200 of the
         run on all data (``--finetune-epoch=190`` of ``--nb-epochs=200``), and full embedding with cluster batches
         from ``finetune_epoch * 8 / 19`` (epoch 80 of 200) on.
@@ -211,7 +214,7 @@ class DivideConquerSchedule:
         num_splits = (epoch - 1) // self.recluster_every
         return min(self.num_learners, 2**num_splits)
 
-    def divide_epochs(self) -> Optional[int]:
+    def divide_epochs(self) -> int | None:
         """The epochs of the divide phase (None: it never ends)."""
         ends = [e for e in (self.full_embedding_epoch, self.all_data_epoch) if e is not None]
         return min(ends) - 1 if ends else None
@@ -224,10 +227,10 @@ class DivideConquerSchedule:
             return self.num_learners
         return 0 if last < 1 else self.learners_in_epoch(last)
 
-    def unreached_learners(self) -> Optional[str]:
+    def unreached_learners(self) -> str | None:
         """What to change when the divide phase ends before K reaches ``num_learners`` (None when it does)."""
         reached, k, last = self.learners_reached(), self.num_learners, self.divide_epochs()
-        if not 0 < reached < k:
+        if last is None or not 0 < reached < k:  # (no end of the divide phase: K reaches num_learners)
             return None
         splits, every = k.bit_length() - 1, self.recluster_every
         needed = 1 + splits * every  # K doubles after every T-th epoch: epoch 1 + log2(K) T has K
@@ -247,7 +250,7 @@ class DivideConquerSchedule:
             + ". (A short smoke run is fine as it is.)"
         )
 
-    def shortfall(self, num_epochs: int) -> Optional[str]:
+    def shortfall(self, num_epochs: int) -> str | None:
         """What a run of ``num_epochs`` epochs leaves out of this schedule (None: nothing)."""
         for name, start in (("full-embedding", self.full_embedding_epoch), ("all-data", self.all_data_epoch)):
             if start is not None and num_epochs < start:
@@ -288,7 +291,7 @@ class DivideConquerSchedule:
         return Step(Action.NONE, k_next, phase, frozen)
 
 
-def make_schedule(schedule, num_learners):
+def make_schedule(schedule: DivideConquerSchedule | None, num_learners: int) -> DivideConquerSchedule:
     """The schedule a wrapper runs: ``schedule`` checked against ``num_learners`` (None: the default schedule for
     ``num_learners`` learners)."""
     if schedule is None:
@@ -306,7 +309,7 @@ def make_schedule(schedule, num_learners):
     return schedule
 
 
-def _warn_conquer_epoch(epoch):
+def _warn_conquer_epoch(epoch: int) -> None:
     notices.warn(
         f"conquer_epoch is deprecated: conquer_epoch={epoch} means full_embedding_epoch={epoch}, all_data_epoch="
         f"{epoch} (full embedding on all data from that epoch). The authors train most of the run on the full "
@@ -315,6 +318,6 @@ def _warn_conquer_epoch(epoch):
     )
 
 
-def _check_epochs(num_epochs):
+def _check_epochs(num_epochs: int) -> None:
     if not isinstance(num_epochs, int) or isinstance(num_epochs, bool) or num_epochs < 1:
         raise ValueError(f"num_epochs must be a positive integer, got {num_epochs!r}")

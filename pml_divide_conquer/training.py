@@ -5,10 +5,16 @@
 messages name the calls of the loop in use.
 """
 
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Callable, List, Optional
+from typing import TYPE_CHECKING, Any, Callable, List
 
 import torch
+
+if TYPE_CHECKING:
+    from .wrapper import DivideConquerWrapper
 
 
 @dataclass(frozen=True)
@@ -39,7 +45,7 @@ NOT_SET_UP = LoopHints(
 )
 
 
-def default_data_and_label_getter(batch):
+def default_data_and_label_getter(batch: Any) -> tuple[Any, Any]:
     """``(inputs, labels)`` from a batch that is a tuple or list whose first two items are those."""
     if isinstance(batch, (tuple, list)) and len(batch) >= 2:
         return batch[0], batch[1]
@@ -60,10 +66,11 @@ class TrainingParts:
         dataset: the training set, in the order of the sampler's labels (to embed samples for clustering).
         optimizers: every optimizer of the loop (state carried when clusters split; the trunk frozen).
         trunk_params: the parameters ``freeze_trunk_epochs`` freezes (by identity).
-        device, dtype: where (and as what) inputs go before the model (None: the model's first parameter's device;
-            the inputs' own dtype).
+        device: where inputs go before the model (None: the model's first parameter's device).
+        dtype: as what inputs go to the model (None: the inputs' own dtype).
         data_and_label_getter: batch -> (inputs, labels).
-        collate_fn, num_workers: of the DataLoader that embeds samples for clustering.
+        collate_fn: the ``collate_fn`` of the DataLoader that embeds samples for clustering (None: torch's).
+        num_workers: the workers of the DataLoader that embeds samples for clustering.
         label_transform: labels as the dataset gives them -> labels as the loss receives them (None: as they are).
         on_clusters_changed: called after the clusters changed between epochs or inside one (PML's glue restarts
             the trainer's iterator), or None.
@@ -76,24 +83,31 @@ class TrainingParts:
     dataset: Any
     optimizers: List[torch.optim.Optimizer] = field(default_factory=list)
     trunk_params: List[torch.nn.Parameter] = field(default_factory=list)
-    device: Optional[torch.device] = None
-    dtype: Optional[torch.dtype] = None
+    device: torch.device | str | None = None
+    dtype: torch.dtype | None = None
     data_and_label_getter: Callable = default_data_and_label_getter
-    collate_fn: Optional[Callable] = None
+    collate_fn: Callable | None = None
     num_workers: int = 0
-    label_transform: Optional[Callable] = None
-    on_clusters_changed: Optional[Callable] = None
-    current_epoch: Optional[Callable] = None
+    label_transform: Callable | None = None
+    on_clusters_changed: Callable | None = None
+    current_epoch: Callable | None = None
     hints: LoopHints = PLAIN_LOOP
 
-    def input_device(self):
+    def input_device(self) -> torch.device:
+        """Where inputs go: ``device``, else the model's first parameter's device (the CPU without parameters)."""
         if self.device is not None:
             return torch.device(self.device)
         param = next(self.model.parameters(), None)
         return param.device if param is not None else torch.device("cpu")
 
 
-def as_optimizer_list(optimizers, where="optimizers"):
+def as_optimizer_list(
+    optimizers: torch.optim.Optimizer
+    | Iterable[torch.optim.Optimizer | None]
+    | Mapping[str, torch.optim.Optimizer | None]
+    | None,
+    where: str = "optimizers",
+) -> list[torch.optim.Optimizer]:
     """A list of torch optimizers from a list, tuple, dict (PML's) or a single optimizer; a clear error for
     anything else (e.g. a None among PML's optimizers)."""
     if optimizers is None:
@@ -114,7 +128,16 @@ def as_optimizer_list(optimizers, where="optimizers"):
     return out
 
 
-def plain_loop_parts(wrapper, model, dataset, optimizers, device=None, dtype=None, num_workers=0, collate_fn=None):
+def plain_loop_parts(
+    wrapper: DivideConquerWrapper,
+    model: torch.nn.Module,
+    dataset: Any,
+    optimizers: Any,
+    device: torch.device | str | None = None,
+    dtype: torch.dtype | None = None,
+    num_workers: int = 0,
+    collate_fn: Callable[[list[Any]], Any] | None = None,
+) -> TrainingParts:
     """The parts of a plain loop: the trunk is whatever of ``model`` is neither the embedder nor the wrapper."""
     own = {id(p) for p in wrapper.embedder.parameters()} | {id(p) for p in wrapper.parameters()}
     return TrainingParts(

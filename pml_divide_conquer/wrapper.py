@@ -1,12 +1,17 @@
 """DivideConquerWrapper: the loss a training loop calls, routing each batch to the learner of its cluster."""
 
+from __future__ import annotations
+
 import contextlib
 import weakref
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from pytorch_metric_learning.losses import BaseMetricLossFunction
+from torch.utils.data import Dataset
 
 from . import checks, notices, records, routing, state
 from .controller import EpochController
@@ -17,6 +22,19 @@ from .learners import FULL_KEY, PER_LEARNER, Learners, learner_key
 from .routing import Router
 from .schedule import Phase, make_schedule
 from .training import plain_loop_parts
+
+if TYPE_CHECKING:
+    from pytorch_metric_learning.miners import BaseMiner
+
+    from .compat import DistributedMinerWrapper
+    from .embedder import SubspaceMaskedEmbedder
+    from .feature_memory import FeatureMemory
+    from .learners import HeadStart
+    from .reclustering import Reclusterer
+    from .routing import Ticket
+    from .sampler import ClusterSampler
+    from .schedule import DivideConquerSchedule
+    from .training import TrainingParts
 
 HALF = (torch.float16, torch.bfloat16)
 
@@ -70,20 +88,28 @@ class DivideConquerWrapper(BaseMetricLossFunction):
         ...     dc.end_epoch()
     """
 
+    # held outside the module tree (set through __dict__ in __init__)
+    embedder: SubspaceMaskedEmbedder
+    sampler: ClusterSampler
+    feature_memory: FeatureMemory | None
+    controller: EpochController
+    _learners: Learners
+    _router: Router
+
     def __init__(
         self,
-        loss,
-        miner=None,
+        loss: torch.nn.Module,
+        miner: BaseMiner | DistributedMinerWrapper | None = None,
         *,
-        embedder,
-        sampler,
-        schedule=None,
-        reclusterer=None,
-        heads=PER_LEARNER,
-        full_head="imprint",
-        orthogonality_weight=0.01,
-        **deprecated,
-    ):
+        embedder: SubspaceMaskedEmbedder,
+        sampler: ClusterSampler,
+        schedule: DivideConquerSchedule | None = None,
+        reclusterer: Reclusterer | None = None,
+        heads: str = PER_LEARNER,
+        full_head: str | HeadStart = "imprint",
+        orthogonality_weight: float = 0.01,
+        **deprecated: Any,
+    ) -> None:
         super().__init__()
         checks.check_wrapper_arguments(loss, miner, embedder, sampler, heads)
         K = embedder.num_learners
@@ -108,22 +134,68 @@ class DivideConquerWrapper(BaseMetricLossFunction):
 
     # ------------------------------------------------------------------ read-only state (the controller's)
 
-    last_epoch = property(lambda self: self.controller.last_epoch, doc="The last epoch stepped (0: before epoch 1).")
-    num_active = property(lambda self: self.controller.num_active, doc="K: the learners training in this epoch.")
-    phase = property(lambda self: self.controller.phase, doc="The phase of the epoch being trained.")
-    recluster_seconds = property(lambda self: self.controller.recluster_seconds, doc="The last reclustering's time.")
-    clustering_seconds = property(lambda self: self.controller.clustering_seconds, doc="Its k-means and matching.")
-    full_head = property(lambda self: self._learners.full_head, doc="How the full-embedding heads start.")
-    phase_id = property(lambda self: list(Phase).index(self.phase), doc="The phase's number (record-keeper's).")
-    num_clusters = property(lambda self: self.sampler.num_clusters, doc="K of the sampler's assignment.")
-    num_learners = property(lambda self: self.embedder.num_learners, doc="The most learners (the embedder's K).")
-    recluster_from = property(lambda self: self.reclusterer.settings.features_source, doc="training or pass.")
+    @property
+    def last_epoch(self) -> int:
+        """The last epoch stepped (0: before epoch 1)."""
+        return self.controller.last_epoch
+
+    @property
+    def num_active(self) -> int:
+        """K: the learners training in this epoch."""
+        return self.controller.num_active
+
+    @property
+    def phase(self) -> Phase:
+        """The phase of the epoch being trained."""
+        return self.controller.phase
+
+    @property
+    def recluster_seconds(self) -> float:
+        """The last reclustering's time."""
+        return self.controller.recluster_seconds
+
+    @property
+    def clustering_seconds(self) -> float:
+        """Its k-means and matching."""
+        return self.controller.clustering_seconds
+
+    @property
+    def full_head(self) -> HeadStart:
+        """How the full-embedding heads start."""
+        return self._learners.full_head
+
+    @property
+    def phase_id(self) -> int:
+        """The phase's number (record-keeper's)."""
+        return list(Phase).index(self.phase)
+
+    @property
+    def num_clusters(self) -> int:
+        """K of the sampler's assignment."""
+        return self.sampler.num_clusters
+
+    @property
+    def num_learners(self) -> int:
+        """The most learners (the embedder's K)."""
+        return self.embedder.num_learners
+
+    @property
+    def recluster_from(self) -> str:
+        """Where reclusterings take their features: ``"training"`` or ``"pass"``."""
+        return self.reclusterer.settings.features_source
 
     # ------------------------------------------------------------------ the loss
 
     # it routes each batch by the sampler's records (host-side state): always eager, also inside torch.compile
     @torch.compiler.disable
-    def forward(self, embeddings, labels=None, indices_tuple=None, ref_emb=None, ref_labels=None):
+    def forward(
+        self,
+        embeddings: torch.Tensor,
+        labels: torch.Tensor | None = None,
+        indices_tuple: tuple[torch.Tensor, ...] | None = None,
+        ref_emb: torch.Tensor | None = None,
+        ref_labels: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         if labels is None:
             raise ValueError("DivideConquerWrapper needs the batch labels: call it as dc(embeddings, labels)")
         checks.check_shapes(embeddings, labels)
@@ -137,7 +209,14 @@ class DivideConquerWrapper(BaseMetricLossFunction):
                 return self._eval_loss(embeddings, labels, indices_tuple, ref_emb, ref_labels)
             return self._training_loss(embeddings, labels, indices_tuple, ref_emb, ref_labels, float16)
 
-    def _eval_loss(self, embeddings, labels, indices_tuple, ref_emb, ref_labels):
+    def _eval_loss(
+        self,
+        embeddings: torch.Tensor,
+        labels: torch.Tensor,
+        indices_tuple: tuple[torch.Tensor, ...] | None,
+        ref_emb: torch.Tensor | None,
+        ref_labels: torch.Tensor | None,
+    ) -> torch.Tensor:
         """Outside training (e.g. a validation loss): the full learner on the full space."""
         self._router.flag(~torch.isfinite(embeddings.detach()).all(), routing.NONFINITE, FloatingPointError)
         if embeddings.requires_grad and torch.is_grad_enabled():
@@ -146,7 +225,15 @@ class DivideConquerWrapper(BaseMetricLossFunction):
         x = F.normalize(embeddings, dim=1)
         return self._learners.loss(FULL_KEY, x, labels, indices_tuple, None, ref, ref_labels, known=False)
 
-    def _training_loss(self, embeddings, labels, indices_tuple, ref_emb, ref_labels, float16):
+    def _training_loss(
+        self,
+        embeddings: torch.Tensor,
+        labels: torch.Tensor,
+        indices_tuple: tuple[torch.Tensor, ...] | None,
+        ref_emb: torch.Tensor | None,
+        ref_labels: torch.Tensor | None,
+        float16: bool,
+    ) -> torch.Tensor:
         controller, router = self.controller, self._router
         if not controller.is_set_up:
             raise RuntimeError(f"DivideConquerWrapper was not set up: {controller.hints.setup}")
@@ -163,7 +250,15 @@ class DivideConquerWrapper(BaseMetricLossFunction):
         router.flag(finite & ~torch.isfinite(loss.detach()), routing.NONFINITE_LOSS, FloatingPointError)
         return loss
 
-    def _learner_loss(self, ticket, embeddings, labels, indices_tuple, ref_emb, ref_labels):
+    def _learner_loss(
+        self,
+        ticket: Ticket,
+        embeddings: torch.Tensor,
+        labels: torch.Tensor,
+        indices_tuple: tuple[torch.Tensor, ...] | None,
+        ref_emb: torch.Tensor | None,
+        ref_labels: torch.Tensor | None,
+    ) -> torch.Tensor:
         learners, controller = self._learners, self.controller
         if controller.phase != Phase.DIVIDE:
             self.current_learner = self.num_learners
@@ -190,12 +285,12 @@ class DivideConquerWrapper(BaseMetricLossFunction):
                 loss = loss + self.orthogonality_weight * ortho.to(loss.device)
         return loss
 
-    def map_labels(self, labels, known=False):
+    def map_labels(self, labels: torch.Tensor, known: bool = False) -> torch.Tensor | None:
         """Training labels -> 0..C-1 (C training classes), on the labels' device. Labels outside the training classes
         (eval on other classes) give None; ``known``: the labels are training labels (no check, no sync)."""
         return self._learners.map_labels(labels, known)
 
-    def skip_batch(self):
+    def skip_batch(self) -> None:
         """The loop will not pass the batch the DataLoader just gave to the loss (``if bad: continue``, an exception
         caught before the loss call): say so, so that the next batch reaches its own learner. A batch the loss
         received is taken already, even when the call raised.
@@ -209,7 +304,7 @@ class DivideConquerWrapper(BaseMetricLossFunction):
         self._router.skip()
 
     @contextlib.contextmanager
-    def one_batch(self):
+    def one_batch(self) -> Iterator[DivideConquerWrapper]:
         """Loss calls inside the block are all for one batch (LBFGS or SAM closures, a diagnostic after the
         training call): the first takes the batch from the sampler, the others reuse it.
 
@@ -224,16 +319,16 @@ class DivideConquerWrapper(BaseMetricLossFunction):
 
     def setup(
         self,
-        model,
-        dataset,
+        model: torch.nn.Module,
+        dataset: Dataset,
         *,
-        optimizers=(),
-        device=None,
-        dtype=None,
-        data_and_label_getter=None,
-        collate_fn=None,
-        num_workers=0,
-    ):
+        optimizers: torch.optim.Optimizer | Sequence[torch.optim.Optimizer] | Mapping[str, torch.optim.Optimizer] = (),
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+        data_and_label_getter: Callable[[Any], tuple[Any, Any]] | None = None,
+        collate_fn: Callable[[list[Any]], Any] | None = None,
+        num_workers: int = 0,
+    ) -> DivideConquerWrapper:
         """Set up D&C for your own training loop; required before training. Then call :meth:`end_epoch` after each
         epoch.
 
@@ -244,9 +339,11 @@ class DivideConquerWrapper(BaseMetricLossFunction):
             dataset: the training set, in the order of the ClusterSampler's labels.
             optimizers: every optimizer of the loop (one, or a list): their state follows the learners' heads and
                 masks when clusters split; ``freeze_trunk_epochs`` freezes the trunk's parameter groups in them.
-            device, dtype: where (as what) inputs go (default: the model's device; their own dtype).
+            device: where inputs go (default: the model's device).
+            dtype: as what inputs go (default: their own dtype).
             data_and_label_getter: batch -> (inputs, labels) (default: its first two items).
-            collate_fn, num_workers: of the DataLoader that embeds samples for clustering.
+            collate_fn: the ``collate_fn`` of the DataLoader that embeds samples for clustering (default: torch's).
+            num_workers: the workers of the DataLoader that embeds samples for clustering.
 
         It hooks the embedder and the optimizers and takes the step before epoch 1; when resuming, load first.
         """
@@ -255,7 +352,7 @@ class DivideConquerWrapper(BaseMetricLossFunction):
             parts.data_and_label_getter = data_and_label_getter
         return self.setup_parts(parts)
 
-    def setup_parts(self, parts):
+    def setup_parts(self, parts: TrainingParts) -> DivideConquerWrapper:
         """Set D&C up from a :class:`~pml_divide_conquer.training.TrainingParts` (what :meth:`setup`, the Lightning
         callback and :meth:`prepare` do for their loops): checks them, hooks the embedder and the optimizers, takes
         the step before epoch 1."""
@@ -266,7 +363,7 @@ class DivideConquerWrapper(BaseMetricLossFunction):
         self.update_cluster_stats()
         return self
 
-    def end_epoch(self, epoch=None):
+    def end_epoch(self, epoch: int | None = None) -> None:
         """Take the schedule's step after an epoch: recluster, split, change phase, freeze or release the trunk.
 
         ``epoch``: the epoch that just ended, counted from 1 (default: the one after the last step). Call it after
@@ -275,7 +372,7 @@ class DivideConquerWrapper(BaseMetricLossFunction):
         self.controller.end_epoch(epoch)
         self.update_cluster_stats()
 
-    def recluster(self, trainer=None, num_learners=None):
+    def recluster(self, trainer: Any = None, num_learners: int | None = None) -> None:
         """Recluster now, outside the schedule, into the current K clusters matched to the learners (``trainer``:
         ignored, accepted for PML code written for 0.2). Start a new iterator over the DataLoader afterwards."""
         if num_learners is not None and num_learners != self.num_active:
@@ -286,30 +383,30 @@ class DivideConquerWrapper(BaseMetricLossFunction):
         self.controller.recluster()
         self.update_cluster_stats()
 
-    def embed_training_set(self, trainer=None):
+    def embed_training_set(self, trainer: Any = None) -> np.ndarray:
         """L2-normalised features of the training set, as an embedding pass for reclustering computes them."""
         return self.controller.embed_training_set()
 
-    def update_cluster_stats(self):
+    def update_cluster_stats(self) -> None:
         """Refresh the recorded cluster sizes, classes and mask usage (after the clusters changed)."""
         records.write_cluster_stats(self, self.sampler, self.embedder, self.num_active)
 
     # ------------------------------------------------------------------ PML's trainers (their glue imported where used)
 
-    def prepare(self, trainer):
+    def prepare(self, trainer: Any) -> None:
         """PML's ``MetricLossOnly`` / ``TrainWithClassifier``: check the trainer and take the step before epoch 1.
         Required before ``trainer.train()``; load a saved state first when resuming."""
         from .integrations import pml
 
         pml.prepare(self, trainer)
 
-    def end_of_epoch_hook(self, trainer):
+    def end_of_epoch_hook(self, trainer: Any) -> bool:
         """PML's end-of-epoch hook: the D&C step after ``trainer.epoch``; True."""
         from .integrations import pml
 
         return pml.end_of_epoch_hook(self, trainer)
 
-    def get_end_of_epoch_hook(self, then=None):
+    def get_end_of_epoch_hook(self, then: Callable[[Any], bool] | None = None) -> Callable[[Any], bool]:
         """A PML end-of-epoch hook that takes the D&C step, then calls ``then`` (e.g. HookContainer's hook).
 
         Examples:
@@ -320,13 +417,14 @@ class DivideConquerWrapper(BaseMetricLossFunction):
 
         return pml.get_end_of_epoch_hook(self, then)
 
-    def step(self, trainer, epoch):
+    def step(self, trainer: Any, epoch: int) -> None:
+        """Deprecated: :meth:`end_epoch` (``trainer``: ignored)."""
         notices.warn("step(trainer, epoch) is deprecated: call end_epoch(epoch)", FutureWarning)
         self.end_epoch(epoch)
 
     # ------------------------------------------------------------------ state
 
-    def consolidate_state_dict(self, to=0):
+    def consolidate_state_dict(self, to: int = 0) -> None:
         """Under DDP, gather what only other ranks hold (rows of the feature memory) to rank ``to``, so that its
         :meth:`state_dict` resumes the run exactly: a collective, called on every rank before rank ``to`` saves
         (as torch's ``ZeroRedundancyOptimizer.consolidate_state_dict``; the Lightning callback and PML's end-of-epoch
@@ -334,10 +432,12 @@ class DivideConquerWrapper(BaseMetricLossFunction):
         if self.feature_memory is not None:
             self.feature_memory.consolidate(to)
 
-    def get_extra_state(self):
+    def get_extra_state(self) -> dict[str, Any]:
+        """The wrapper's state beyond its modules', one section per owner (torch saves it as ``_extra_state``)."""
         return state.extra_state(self.controller)
 
-    def set_extra_state(self, saved):
+    def set_extra_state(self, saved: Any) -> None:
+        """Load what :meth:`get_extra_state` saved (a checkpoint of 0.3 converted)."""
         state.load(saved, self.controller)
         self.update_cluster_stats()
 

@@ -19,8 +19,14 @@ def recorded(call):
 
 
 def test_a_warning_of_a_constructor_points_at_the_line_that_built_it():
-    labels = np.array([0] * 8 + [1] * 2)
-    seen = recorded(lambda: ClusterSampler(labels, batch_size=4, m=4))
+    seen = recorded(lambda: DivideConquerSchedule(num_learners=4, conquer_epoch=7))
+    line = inspect.currentframe().f_lineno - 1
+    assert [(w.filename, w.lineno) for w in seen] == [(__file__, line)], [str(w.message) for w in seen]
+
+
+def test_a_warning_of_the_sampler_points_at_the_loop_that_draws_its_batches():
+    sampler = ClusterSampler(np.array([0] * 8 + [1] * 2), batch_size=4, m=4)
+    seen = recorded(lambda: list(sampler))
     line = inspect.currentframe().f_lineno - 1
     assert [(w.filename, w.lineno) for w in seen] == [(__file__, line)], [str(w.message) for w in seen]
     seen = recorded(lambda: DivideConquerSchedule.journal(num_epochs=4, num_learners=8).unreached_learners())

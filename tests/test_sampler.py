@@ -1,3 +1,4 @@
+import inspect
 import warnings
 
 import numpy as np
@@ -107,16 +108,44 @@ def test_class_fragments_smaller_than_m_are_left_out_with_one_warning():
     assert all(len(set(b.tolist())) == len(b) for _, b in batches)
 
 
-def test_a_class_left_out_of_the_first_single_cluster_is_named_when_the_sampler_is_built(recwarn):
+def test_a_class_left_out_of_the_first_single_cluster_is_named_when_its_batches_are_drawn(recwarn):
     """The journal schedule's first epochs draw from one cluster of all the data: a class with fewer than m samples
-    is left out of them from the start, and the sampler says so then, not at the first reclustering."""
+    is left out of them from the start, and the sampler says so when it plans them (not when it is built: a CVPR
+    run is given its K clusters at set-up and never draws from the single cluster)."""
     labels = np.array([0] * 10 + [1] * 10 + [2] * 3)
+    s = ClusterSampler(labels, batch_size=8, m=4, seed=0)
+    assert not [w for w in recwarn if "fewer than m" in str(w.message)]
     with pytest.warns(UserWarning, match=r"3 of 23 samples .* fewer than m=4 samples \(in the one cluster of all"):
-        s = ClusterSampler(labels, batch_size=8, m=4, seed=0)
-    used = np.concatenate([b for _, b in take_pass(s)])
+        used = np.concatenate([b for _, b in take_pass(s)])
     assert not np.isin(used, np.flatnonzero(labels == 2)).any()
-    ClusterSampler(labels, batch_size=6, m=3, seed=0)  # m=3: every class can give m samples
+    take_pass(ClusterSampler(labels, batch_size=6, m=3, seed=0))  # m=3: every class can give m samples
     assert not [w for w in recwarn if "fewer than m=3" in str(w.message)]
+
+
+def test_the_single_cluster_warning_does_not_silence_the_first_split_s():
+    """Fragments of the single cluster, then fragments of the first K > 1 assignment: a warning for each."""
+    labels = np.array([0] * 10 + [1] * 10 + [2] * 3 + [3] * 10)
+    s = ClusterSampler(labels, batch_size=8, m=4, seed=0)
+    with pytest.warns(UserWarning, match=r"3 of 33 samples .* \(in the one cluster of all"):
+        take_pass(s)
+    split = np.zeros(len(labels), dtype=int)
+    split[[0, 1, 2, 10, 11]] = 1  # classes 0 and 1 leave fragments of 3 and 2 samples in cluster 1
+    split[20:] = 1
+    with pytest.warns(UserWarning, match=r"of 33 samples belong to classes with fewer than m=4 samples in their"):
+        s.set_assignment(split, 2)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        s.set_assignment(split, 2)  # (once: the same fragments again say nothing)
+        take_pass(s)
+
+
+def test_a_cvpr_run_given_its_clusters_before_any_batch_never_hears_of_the_single_cluster(recwarn):
+    labels = np.array([0] * 10 + [1] * 10 + [2] * 3 + [3] * 10)
+    s = ClusterSampler(labels, batch_size=8, m=4, seed=0)
+    s.set_assignment((labels >= 2).astype(int), 2)  # class 2 keeps its 3 samples with class 3
+    take_pass(s)
+    said = [str(w.message) for w in recwarn if "fewer than m" in str(w.message)]
+    assert len(said) == 1 and "in their cluster" in said[0]
 
 
 def test_deterministic_for_a_seed_and_reshuffled_every_pass():
@@ -235,3 +264,28 @@ def test_cluster_that_cannot_fill_a_batch_with_distinct_samples_is_skipped_with_
 def test_batch_size_and_m_are_keyword_only():
     with pytest.raises(TypeError, match="batch_size and m as keywords"):
         ClusterSampler(np.repeat(np.arange(4), 10), 8, 4)
+
+
+@pytest.mark.parametrize(
+    "kwargs", [{}, {"m": 4}, {"batch_size": 8}, {"batch_size": None, "m": 4}, {"batch_size": 8, "m": None}]
+)
+def test_a_call_missing_batch_size_or_m_is_told_how_to_write_it(kwargs):
+    with pytest.raises(TypeError, match=r"ClusterSampler takes batch_size and m as keywords: ClusterSampler\(labels"):
+        ClusterSampler(np.repeat(np.arange(4), 10), **kwargs)
+    with pytest.raises(TypeError, match="batch_size and m as keywords"):
+        ClusterSampler(labels=np.repeat(np.arange(4), 10), **kwargs)
+
+
+def test_the_signature_is_the_real_one_batch_size_and_m_required_keywords():
+    params = inspect.signature(ClusterSampler).parameters
+    assert list(params)[:3] == ["labels", "batch_size", "m"]
+    for name in ("batch_size", "m"):
+        assert params[name].kind is inspect.Parameter.KEYWORD_ONLY
+        assert params[name].default is inspect.Parameter.empty
+    assert params["seed"].default == 0 and params["batches_per_epoch"].default is None
+    with pytest.raises(TypeError, match="missing 1 required positional argument: 'labels'"):
+        ClusterSampler()  # (Python's own message: nothing was passed)
+    with pytest.raises(TypeError, match="unexpected keyword argument 'n'"):
+        ClusterSampler(np.repeat(np.arange(4), 10), batch_size=8, m=4, n=2)
+    s = ClusterSampler(labels=np.repeat(np.arange(4), 10), batch_size=8, m=4, seed=3)
+    assert (s.batch_size, s.m, s.seed) == (8, 4, 3)

@@ -8,7 +8,14 @@ Examples:
     >>> trainer.fit(module)   # module.train_dataloader() draws from the wrapper's ClusterSampler
 """
 
+from __future__ import annotations
+
 import sys
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch.utils.data import Dataset
 
 from .. import notices
 from ..torch_utils import unwrap
@@ -16,7 +23,7 @@ from ..training import LoopHints, TrainingParts
 from ..wrapper import DivideConquerWrapper
 
 
-def _lightning():
+def _lightning() -> Any:
     """The Lightning package the user trains with: ``lightning.pytorch`` or ``pytorch_lightning``."""
     if "lightning.pytorch" in sys.modules and "pytorch_lightning" not in sys.modules:
         return sys.modules["lightning.pytorch"]
@@ -36,7 +43,10 @@ def _lightning():
             ) from None
 
 
-pl = _lightning()
+if TYPE_CHECKING:  # (the checker reads pytorch_lightning; at run time it is the package the user trains with)
+    import pytorch_lightning as pl
+else:
+    pl = _lightning()
 
 HINTS = LoopHints(
     setup="add DivideConquerCallback() to pl.Trainer(callbacks=[...])",
@@ -87,7 +97,14 @@ class DivideConquerCallback(pl.Callback):
         >>> trainer.fit(Module())
     """
 
-    def __init__(self, wrapper=None, *, model=None, data_and_label_getter=None, dataset=None):
+    def __init__(
+        self,
+        wrapper: DivideConquerWrapper | None = None,
+        *,
+        model: torch.nn.Module | None = None,
+        data_and_label_getter: Callable[[Any], tuple[Any, Any]] | None = None,
+        dataset: Dataset | None = None,
+    ) -> None:
         super().__init__()
         self.wrapper = wrapper
         self.model = model
@@ -96,7 +113,8 @@ class DivideConquerCallback(pl.Callback):
 
     # ------------------------------------------------------------------ hooks
 
-    def on_fit_start(self, trainer, pl_module):
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """Find the wrapper, check the training DataLoader and set the wrapper up (the step before epoch 1)."""
         dc = self._find_wrapper(pl_module)
         loader = self._train_loader(trainer, pl_module)
         self._check_loader(loader, dc)
@@ -121,7 +139,8 @@ class DivideConquerCallback(pl.Callback):
             notices.warn(f"pl.Trainer(max_epochs={max_epochs}): {shortfall}")
         dc.setup_parts(parts)
 
-    def on_train_start(self, trainer, pl_module):
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """Check that the DataLoader Lightning iterates still draws from the wrapper's ClusterSampler."""
         # the DataLoader Lightning actually iterates (it may have replaced the sampler)
         loaders = trainer.train_dataloader
         loaders = loaders if isinstance(loaders, (list, tuple)) else [loaders]
@@ -131,10 +150,14 @@ class DivideConquerCallback(pl.Callback):
                 "replaces samplers by DistributedSampler under DDP): set pl.Trainer(use_distributed_sampler=False)"
             )
 
-    def on_train_epoch_end(self, trainer, pl_module):
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """Take the wrapper's end-of-epoch step after Lightning's epoch (``current_epoch + 1``)."""
         self._wrapper.end_epoch(trainer.current_epoch + 1)  # current_epoch counts from 0
 
-    def on_save_checkpoint(self, trainer, pl_module, checkpoint):
+    def on_save_checkpoint(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]
+    ) -> None:
+        """Under DDP, put the wrapper's state consolidated on rank 0 into the checkpoint."""
         # Lightning builds the checkpoint on every rank (rank 0 writes it), the module's state first: gather what
         # rank 0 lacks, then put the wrapper's consolidated state in its place
         dc = getattr(self, "_wrapper", None)
@@ -148,7 +171,7 @@ class DivideConquerCallback(pl.Callback):
 
     # ------------------------------------------------------------------ finding the parts
 
-    def _find_wrapper(self, pl_module):
+    def _find_wrapper(self, pl_module: pl.LightningModule) -> DivideConquerWrapper:
         if self.wrapper is not None:
             found = [self.wrapper]
         else:
@@ -162,7 +185,7 @@ class DivideConquerCallback(pl.Callback):
         self._wrapper = found[0]
         return found[0]
 
-    def _train_loader(self, trainer, pl_module):
+    def _train_loader(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> Any:
         # not built yet at fit start (Lightning builds it after): ask the same source Lightning will ask
         source = getattr(trainer.fit_loop, "_data_source", None)
         loader = source.dataloader() if source is not None and source.is_defined() else None
@@ -177,12 +200,12 @@ class DivideConquerCallback(pl.Callback):
         return loader
 
     @staticmethod
-    def _draws_from(loader, dc):
+    def _draws_from(loader: Any, dc: DivideConquerWrapper) -> bool:
         # DataLoader(sampler=...) wraps it in a BatchSampler; batch_sampler=sampler.batch_sampler() holds it too
         batch_sampler = getattr(loader, "batch_sampler", None)
         return getattr(loader, "sampler", None) is dc.sampler or getattr(batch_sampler, "sampler", None) is dc.sampler
 
-    def _check_loader(self, loader, dc):
+    def _check_loader(self, loader: Any, dc: DivideConquerWrapper) -> None:
         if loader is None:
             return
         if not self._draws_from(loader, dc):
