@@ -149,7 +149,7 @@ def tabulate(records, experiments=EXPERIMENTS):
                     mean, half = han.paired_difference(
                         [r["recall_at_1"] for r in runs], [base[r["seed"]]["recall_at_1"] for r in runs]
                     )
-                    delta = f"{mean:+.1f} ± {half:.1f}"
+                    delta = han.format_difference(mean, half)
                 seconds = np.mean([r["train_seconds"] for r in runs])
                 out.append(
                     [

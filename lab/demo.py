@@ -20,6 +20,7 @@ import contextlib
 import functools
 import logging
 import os
+import sys
 import time
 import types
 import warnings
@@ -188,7 +189,14 @@ def main(argv=None):
         default="first",
         help="show the D&C steps of the first seed's runs (default), of all runs, or none",
     )
+    parser.add_argument(
+        "--progress",
+        choices=("auto", "bar", "lines"),
+        default="auto",
+        help="a progress bar (on a terminal: auto's choice) or plain lines only (a log file, a pipe)",
+    )
     args = parser.parse_args(argv)
+    bar_shown = args.progress == "bar" or (args.progress == "auto" and sys.stderr.isatty())
     threads = default_threads()
     journal = demo_schedule(args.epochs)
     rows = demo_rows(args.epochs)
@@ -201,7 +209,8 @@ def main(argv=None):
         flush=True,
     )
     start = time.time()
-    with _demo_console(threads) as events, tqdm.tqdm(total=total, unit="epoch", desc="training") as bar:
+    progress = tqdm.tqdm(total=total, unit="epoch", desc="training", disable=not bar_shown)
+    with _demo_console(threads) as events, progress as bar:
 
         def on_epoch(trainer):
             bar.update(1)

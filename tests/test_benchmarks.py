@@ -247,6 +247,8 @@ def test_han_paired_difference_and_equal_tuning_budgets(bench):
     assert mean == pytest.approx(100 * (0.1 + 0.1 + 0.0) / 3)
     d = 100 * np.array([0.1, 0.1, 0.0])
     assert half == pytest.approx(4.303 * d.std(ddof=1) / np.sqrt(3))
+    assert han.format_difference(mean, half) == f"+6.7 ± {half:.1f}"
+    assert han.format_difference(*han.paired_difference([0.9747], [0.9745]), digits=2) == "+0.02 (1 seed, no interval)"
     for grid in han.TUNE_ROUNDS.values():  # the baseline gets the same tuning budget as D&C
         assert len(grid["baseline"]) == len(grid["dc"])
     cfg = han.PRESETS["cpu"]
@@ -340,3 +342,22 @@ def test_han_learner_scale_is_the_copies_scale_and_the_full_learners_comes_back_
         assert not isinstance(full_head, han.FullLearnerScale) and getattr(loss, "scale", 64) == 64
     with pytest.raises(ValueError, match="per-learner heads"):  # shared heads never run the full head's start
         finetuning.make_loss(dc.but(heads="shared"), 10, finetuning.make_schedule(dc))
+
+
+def test_the_benchmark_page_figures_are_drawn_from_its_tables(bench, tmp_path):
+    from pathlib import Path
+
+    figures = bench("figures")
+    root = Path(figures.__file__).resolve().parents[1]
+    readme, page = (root / "README.md").read_text(), (root / "docs" / "benchmarks.md").read_text()
+    assert [name for name, *_ in figures.headline(readme)] == ["margin", "triplet", "contrastive", "ArcFace"]
+    assert figures.headline(readme)[0][1:] == (0.2, 0.5)  # README's margin row, +0.2 ± 0.5
+    assert len(figures.ablation(page)) == 6 and set(figures.regime(page)) == {
+        "train_classes",
+        "pretrain_epochs",
+        "epochs",
+    }
+    assert figures.delta("−0.0 ± 1.2") == (-0.0, 1.2)
+    for path in figures.draw(tmp_path, readme, page):
+        assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        assert f"assets/{path.name}" in page and (root / "docs" / "assets" / path.name).exists()

@@ -86,3 +86,17 @@ def test_mkdocs_build_strict(tmp_path):
 
 
 # ---------------------------------------------------------------------------------------------- notebooks
+
+
+def test_the_content_column_holds_the_pages_code():
+    """Material's 61rem grid leaves ~80 characters of code at a 1280 px window; the site widens it (extra.css) so
+    that the pages' CODE_WIDTH-column code fits without scrolling sideways."""
+    import yaml
+
+    config = yaml.safe_load((ROOT / "mkdocs.yml").read_text().replace("!!python", "#"))
+    assert "stylesheets/extra.css" in config["extra_css"]
+    css = (ROOT / "docs" / "stylesheets" / "extra.css").read_text()
+    width = float(re.search(r"\.md-grid\s*\{\s*max-width:\s*([\d.]+)rem", css).group(1))
+    # at 1280 px: the grid less two 12.1rem sidebars and 2 x 1.2rem of padding, code at 0.68rem (~0.6 em a char)
+    content_px = min(1280, 16 * width) - 16 * (2 * 12.1 + 2 * 1.2)
+    assert content_px / (0.68 * 16 * 0.6) >= CODE_WIDTH

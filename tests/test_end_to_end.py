@@ -59,7 +59,7 @@ def test_demo_console_one_bar_run_lines_events_table_and_no_warnings():
     env.pop("TQDM_DISABLE", None)
     env.pop("PML_DC_THREADS", None)
     result = subprocess.run(
-        [sys.executable, "-W", "default", "-m", "lab.demo", "--seeds", "1", "--epochs", "4"],
+        [sys.executable, "-W", "default", "-m", "lab.demo", "--seeds", "1", "--epochs", "4", "--progress", "bar"],
         cwd=root,
         env=env,
         capture_output=True,
@@ -114,3 +114,67 @@ def test_demo_restores_what_it_changes(monkeypatch, capsys):
     assert "phase from epoch" not in capsys.readouterr().out
     assert torch.get_num_threads() == threads and logging.getLogger("PML").level == level
     assert base_trainer.tqdm is bar and logging.getLogger("PML").handlers == handlers
+
+
+def test_the_readme_demo_table_is_what_the_demo_prints():
+    """README's table under `python -m lab.demo` is that command's output (the demo is deterministic on the CPU)."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": str(root), "TQDM_DISABLE": "1"}
+    env.pop("PML_DC_THREADS", None)
+    result = subprocess.run(
+        [sys.executable, "-m", "lab.demo", "--events", "none"], cwd=root, env=env, capture_output=True, text=True,
+        timeout=600,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    table = [line for line in result.stdout.splitlines() if line.startswith("|")]
+    assert len(table) == 6, result.stdout
+    readme = (root / "README.md").read_text()
+    assert "\n".join(table) in readme, "\n".join(table)
+
+
+def test_the_demo_written_to_a_log_is_plain_lines():
+    """Not on a terminal (a log file, a pipe): no progress bar and no carriage returns, one line per run."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": str(root)}
+    env.pop("TQDM_DISABLE", None)
+    result = subprocess.run(
+        [sys.executable, "-m", "lab.demo", "--seeds", "1", "--epochs", "2", "--events", "none"], cwd=root, env=env,
+        capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "\r" not in result.stdout + result.stderr and "%|" not in result.stderr
+    assert sum(line.startswith("seed 0  ") for line in result.stdout.splitlines()) == 4
+
+
+def test_the_plain_loop_example_learns_and_logs_only_its_own_lines():
+    """examples/plain_loop.py: R@1 on the unseen digits rises; its log is D&C's steps and the epoch lines, without
+    PML's tester bars or AccuracyCalculator's INFO lines in between."""
+    import os
+    import re
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": str(root)}
+    env.pop("TQDM_DISABLE", None)
+    result = subprocess.run(
+        [sys.executable, str(root / "examples" / "plain_loop.py"), "--epochs", "6"], cwd=root, env=env,
+        capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    log = result.stdout + result.stderr
+    assert "%|" not in log and "running k-nn" not in log and "embedding dimensionality" not in log
+    assert "D&C: split every cluster in two after epoch 2" in log
+    before, after = (float(x) for x in re.findall(r"\| ([\d.]+) \|$", result.stdout, re.M))
+    assert after > before + 1.0, (before, after)

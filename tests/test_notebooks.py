@@ -128,3 +128,32 @@ def test_committed_notebooks_are_small_and_error_free():
     assert all(not c.get("outputs") for c in paper["cells"] if c["cell_type"] == "code"), (
         "notebook 5 must not be committed with outputs unless they come from a real GPU run"
     )
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS + [PAPER_RECIPE], ids=lambda p: p.stem)
+def test_a_notebook_needs_only_the_installed_package(path):
+    """From a wheel or a hosted notebook there is no repository: no sys.path edits, no lab/, tests/, benchmarks/."""
+    import ast
+
+    nbformat = pytest.importorskip("nbformat")
+    nb = nbformat.read(path, as_version=4)
+    code = "\n".join(c.source for c in nb.cells if c.cell_type == "code")
+    assert "sys.path" not in code
+    tree = ast.parse("\n".join(line for line in code.splitlines() if not line.lstrip().startswith(("%", "!"))))
+    imported = {a.name.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+    imported |= {n.module.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module}
+    assert not imported & {"lab", "benchmarks", "tests", "helpers", "factory"}, imported
+
+
+def test_the_concepts_page_figures_are_notebook_4_s_stored_plots():
+    """docs/concepts.md shows two plots of notebook 4: the files are its stored outputs, byte for byte
+    (``python scripts/concept_figures.py`` copies them after scripts/run_notebooks.py)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("concept_figures", ROOT / "scripts" / "concept_figures.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    page = (ROOT / "docs" / "concepts.md").read_text()
+    for name, data in module.figures().items():
+        assert (ROOT / "docs" / "assets" / name).read_bytes() == data, f"run python scripts/concept_figures.py ({name})"
+        assert f"assets/{name}" in page

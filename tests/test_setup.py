@@ -85,4 +85,5 @@ def test_extras_logging_and_dev():
         assert any(r.startswith("record-keeper") for r in extras[extra]), extra
         assert any(r.startswith("tensorboard") for r in extras[extra]), extra
     assert (ROOT / "LICENSE").read_text().startswith("MIT License")
-    assert cfg["metadata"]["license"] == "MIT"
+    assert cfg["metadata"]["license_expression"] == "MIT"  # (SPDX: the license classifier is deprecated)
+    assert not any("License ::" in c for c in cfg["metadata"]["classifiers"].splitlines())

@@ -52,7 +52,7 @@ from benchmarks.han.jobs import run_all, run_job
 from benchmarks.han.plots import plot
 from benchmarks.han.pretraining import pretrain
 from benchmarks.han.records import describe, keep_partial, load_records, variant_name
-from benchmarks.han.stats import T_975, paired_difference
+from benchmarks.han.stats import T_975, format_difference, paired_difference
 from benchmarks.han.tables import reclustering_table, table
 from benchmarks.han.trunks import BasicBlock, cnn_trunk, make_trunk, resnet_trunk
 
@@ -88,6 +88,7 @@ __all__ = [
     "main",
     "make_trunk",
     "paired_difference",
+    "format_difference",
     "parser",
     "plot",
     "pretrain",

@@ -11,3 +11,10 @@ def paired_difference(values, base):
     if len(d) < 2:
         return d.mean(), float("nan")
     return d.mean(), T_975.get(len(d) - 1, 1.96) * d.std(ddof=1) / np.sqrt(len(d))
+
+
+def format_difference(mean, half, digits=1):
+    """``+0.2 ± 0.5``; with one seed there is no interval: ``+0.0 (1 seed, no interval)``, never ``± nan``."""
+    if np.isnan(half):
+        return f"{mean:+.{digits}f} (1 seed, no interval)"
+    return f"{mean:+.{digits}f} ± {half:.{digits}f}"

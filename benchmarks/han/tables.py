@@ -5,7 +5,7 @@ import numpy as np
 from benchmarks.common import markdown_table
 from benchmarks.han.config import METRIC_NAMES, METRICS
 from benchmarks.han.experiments import RECLUSTER_FROM
-from benchmarks.han.stats import paired_difference
+from benchmarks.han.stats import format_difference, paired_difference
 
 
 def table(records, group_keys=("loss",)):
@@ -24,7 +24,7 @@ def table(records, group_keys=("loss",)):
             delta = ""
             if base and runs[0]["method"] != "baseline" and [r["seed"] for r in runs] == [r["seed"] for r in base]:
                 mean, half = paired_difference([r["recall_at_1"] for r in runs], [r["recall_at_1"] for r in base])
-                delta = f"{mean:+.1f} ± {half:.1f}"
+                delta = format_difference(mean, half)
             secs = np.mean([r["train_seconds"] for r in runs])
             shown = [("all" if k == "train_classes" and v == 0 else v) for k, v in zip(group_keys, group)]
             rows.append([*shown, name, *cells, delta, f"{secs:.0f}"])
@@ -44,7 +44,7 @@ def reclustering_table(records):
         delta = ""
         if v != "pass" and [r["seed"] for r in runs] == [r["seed"] for r in base]:
             mean, half = paired_difference([r["recall_at_1"] for r in runs], [r["recall_at_1"] for r in base])
-            delta = f"{mean:+.2f} ± {half:.2f}"
+            delta = format_difference(mean, half, digits=2)
         rows.append(
             [
                 name,
