@@ -39,10 +39,13 @@ def is_pml_loss(loss):
 
 
 def check_loss(loss):
-    """Raise a clear error unless ``loss`` is a PML loss that takes class labels."""
+    """Raise a clear error unless ``loss`` is a loss that takes class labels: PML's, or one's own module called as
+    PML calls a loss, ``loss(embeddings, labels, indices_tuple)``; not one of torch's (``torch.nn.*Loss``)."""
     if not isinstance(loss, torch.nn.Module):
         raise TypeError(f"loss must be a PML loss (a torch.nn.Module), got {type(loss).__name__}")
-    if not is_pml_loss(loss):
+    if not is_pml_loss(loss) and type(loss).__module__.startswith("torch.nn"):
+        # torch's losses take logits or pairs, not embeddings and labels (one's own module, called as PML calls
+        # a loss, is accepted: its forward takes labels, checked below)
         raise TypeError(
             f"{type(loss).__name__} is not a PML loss: DivideConquerWrapper wraps pytorch-metric-learning's "
             "label-based losses (pytorch_metric_learning.losses: TripletMarginLoss, ContrastiveLoss, MarginLoss, "
@@ -58,6 +61,11 @@ def check_loss(loss):
             "cluster, so it needs a loss computed from class labels. Self-supervised losses on pairs of views "
             "(SelfSupervisedLoss, VICRegLoss, ManifoldLoss) are not supported."
         )
+
+
+def has_memory(loss):
+    """Whether ``loss`` (or a loss inside it) keeps embeddings of earlier batches (PML's CrossBatchMemory)."""
+    return any(isinstance(m, CrossBatchMemory) for m in loss.modules())
 
 
 def check_shapes(embeddings, labels):
@@ -110,7 +118,7 @@ def check_wrapper_arguments(loss, miner, embedder, sampler, heads_mode):
 def warn_if_batches_give_no_tuples(loss, sampler):
     """Warn when the sampler's batches hold no positive pair (m=1) or no negative (one class a batch) for a loss that
     needs them: a pair or triplet loss (a classification loss, or one with a cross-batch memory, needs neither)."""
-    if heads.has_heads(loss) or any(isinstance(m, CrossBatchMemory) for m in loss.modules()):
+    if heads.has_heads(loss) or has_memory(loss):
         return
     classes = sampler.global_batch_size // sampler.m
     if sampler.m >= 2 and classes >= 2:

@@ -165,16 +165,28 @@ class EpochController:
 
     def end_epoch(self, epoch: int | None = None) -> None:
         """Take the step after ``epoch`` (default: the epoch after the last step taken)."""
+        self.check_end_epoch(epoch)
+        self.step(self.last_epoch + 1 if epoch is None else int(epoch))
+
+    def check_end_epoch(self, epoch: int | None = None) -> None:
+        """Raise, changing nothing, if ``end_epoch(epoch)`` cannot be taken now: before set-up, or no batch since
+        the last step (``end_epoch()`` twice for one epoch, or a loop that does not call the wrapper)."""
         if not self.is_set_up:
             raise RuntimeError(f"DivideConquerWrapper.end_epoch() before set-up: {self.hints.setup}")
         if epoch is None and self.last_epoch >= 0 and self.sampler.batches_this_epoch == 0:
+            if self.last_epoch == 0:
+                raise RuntimeError(
+                    "dc.end_epoch() would take the step after epoch 1, but no batch reached the loss since set-up: "
+                    "is the loop calling the wrapper? Each batch's loss is loss = dc(embeddings, labels), with the "
+                    "DataLoader drawing from the wrapper's ClusterSampler; then dc.end_epoch() after the epoch's "
+                    "last batch."
+                )
             raise RuntimeError(
                 f"dc.end_epoch() would take the step after epoch {self.last_epoch + 1}, but no batch reached the "
                 f"loss since the step after epoch {self.last_epoch}: end_epoch() called twice for one epoch? Call "
                 "it once after each epoch's last batch (end_epoch(epoch) with the epoch's number is skipped when "
                 "that step was taken already)."
             )
-        self.step(self.last_epoch + 1 if epoch is None else int(epoch))
 
     def step(self, epoch: int) -> None:
         """Take the schedule's step after ``epoch`` (0: before training). A step already taken is skipped."""

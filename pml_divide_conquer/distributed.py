@@ -89,6 +89,16 @@ def broadcast_array(array, src=0):
     return t.cpu().numpy()
 
 
+def max_over_ranks(values):
+    """The element-wise maximum of ``values`` (a few ints) over the ranks (``values`` itself without DDP): what one
+    rank found, known to every rank, so that all raise together rather than one raising while the others wait."""
+    if not is_distributed():
+        return list(values)
+    t = torch.as_tensor(values, dtype=torch.long, device=collective_device())
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return t.cpu().tolist()
+
+
 def check_same_on_all_ranks(values, what):
     """Raise if ``values`` (a few ints) differ between ranks."""
     if not is_distributed():

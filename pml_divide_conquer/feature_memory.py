@@ -127,13 +127,6 @@ class FeatureMemory:
     def _write(self, indices, rows, steps):
         if not len(indices):
             return
-        # no non-finite row enters (a float16 batch that overflowed): its samples keep their last row and stamp,
-        # or are embedded afresh at the next reclustering (one read of a flag per flush, not per step)
-        finite = torch.isfinite(rows).all(dim=1).cpu().numpy()
-        if not finite.all():
-            indices, rows, steps = indices[finite], rows[torch.as_tensor(finite).to(rows.device)], steps[finite]
-            if not len(indices):
-                return
         # the newest row of each sample (a sample is in one rank's batch share at a step: no ties)
         order = np.lexsort((steps, indices))
         last = np.append(indices[order][1:] != indices[order][:-1], True)
@@ -204,7 +197,14 @@ class FeatureMemory:
         if self.features is None:
             return None, np.arange(self.num_samples)
         rows = self._gather("features")
-        return (None if rows is None else rows.float().numpy()), np.sort(stale)
+        emb = None if rows is None else rows.float().numpy()
+        # a row that is not finite (a float16 batch that overflowed) counts as none: its sample is embedded afresh.
+        # Checked here, once a reclustering, not at each write (which would wait for the device every flush)
+        bad = np.zeros(self.num_samples, dtype=np.int64)
+        if emb is not None:
+            bad = (~np.isfinite(emb).all(axis=1)).astype(np.int64)
+        bad = distributed.broadcast_array(bad)  # (rank 0 holds the rows)
+        return emb, np.union1d(stale, np.flatnonzero(bad))
 
     def mark_used(self):
         """A reclustering used the rows: from now on only newer ones count as fresh."""

@@ -168,14 +168,27 @@ class Reclusterer:
             emb, fresh = self.from_memory(source, labels)
         # one rank clusters, all ranks get its result (k-means need not agree bit for bit across processes)
         clustering_start = time.perf_counter()
+        failure: BaseException | None = None
         if distributed.world_size_and_rank()[1] == 0:
             assert emb is not None  # (rank 0 holds the features)
-            check_finite(emb)
-            new = self.cluster(emb, labels, assignment, current_k, k, split)
+            try:
+                check_finite(emb)
+                new = self.cluster(emb, labels, assignment, current_k, k, split)
+            except Exception as error:  # told to every rank (ids of -1), so that none waits for the broadcast
+                if not distributed.is_distributed():
+                    raise
+                failure, new = error, np.full(len(labels), -1, dtype=np.int64)
         else:
             new = np.zeros(len(labels), dtype=np.int64)
         clustering_seconds = time.perf_counter() - clustering_start
         new = distributed.broadcast_array(new)
+        if failure is not None:
+            raise failure
+        if len(new) and new[0] < 0:
+            raise RuntimeError(
+                "the reclustering failed on rank 0, which clusters for every rank: its error says why (non-finite "
+                "features of some training samples, or k-means that could not make the clusters)"
+            )
         return Reclustering(new, time.perf_counter() - start, clustering_seconds, fresh)
 
     def cluster(

@@ -36,6 +36,12 @@ SECOND_CALL = (
     "after the training call): wrap the calls of one batch in `with dc.one_batch():`, or compute a diagnostic in "
     "dc.eval() mode."
 )
+NONFINITE_MEMORY = (
+    "a float16 batch overflowed (its embeddings are NaN or inf) and the loss keeps a CrossBatchMemory: they would "
+    "enter the memory, and every later batch's loss would be NaN until they leave it (a GradScaler skipping each "
+    "of those steps, the run training nothing). Train a memory loss in bfloat16 or float32 autocast, or lower the "
+    "learning rate."
+)
 NONFINITE_LOSS = (
     "the loss DivideConquerWrapper computed is NaN or inf while its embeddings are finite: the wrapper's own "
     "parameters (the learned masks, a classification head) have diverged. Lower their learning rate (the masks' "
@@ -141,16 +147,27 @@ class Router:
         """Raise what was flagged on the device since the last check (one host sync per flag); return, and reset,
         the number of float16 batches with non-finite embeddings since then."""
         flags, self.flags = self.flags, {}
-        for (message, error), bad in flags.items():
-            if bool(bad):
-                raise error(message)
+        raised = next(((message, error) for (message, error), bad in flags.items() if bool(bad)), None)
         count, self.nonfinite_batches = int(self.nonfinite_batches), 0
         batches = self.sampler.batches_this_epoch
-        if count and count >= batches:
+        diverged = bool(count and count >= batches)
+        # under DDP every rank learns what any found (one collective), so that all raise: a rank that raised alone
+        # would leave the others waiting in the next collective
+        anywhere_raised, anywhere_diverged = distributed.max_over_ranks([raised is not None, diverged])
+        if raised is not None:
+            raise raised[1](raised[0])
+        if anywhere_raised:
+            raise RuntimeError(
+                "another rank found a fault in its batches since the last end-of-epoch step: its error says what"
+            )
+        if anywhere_diverged:
             raise FloatingPointError(
                 f"every batch since the last end-of-epoch step ({count}) had non-finite embeddings under float16 "
                 "autocast: the model has diverged, which a GradScaler cannot undo. Lower the learning rate, or train "
                 "in bfloat16 or float32."
+                if diverged
+                else "every batch of another rank since the last end-of-epoch step had non-finite embeddings under "
+                "float16 autocast: the model has diverged. Lower the learning rate, or train in bfloat16 or float32."
             )
         if count:
             notices.warn(
@@ -233,10 +250,12 @@ class Router:
         return expected if device is None else torch.from_numpy(expected).to(device, non_blocking=True)
 
     def _same(self, labels, ticket):
-        """Whether host ``labels`` are those of ``ticket``'s batch (False for no ticket, or labels on a device)."""
-        if ticket is None or (torch.is_tensor(labels) and labels.device.type != "cpu"):
+        """Whether ``labels`` are those of ``ticket``'s batch (False for no ticket). Only on the way to an error, so
+        labels on a device are read to the host (the one sync is the error's)."""
+        if ticket is None:
             return False
-        return np.array_equal(np.asarray(torch.as_tensor(labels)), self._expected(ticket))
+        got = labels.detach().cpu() if torch.is_tensor(labels) else torch.as_tensor(labels)
+        return np.array_equal(np.asarray(got), self._expected(ticket))
 
     def _check_batch(self, labels, ticket):
         """``labels`` are those of ``ticket``'s batch, or an error that says what happened: a batch the loop skipped

@@ -232,11 +232,19 @@ class DivideConquerSchedule:
         reached, k, last = self.learners_reached(), self.num_learners, self.divide_epochs()
         if last is None or not 0 < reached < k:  # (no end of the divide phase: K reaches num_learners)
             return None
-        splits, every = k.bit_length() - 1, self.recluster_every
-        needed = 1 + splits * every  # K doubles after every T-th epoch: epoch 1 + log2(K) T has K
-        epochs = next(n for n in range(1, 100 * needed + 200) if round(n * 80 / 180) >= needed)
-        journal = f"num_epochs={epochs}, num_learners={k}" + ("" if every == 2 else f", recluster_every={every}")
-        faster = (last - 1) // splits
+        needed, every, freeze = self.epochs_to_reach_k(), self.recluster_every, self.freeze_trunk_epochs
+        if self.all_data_epoch is None:  # the journal's shape: a divide phase, then the full embedding
+            epochs = next(n for n in range(1, 100 * needed + 200) if round(n * 80 / 180) >= needed)
+            options = f"num_epochs={epochs}, num_learners={k}" + ("" if every == 2 else f", recluster_every={every}")
+            options += f", freeze_trunk_epochs={freeze}" if freeze else ""
+            fix = f"DivideConquerSchedule.journal({options})"
+        else:  # a schedule with an all-data phase: its phase epochs, as fields
+            fix = (
+                f"full_embedding_epoch and all_data_epoch no earlier than {needed + 1}, or grow=False "
+                f"(DivideConquerSchedule.cvpr(num_epochs, num_learners={k}): all K clusters from the start)"
+            )
+        splits = k.bit_length() - 1
+        faster = (last - 1) // splits  # the largest T that reaches K within the divide phase
         idle = (
             f"learner {reached} and its subspace never trains"
             if reached == k - 1
@@ -244,11 +252,15 @@ class DivideConquerSchedule:
         )
         return (
             f"the divide phase ends after epoch {last} with K={reached} of its {k} learners: {idle}. With "
-            f"recluster_every={every} the divide phase needs {needed} epochs to reach K={k}: e.g. "
-            f"DivideConquerSchedule.journal({journal})"
-            + (f", or recluster_every={faster}" if faster >= 1 else "")
+            f"recluster_every={every} the divide phase needs {needed} epochs to reach K={k}: e.g. {fix}"
+            + (f", or recluster_every={faster}" if faster > freeze else "")  # (T must exceed freeze_trunk_epochs)
             + ". (A short smoke run is fine as it is.)"
         )
+
+    def epochs_to_reach_k(self) -> int:
+        """The epochs a divide phase needs before ``num_learners`` is reached (1 without growing: K from the
+        start). K doubles after every T-th epoch, so epoch ``1 + log2(K) T`` has K."""
+        return 1 + (self.num_learners.bit_length() - 1) * self.recluster_every if self.grow else 1
 
     def shortfall(self, num_epochs: int) -> str | None:
         """What a run of ``num_epochs`` epochs leaves out of this schedule (None: nothing)."""
@@ -263,7 +275,11 @@ class DivideConquerSchedule:
                 )
         k = self.learners_in_epoch(num_epochs)
         if self.divide_epochs() is None and k < self.num_learners:
-            return f"the run stops after epoch {num_epochs} with K={k} of the schedule's {self.num_learners} learners."
+            return (
+                f"the run stops after epoch {num_epochs} with K={k} of the schedule's {self.num_learners} learners: "
+                f"train {self.epochs_to_reach_k()} epochs or more (K doubles after every {self.recluster_every}-th "
+                "epoch), or build the schedule with fewer learners or a smaller recluster_every."
+            )
         return None
 
     def trunk_frozen_in_epoch(self, epoch: int) -> bool:

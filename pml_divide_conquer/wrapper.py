@@ -129,6 +129,7 @@ class DivideConquerWrapper(BaseMetricLossFunction):
         self.__dict__.update(embedder=embedder, sampler=sampler, feature_memory=memory, _learners=learners)
         self.__dict__["controller"] = EpochController(self.schedule, sampler, embedder, learners, reclusterer, memory)
         self.__dict__["_router"] = Router(sampler)
+        self.__dict__["_loss_has_memory"] = checks.has_memory(loss)
         records.init(self, embedder.num_learners)
         self.update_cluster_stats()
 
@@ -242,6 +243,8 @@ class DivideConquerWrapper(BaseMetricLossFunction):
         finite = torch.isfinite(embeddings.detach()).all()
         if float16:  # float16 autocast: a GradScaler skips such a step; counted, said at the epoch end
             router.count_nonfinite(~finite)
+            if self._loss_has_memory:  # but not when the overflow would stay in CrossBatchMemory's queue
+                router.flag(~finite, routing.NONFINITE_MEMORY, FloatingPointError)
         else:
             router.flag(~finite, routing.NONFINITE, FloatingPointError)
         if self.feature_memory is not None:  # the trunk's output (the embedder's input), or the embedding
@@ -368,6 +371,7 @@ class DivideConquerWrapper(BaseMetricLossFunction):
 
         ``epoch``: the epoch that just ended, counted from 1 (default: the one after the last step). Call it after
         the last batch of each epoch, before the next epoch's ``iter(loader)``."""
+        self.controller.check_end_epoch(epoch)  # a refused call changes nothing: refused before the checks below
         self._router.check()  # what was flagged on the device during the epoch
         self.controller.end_epoch(epoch)
         self.update_cluster_stats()
@@ -421,6 +425,15 @@ class DivideConquerWrapper(BaseMetricLossFunction):
         """Deprecated: :meth:`end_epoch` (``trainer``: ignored)."""
         notices.warn("step(trainer, epoch) is deprecated: call end_epoch(epoch)", FutureWarning)
         self.end_epoch(epoch)
+
+    def learner_dims(self, learner: int, num_active: int) -> slice | None:
+        """Deprecated: :meth:`SubspaceMaskedEmbedder.subspace_dims` (``dc.embedder.subspace_dims(learner,
+        num_active)``)."""
+        notices.warn(
+            "learner_dims(learner, num_active) is deprecated: call dc.embedder.subspace_dims(learner, num_active)",
+            FutureWarning,
+        )
+        return self.embedder.subspace_dims(learner, num_active)
 
     # ------------------------------------------------------------------ state
 

@@ -179,6 +179,35 @@ def feature_memory_runs(ds, folder, rank):
     return out
 
 
+def fault_runs(ds, rank):
+    """Faults that one rank finds, raised on every rank (none is left waiting in a collective): what is raised,
+    by rank."""
+    said = {}
+    p = make(ds, [])
+    p["wrapper"].prepare(p["trainer"])
+    train(p, 1, 1)
+    w = p["wrapper"]
+    if rank == 1:  # a fault the device flagged in rank 1's batches (flags on the CPU raise at once: set by hand)
+        w._router.flags[("rank 1's batches held NaN", FloatingPointError)] = torch.tensor(True)
+    try:
+        w.end_epoch(2)
+    except (RuntimeError, FloatingPointError) as error:
+        said["flagged"] = f"{type(error).__name__}: {error}"
+    said["last_epoch_after_flagged"] = w.last_epoch
+
+    def cluster(*args, **kwargs):  # k-means that fails on rank 0, which clusters for every rank
+        raise ValueError("k-means failed on rank 0")
+
+    if rank == 0:
+        w.reclusterer.cluster = cluster
+    try:
+        w.recluster(p["trainer"])
+    except (RuntimeError, ValueError) as error:
+        said["clustering"] = f"{type(error).__name__}: {error}"
+    dist.barrier()  # (every rank got here)
+    return said
+
+
 def worker(rank, world, folder):
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"file://{folder}/rendezvous", rank=rank, world_size=world)
@@ -240,6 +269,7 @@ def worker(rank, world, folder):
             out["seed_mismatch"] = str(err)
         out.update(feature_memory_runs(ds, folder, rank))
         out["plain"], out["plain_len"] = plain_loop_run(ds)
+        out["faults"] = fault_runs(ds, rank)
         torch.save(out, os.path.join(folder, f"rank{rank}.pt"))
     finally:
         dist.destroy_process_group()

@@ -16,6 +16,8 @@ from pml_divide_conquer import (
     checks,
 )
 
+import factory
+
 
 def test_loss_and_miner_checks():
     checks.check_loss(losses.ContrastiveLoss())
@@ -94,6 +96,23 @@ def test_a_loss_that_is_not_pml_s_is_named_with_what_is_supported():
             return self.zero_losses()
 
     wrapper(loss=Own())
+
+
+def test_one_s_own_module_called_as_pml_calls_a_loss_trains_as_in_0_3(digits):
+    """A module of one's own (not on PML's base class) whose forward takes (embeddings, labels, indices_tuple) is
+    accepted, as 0.3 accepted it: only torch's own losses are refused."""
+
+    class OwnContrastive(torch.nn.Module):
+        def forward(self, embeddings, labels, indices_tuple=None):
+            same = labels[:, None] == labels[None, :]
+            d = torch.cdist(embeddings, embeddings)
+            return d[same].mean() + torch.relu(1 - d[~same]).mean()
+
+    parts = factory.plain(factory.make(digits, num_learners=2, batch_size=32, m=4, loss=OwnContrastive()))
+    seen = []
+    factory.train_plain(parts, 2, after_step=lambda epoch, indices, loss: seen.append(loss))
+    assert seen and all(torch.isfinite(loss) for loss in seen)
+    assert parts["wrapper"].last_epoch == 2
 
 
 @pytest.mark.parametrize(

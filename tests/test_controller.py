@@ -113,3 +113,26 @@ def test_end_epoch_twice_for_one_epoch_is_refused(digits):
     assert (dc.last_epoch, dc.num_active) == (1, 2)
     dc.end_epoch(1)  # the epoch's number: skipped, as a step taken already
     assert dc.last_epoch == 1
+
+
+def test_end_epoch_with_no_batch_since_set_up_asks_whether_the_loop_calls_the_wrapper(digits):
+    parts = factory.plain(factory.make(digits, num_learners=4, recluster_every=1))
+    dc = parts["wrapper"]
+    with pytest.raises(RuntimeError, match=r"no batch reached the loss since set-up: is the loop calling the wrapper"):
+        dc.end_epoch()
+    assert dc.last_epoch == 0
+
+
+def test_a_refused_end_epoch_leaves_what_the_device_flagged_for_the_next_check(digits):
+    """The refusal comes first: the router's flags (checked, and cleared, by an end_epoch that goes ahead) are
+    kept, so the real end_epoch still raises them."""
+    parts = factory.plain(factory.make(digits, num_learners=4, recluster_every=1))
+    dc = parts["wrapper"]
+    dc._router.flags[("flagged on the device", FloatingPointError)] = torch.tensor(True)  # a device flag, by hand
+    with pytest.raises(RuntimeError, match="is the loop calling the wrapper"):
+        dc.end_epoch()
+    assert dc._router.flags
+    x, y, _ = next(iter(parts["loader"]))
+    dc(parts["model"](x), y)
+    with pytest.raises(FloatingPointError, match="flagged on the device"):
+        dc.end_epoch()

@@ -214,3 +214,21 @@ def test_a_skipped_batch_with_labels_on_the_gpu_is_named_at_the_epoch_end(digits
                 continue  # not passed to the loss, and not announced with dc.skip_batch()
             dc(model(x.to(DEVICE)), y.to(DEVICE))
         dc.end_epoch()
+
+
+def test_a_second_call_with_labels_on_the_gpu_is_told_from_a_batch_not_drawn(digits):
+    """With no batch waiting the call is refused at once; the labels are read to the host on that way to the error
+    (no sync otherwise), so a second call for one batch still names dc.one_batch()."""
+    import factory
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        parts = factory.plain(factory.make(digits, num_learners=2, grow=False, device=DEVICE))
+    dc, model = parts["wrapper"], parts["model"]
+    x, y, _ = next(iter(parts["loader"]))
+    x, y = x.to(DEVICE), y.to(DEVICE)
+    dc(model(x), y)
+    with pytest.raises(RuntimeError, match="called a second time for the batch it had just received.*one_batch"):
+        dc(model(x), y)
+    with pytest.raises(RuntimeError, match="did not draw: most likely a batch of another DataLoader"):
+        dc(model(x), (y + 1) % 10)

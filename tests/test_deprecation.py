@@ -71,3 +71,10 @@ def test_the_new_spelling_warns_about_nothing():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         wrapper(schedule=DivideConquerSchedule.journal(12, 4), reclusterer=Reclusterer(kmeans=KMeansSettings(seed=1)))
+
+
+def test_learner_dims_warns_and_gives_the_embedder_s_subspace_dims():
+    w = wrapper()
+    with pytest.warns(FutureWarning, match=r"call dc.embedder.subspace_dims\(learner, num_active\)"):
+        dims = w.learner_dims(1, 4)
+    assert dims == w.embedder.subspace_dims(1, 4) == slice(4, 8)

@@ -169,3 +169,15 @@ def test_a_plain_ddp_loop_with_the_wrapper_inside_an_efficient_distributed_loss_
         assert a["learner"] == b["learner"] == a["clusters"][0] == b["clusters"][0]
         assert not set(a["indices"]) & set(b["indices"]) and np.isfinite(a["loss"])
     assert {a["learner"] for a in p0 if a["epoch"] >= 2} == {0, 1}
+
+
+def test_a_fault_one_rank_finds_is_raised_on_every_rank(ddp_run):
+    """A fault flagged in one rank's batches, and a clustering that fails on rank 0 (which clusters for all): every
+    rank raises (the one that found it, its own error; the others, an error that says where to look), none waits
+    for ever in a collective, and the refused step changes nothing."""
+    zero, one = (r["faults"] for r in ddp_run)
+    assert one["flagged"] == "FloatingPointError: rank 1's batches held NaN"
+    assert zero["flagged"].startswith("RuntimeError: another rank found a fault in its batches")
+    assert zero["last_epoch_after_flagged"] == one["last_epoch_after_flagged"] == 1
+    assert zero["clustering"] == "ValueError: k-means failed on rank 0"
+    assert one["clustering"].startswith("RuntimeError: the reclustering failed on rank 0")

@@ -154,27 +154,43 @@ def test_a_schedule_that_cannot_reach_its_K_says_what_would():
         assert fine.unreached_learners() is None
 
 
-@settings(max_examples=100, deadline=None)
-@given(log_k=st.integers(1, 5), T=st.integers(1, 4), num_epochs=st.integers(1, 200))
-def test_the_suggested_journal_run_reaches_K_and_a_silent_one_reaches_it(log_k, T, num_epochs):
-    s = DivideConquerSchedule.journal(num_epochs=num_epochs, num_learners=2**log_k, recluster_every=T)
+@settings(max_examples=150, deadline=None)
+@given(log_k=st.integers(1, 5), T=st.integers(1, 4), num_epochs=st.integers(1, 200), freeze=st.integers(0, 3))
+def test_the_suggested_journal_run_reaches_K_and_a_silent_one_reaches_it(log_k, T, num_epochs, freeze):
+    freeze = min(freeze, T - 1)
+    s = DivideConquerSchedule.journal(num_epochs, 2**log_k, recluster_every=T, freeze_trunk_epochs=freeze)
     message = s.unreached_learners()
     if message is None:
         assert s.learners_reached() in (2**log_k, 0)
         return
-    epochs = int(message.split("journal(num_epochs=")[1].split(",")[0])
-    longer = DivideConquerSchedule.journal(num_epochs=epochs, num_learners=2**log_k, recluster_every=T)
-    assert longer.learners_reached() == 2**log_k and epochs > num_epochs
+    suggested = eval("DivideConquerSchedule." + message.split("e.g. DivideConquerSchedule.")[1].split(")")[0] + ")")
+    assert suggested.learners_reached() == 2**log_k  # (built as written: its arguments are valid together)
+    assert (suggested.recluster_every, suggested.freeze_trunk_epochs) == (T, freeze)  # only the run's length
+    assert suggested.full_embedding_epoch > s.full_embedding_epoch
     if "or recluster_every=" in message:
         faster = int(message.split("or recluster_every=")[1].split(".")[0])
         quicker = DivideConquerSchedule(
-            num_learners=2**log_k, recluster_every=faster, full_embedding_epoch=s.full_embedding_epoch
-        )
+            num_learners=2**log_k, recluster_every=faster, full_embedding_epoch=s.full_embedding_epoch,
+            freeze_trunk_epochs=freeze,
+        )  # fmt: skip
         assert quicker.learners_reached() == 2**log_k
+
+
+def test_a_schedule_with_an_all_data_phase_is_told_its_fields_not_the_journal():
+    s = DivideConquerSchedule(num_learners=8, recluster_every=2, full_embedding_epoch=4, all_data_epoch=6)
+    message = s.unreached_learners()
+    assert "journal(" not in message
+    assert "full_embedding_epoch and all_data_epoch no earlier than 8, or grow=False" in message
+    assert DivideConquerSchedule(num_learners=8, full_embedding_epoch=8, all_data_epoch=8).unreached_learners() is None
+    frozen = DivideConquerSchedule(num_learners=8, recluster_every=3, full_embedding_epoch=6, freeze_trunk_epochs=2)
+    assert "recluster_every=1" not in frozen.unreached_learners()  # (T=1 could not freeze 2 epochs)
+    assert "freeze_trunk_epochs=2" in frozen.unreached_learners()
 
 
 def test_what_a_run_shorter_than_its_schedule_leaves_out():
     s = DivideConquerSchedule.journal(num_epochs=12, num_learners=4)
     assert "the run stops after epoch 3, but the schedule's full-embedding phase starts at epoch 6" in s.shortfall(3)
     assert s.shortfall(6) is None and s.shortfall(12) is None
-    assert "with K=1 of the schedule's 4 learners" in DivideConquerSchedule(num_learners=4).shortfall(2)
+    said = DivideConquerSchedule(num_learners=4).shortfall(2)
+    assert "with K=1 of the schedule's 4 learners: train 5 epochs or more" in said
+    assert DivideConquerSchedule(num_learners=4).shortfall(5) is None
