@@ -49,7 +49,10 @@ class TrunkFreezer:
         self.handles = []
         by_optimizer = {}
         for opt, group in groups:
-            by_optimizer.setdefault(id(opt), (opt, []))[1].append(group)
+            # the group's position, not the dict: optimizer.load_state_dict() (a checkpoint loaded after set-up)
+            # replaces the param-group dicts, and the freezing must follow to the new ones
+            index = next(i for i, g in enumerate(opt.param_groups) if g is group)
+            by_optimizer.setdefault(id(opt), (opt, []))[1].append(index)
             if LEGACY_FROZEN_LR_KEY in group:  # saved frozen by an older version: the real lr is kept under the key
                 group["lr"] = group.pop(LEGACY_FROZEN_LR_KEY)
         me = weakref.ref(self)
@@ -60,7 +63,7 @@ class TrunkFreezer:
                 freezer = me()
                 if freezer is None or not freezer.is_frozen():
                     return
-                for group in opt_groups:
+                for group in (optimizer.param_groups[i] for i in opt_groups):
                     if LEGACY_FROZEN_LR_KEY in group:
                         group["lr"] = group.pop(LEGACY_FROZEN_LR_KEY)
                     lr = group["lr"]

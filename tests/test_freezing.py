@@ -1,9 +1,11 @@
 """Trunk freezing (freezing.py): the trunk's learning rate is 0 in the epochs the schedule freezes it, inside each
 optimizer step only, so LR schedulers and checkpoints see the real one."""
 
+import copy
 import io
 import warnings
 
+import numpy as np
 import pytest
 import torch
 
@@ -99,3 +101,50 @@ def test_trunk_freezing_composes_with_an_lr_scheduler_and_a_checkpoint_in_a_froz
     assert first + resumed == lrs
     for a, b in zip(trunks[2:], resumed_trunks):
         assert all(torch.equal(x, y) for x, y in zip(a, b))
+
+
+def resumed(digits, spec, saved, load_first):
+    """Epochs 3-5 of a run of ``spec`` from the ``saved`` state of epoch 2, loaded before or after set-up."""
+    parts = factory.plain(factory.make(digits, **spec), setup=False)
+    dc = parts["wrapper"]
+
+    def load():
+        state = copy.deepcopy(saved)  # (optimizer.load_state_dict keeps the tensors it is given: one copy a run)
+        parts["model"].load_state_dict(state["model"])
+        parts["optimizer"].load_state_dict(state["optimizer"])
+        dc.load_state_dict(state["wrapper"])
+
+    def set_up():
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            dc.setup(parts["model"], parts["dataset"], optimizers=[parts["optimizer"]])
+
+    for step in (load, set_up) if load_first else (set_up, load):
+        step()
+    seen = []
+    factory.train_plain(parts, 5, start_epoch=3, after_step=lambda epoch, idx, loss: seen.append(float(loss)))
+    return seen, parts["sampler"].assignment.copy(), [p.detach().clone() for p in parts["model"].parameters()]
+
+
+@pytest.mark.parametrize(
+    "spec",
+    [dict(freeze_trunk_epochs=1, recluster_every=2), dict(grow=False, full_embedding_epoch=4, all_data_epoch=5)],
+    ids=["freezing", "cvpr-phases"],
+)
+def test_a_checkpoint_loaded_after_set_up_resumes_as_one_loaded_before(digits, spec):
+    """ "Load first, then set up" is the recipe, but the other order is the same run: the freezing follows the
+    optimizer's param groups by position, so optimizer.load_state_dict() after set-up (which replaces them) keeps
+    the trunk frozen where it should be."""
+    spec = dict(num_learners=4, mode="learned", **spec)
+    first = factory.plain(factory.make(digits, **spec))
+    factory.train_plain(first, 2)
+    saved = copy.deepcopy(
+        {
+            "model": first["model"].state_dict(),
+            "optimizer": first["optimizer"].state_dict(),
+            "wrapper": first["wrapper"].state_dict(),
+        }
+    )
+    (a, assignment_a, params_a), (b, assignment_b, params_b) = (resumed(digits, spec, saved, f) for f in (1, 0))
+    assert a == b and np.array_equal(assignment_a, assignment_b)
+    assert all(torch.equal(x, y) for x, y in zip(params_a, params_b))
