@@ -86,7 +86,7 @@ def rows(experiment, loss):
     raise ValueError(experiment)
 
 
-def configs(experiment, seeds, losses, regimes, only=None):
+def configs(experiment, seeds, losses, regimes, only=None, preset="cpu"):
     import re
 
     out = []
@@ -96,7 +96,7 @@ def configs(experiment, seeds, losses, regimes, only=None):
                 if only and not re.search(only, name):
                     continue
                 for s in range(seeds):
-                    cfg = han.PRESETS["cpu"].but(loss=loss, seed=s, curve=1, **REGIMES[regime], **changes)
+                    cfg = han.PRESETS[preset].but(loss=loss, seed=s, curve=1, **REGIMES[regime], **changes)
                     out.append((regime, name, cfg))
     return out
 
@@ -238,17 +238,19 @@ def main(argv=None):
     p.add_argument("--set", default=None, help="JSON of Config changes for every run")
     p.add_argument("--split", default="test", choices=["test", "val"], help="val: the 200 validation classes")
     p.add_argument("--jobs", type=int, default=2)
+    p.add_argument("--preset", default="cpu", choices=list(han.PRESETS), help="tiny: the test suite's smoke run")
+    p.add_argument("--sizes", default=json.dumps(SIZES), help="JSON of load_han's sizes (the smoke run's are tiny)")
     args = p.parse_args(argv)
     out = setup(args.out)
     command = "python -m benchmarks.few_classes " + shlex.join(sys.argv[1:] if argv is None else argv)
     if args.experiment != "report":
-        named = configs(args.experiment, args.seeds, args.losses, args.regimes, args.only)
+        named = configs(args.experiment, args.seeds, args.losses, args.regimes, args.only, args.preset)
         if args.set:
             named = [(g, n, c.but(**json.loads(args.set))) for g, n, c in named]
         done = {key(r) for r in load(out)}
         named = [(g, n, c) for g, n, c in named if key(dataclasses.asdict(c)) not in done]  # runs made before
         run_args = argparse.Namespace(
-            sizes=json.dumps(SIZES), device="cpu", split=args.split, npz=args.npz, jobs=args.jobs, out=str(out)
+            sizes=args.sizes, device="cpu", split=args.split, npz=args.npz, jobs=args.jobs, out=str(out)
         )
         start = time.perf_counter()
         han.run_all([c for _, _, c in named], run_args, f"few classes {args.experiment}", [n for _, n, _ in named])
@@ -260,7 +262,7 @@ def main(argv=None):
     text = tabulate(records, shown) + "\n\nR@1 (%) after each epoch, mean over seeds:\n\n" + curve_table(records)
     plot_curves(records, out / "few_classes_curves.png")
     plot_curves(records, out / "few_classes_curves_key.png", KEY_SETTINGS)
-    report(out, f"few_classes_{args.experiment}", f"Han, {SIZES}", text, command)
+    report(out, f"few_classes_{args.experiment}", f"Han, {args.sizes}", text, command)
 
 
 if __name__ == "__main__":

@@ -361,3 +361,22 @@ def test_the_benchmark_page_figures_are_drawn_from_its_tables(bench, tmp_path):
     for path in figures.draw(tmp_path, readme, page):
         assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
         assert f"assets/{path.name}" in page and (root / "docs" / "assets" / path.name).exists()
+
+
+def test_few_classes_benchmark_smoke_with_the_imprinted_baseline(bench, tmp_path, capsys, tiny_han_npz):
+    """``python -m benchmarks.few_classes imprint`` on the tiny set: the baseline whose head is imprinted after
+    epoch 5 (a pass over the BatchArrayDataset with its own collation) runs, and the table and curves are made."""
+    few = bench("few_classes")
+    few.main(
+        [
+            "imprint", "--npz", str(tiny_han_npz), "--sizes", TINY_SIZES, "--preset", "tiny", "--seeds", "1",
+            "--losses", "arcface", "--regimes", "scratch", "--only", "^baseline", "--set", '{"epochs": 6}',
+            "--jobs", "1", "--out", str(tmp_path),
+        ]
+    )  # fmt: skip
+    records = few.load(tmp_path)
+    assert {r.get("imprint_epoch", 0) for r in records} == {0, 5} and all(r["epochs"] == 6 for r in records)
+    assert all(0.0 <= r["recall_at_1"] <= 1.0 for r in records)
+    text = (tmp_path / "few_classes_imprint.md").read_text()
+    assert "baseline, head imprinted after epoch 5" in text
+    assert (tmp_path / "few_classes_curves.png").stat().st_size > 0

@@ -101,7 +101,11 @@ def imprint(w, trainer, map_labels):
         data_and_label_getter=trainer.data_and_label_getter,
     )
     emb, labels = tester.get_all_embeddings(
-        trainer.dataset, trainer.models["trunk"], trainer.models["embedder"], return_as_numpy=True
+        trainer.dataset,
+        trainer.models["trunk"],
+        trainer.models["embedder"],
+        collate_fn=trainer.collate_fn,  # (a BatchArrayDataset's batches come whole: its pass-through collation)
+        return_as_numpy=True,
     )
     labels = labels[:, 0]
     torch.set_rng_state(rng[0]), np.random.set_state(rng[1])
