@@ -116,6 +116,8 @@ class EpochController:
         self.parts = parts
         self.source = FeatureSource(parts, capture, self.memory)
         self.step(0)
+        if self.sampler.version == 0:  # the first epochs draw from the single cluster: say now who sits out
+            self.sampler.clusters.warn_fragments(self.sampler.m)
 
     def _check(self, parts):
         if parts.model is None or not contains(parts.model, self.embedder):

@@ -5,8 +5,16 @@ import inspect
 import warnings
 
 import numpy as np
+import torch
+from pytorch_metric_learning import losses
 
-from pml_divide_conquer import ClusterSampler, DivideConquerSchedule, notices
+from pml_divide_conquer import (
+    ClusterSampler,
+    DivideConquerSchedule,
+    DivideConquerWrapper,
+    SubspaceMaskedEmbedder,
+    notices,
+)
 
 import factory
 
@@ -50,3 +58,23 @@ def test_the_stack_level_is_at_least_the_caller_s():
         return notices.user_stacklevel()
 
     assert caller() >= 1
+
+
+def test_classes_left_out_of_the_single_cluster_are_named_at_set_up_of_a_journal_run(digits):
+    """A journal run draws its first epochs from the one cluster of all the data: a class with fewer than m
+    samples is named at dc.setup(...), the first point where the schedule is known; a CVPR run (its K clusters at
+    set-up) is not told of the single cluster."""
+    labels = np.array(digits.labels).copy()
+    keep = np.flatnonzero(labels != 9)[:300].tolist() + np.flatnonzero(labels == 9)[:3].tolist()
+    data = torch.as_tensor(np.asarray(digits.data)[keep], dtype=torch.float32)
+    subset = torch.utils.data.TensorDataset(data, torch.as_tensor(labels[keep]))
+    for grow, expected in ((True, 1), (False, 0)):
+        model = torch.nn.Sequential(torch.nn.Linear(64, 16), SubspaceMaskedEmbedder(16, 2))
+        sampler = ClusterSampler(labels[keep], batch_size=16, m=4)
+        schedule = DivideConquerSchedule(num_learners=2, grow=grow)
+        dc = DivideConquerWrapper(losses.ContrastiveLoss(), embedder=model[1], sampler=sampler, schedule=schedule)
+        optimizer = torch.optim.Adam(model.parameters())
+        seen = recorded(lambda dc=dc, model=model, opt=optimizer: dc.setup(model, subset, optimizers=[opt]))
+        line = inspect.currentframe().f_lineno - 1
+        single = [w for w in seen if "(in the one cluster of all the data)" in str(w.message)]
+        assert len(single) == expected and all((w.filename, w.lineno) == (__file__, line) for w in single)
