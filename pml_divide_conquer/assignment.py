@@ -4,13 +4,24 @@ It owns the labels, each sample's cluster id (0..K-1), K and a version that ever
 samples grouped by (cluster, class) and how each cluster fills its batches (:mod:`pml_divide_conquer.planning`),
 cached for the current version; and the warnings about what a cluster cannot serve. The
 :class:`~pml_divide_conquer.ClusterSampler` draws its stream of batches from one.
+Also the checks of the sampler's batch settings (``batch_size``, ``m``), and how its constructor tells a call
+that passes them positionally.
 """
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from typing import ParamSpec, TypeVar
 
 import numpy as np
 import torch
 
 from . import notices, planning
 from .planning import as_int_array
+
+P = ParamSpec("P")
+R = TypeVar("R")
 
 
 def check_batch_size_and_m(batch_size, m):
@@ -201,3 +212,21 @@ class ClusterAssignment:
         self.version = int(state["version"])
         self.warned = set(state.get("warned", []))
         self._cache = (None, None, None)
+
+
+def keywords_checked(init: Callable[P, R]) -> Callable[P, R]:
+    """``ClusterSampler.__init__`` (its signature unchanged: ``inspect``, ``help`` and the checker see it) that first
+    tells a call which passes ``batch_size`` and ``m`` positionally, or leaves one out, how to write it: PML's
+    MPerClassSampler takes them positionally, in the other order, and Python's own message would not say so."""
+
+    @functools.wraps(init)
+    def checked(*args: P.args, **kwargs: P.kwargs) -> R:
+        given = len(args) > 1 or bool(kwargs)  # (self, then the call's arguments; no argument at all: no labels)
+        if given and (len(args) > 2 or kwargs.get("batch_size") is None or kwargs.get("m") is None):
+            raise TypeError(
+                "ClusterSampler takes batch_size and m as keywords: ClusterSampler(labels, batch_size=..., m=...) "
+                "(PML's MPerClassSampler takes (labels, m, batch_size), in the other order)"
+            )
+        return init(*args, **kwargs)
+
+    return checked

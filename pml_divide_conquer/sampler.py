@@ -9,46 +9,21 @@ in order, whatever the number of workers) and checks each batch against its tick
 
 from __future__ import annotations
 
-import functools
 import zlib
 from collections import deque
-from collections.abc import Callable, Iterator, Mapping
-from typing import TYPE_CHECKING, Any
+from collections.abc import Iterator, Mapping
+from typing import Any
 
 import numpy as np
 from numpy.typing import ArrayLike
 from torch.utils.data import BatchSampler, Sampler
 
 from . import planning
-from .assignment import ClusterAssignment, check_batch_size_and_m
+from .assignment import ClusterAssignment, check_batch_size_and_m, keywords_checked
 from .distributed import Replicas
 from .routing import FirstIndex, Ticket
 
-if TYPE_CHECKING:
-    from typing import ParamSpec, TypeVar
-
-    P = ParamSpec("P")
-    R = TypeVar("R")
-
 SAVED = ("seed", "batch_size", "m", "assignment", "num_clusters", "pass", "pos")  # what every saved state holds
-
-
-def _keywords_checked(init: Callable[P, R]) -> Callable[P, R]:
-    """``ClusterSampler.__init__`` (its signature unchanged: ``inspect``, ``help`` and the checker see it) that first
-    tells a call which passes ``batch_size`` and ``m`` positionally, or leaves one out, how to write it: PML's
-    MPerClassSampler takes them positionally, in the other order, and Python's own message would not say so."""
-
-    @functools.wraps(init)
-    def checked(*args: P.args, **kwargs: P.kwargs) -> R:
-        given = len(args) > 1 or bool(kwargs)  # (self, then the call's arguments; no argument at all: no labels)
-        if given and (len(args) > 2 or kwargs.get("batch_size") is None or kwargs.get("m") is None):
-            raise TypeError(
-                "ClusterSampler takes batch_size and m as keywords: ClusterSampler(labels, batch_size=..., m=...) "
-                "(PML's MPerClassSampler takes (labels, m, batch_size), in the other order)"
-            )
-        return init(*args, **kwargs)
-
-    return checked
 
 
 class ClusterSampler(Sampler[int]):
@@ -97,7 +72,7 @@ class ClusterSampler(Sampler[int]):
         ...     train_set, batch_sampler=sampler.batch_sampler())
     """
 
-    @_keywords_checked
+    @keywords_checked
     def __init__(
         self,
         labels: ArrayLike,

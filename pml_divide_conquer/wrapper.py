@@ -9,16 +9,14 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from pytorch_metric_learning.losses import BaseMetricLossFunction
 from torch.utils.data import Dataset
 
-from . import checks, notices, records, routing, state
+from . import checks, notices, records, state
+from .batch_loss import BatchLoss
 from .controller import EpochController
 from .deprecation import wrapper_parts
-from .embedder import LEARNED
-from .feature_memory import record_batch
-from .learners import FULL_KEY, PER_LEARNER, Learners, learner_key
+from .learners import PER_LEARNER, Learners
 from .routing import Router
 from .schedule import Phase, make_schedule
 from .training import plain_loop_parts
@@ -31,7 +29,6 @@ if TYPE_CHECKING:
     from .feature_memory import FeatureMemory
     from .learners import HeadStart
     from .reclustering import Reclusterer
-    from .routing import Ticket
     from .sampler import ClusterSampler
     from .schedule import DivideConquerSchedule
     from .training import TrainingParts
@@ -95,6 +92,7 @@ class DivideConquerWrapper(BaseMetricLossFunction):
     controller: EpochController
     _learners: Learners
     _router: Router
+    _batch_loss: BatchLoss
 
     def __init__(
         self,
@@ -128,8 +126,8 @@ class DivideConquerWrapper(BaseMetricLossFunction):
         # put its parameters in the loss's optimizer too), the sampler and the rest are no modules.
         self.__dict__.update(embedder=embedder, sampler=sampler, feature_memory=memory, _learners=learners)
         self.__dict__["controller"] = EpochController(self.schedule, sampler, embedder, learners, reclusterer, memory)
-        self.__dict__["_router"] = Router(sampler)
-        self.__dict__["_loss_has_memory"] = checks.has_memory(loss)
+        self.__dict__["_router"] = router = Router(sampler)
+        self.__dict__["_batch_loss"] = BatchLoss(self.controller, router, learners, embedder, memory, loss)
         records.init(self, embedder.num_learners)
         self.update_cluster_stats()
 
@@ -207,85 +205,12 @@ class DivideConquerWrapper(BaseMetricLossFunction):
         ref_emb = ref_emb.float() if ref_emb is not None and ref_emb.dtype in HALF else ref_emb
         with torch.autocast(embeddings.device.type, enabled=False):
             if not self.training:
-                return self._eval_loss(embeddings, labels, indices_tuple, ref_emb, ref_labels)
-            return self._training_loss(embeddings, labels, indices_tuple, ref_emb, ref_labels, float16)
-
-    def _eval_loss(
-        self,
-        embeddings: torch.Tensor,
-        labels: torch.Tensor,
-        indices_tuple: tuple[torch.Tensor, ...] | None,
-        ref_emb: torch.Tensor | None,
-        ref_labels: torch.Tensor | None,
-    ) -> torch.Tensor:
-        """Outside training (e.g. a validation loss): the full learner on the full space."""
-        self._router.flag(~torch.isfinite(embeddings.detach()).all(), routing.NONFINITE, FloatingPointError)
-        if embeddings.requires_grad and torch.is_grad_enabled():
-            raise RuntimeError(routing.EVAL_WITH_GRADIENTS)
-        ref = None if ref_emb is None else F.normalize(ref_emb, dim=1)
-        x = F.normalize(embeddings, dim=1)
-        return self._learners.loss(FULL_KEY, x, labels, indices_tuple, None, ref, ref_labels, known=False)
-
-    def _training_loss(
-        self,
-        embeddings: torch.Tensor,
-        labels: torch.Tensor,
-        indices_tuple: tuple[torch.Tensor, ...] | None,
-        ref_emb: torch.Tensor | None,
-        ref_labels: torch.Tensor | None,
-        float16: bool,
-    ) -> torch.Tensor:
-        controller, router = self.controller, self._router
-        if not controller.is_set_up:
-            raise RuntimeError(f"DivideConquerWrapper was not set up: {controller.hints.setup}")
-        # the batch's ticket first: a batch that raises below (a loop may catch the error and go on) is taken
-        ticket = router.take(labels, controller.hints, controller.last_epoch, controller.loop_epoch())
-        finite = torch.isfinite(embeddings.detach()).all()
-        if float16:  # float16 autocast: a GradScaler skips such a step; counted, said at the epoch end
-            router.count_nonfinite(~finite)
-            if self._loss_has_memory:  # but not when the overflow would stay in CrossBatchMemory's queue
-                router.flag(~finite, routing.NONFINITE_MEMORY, FloatingPointError)
-        else:
-            router.flag(~finite, routing.NONFINITE, FloatingPointError)
-        if self.feature_memory is not None:  # the trunk's output (the embedder's input), or the embedding
-            record_batch(self.feature_memory, controller.batch_features(embeddings), ticket.indices)
-        loss = self._learner_loss(ticket, embeddings, labels, indices_tuple, ref_emb, ref_labels)
-        router.flag(finite & ~torch.isfinite(loss.detach()), routing.NONFINITE_LOSS, FloatingPointError)
-        return loss
-
-    def _learner_loss(
-        self,
-        ticket: Ticket,
-        embeddings: torch.Tensor,
-        labels: torch.Tensor,
-        indices_tuple: tuple[torch.Tensor, ...] | None,
-        ref_emb: torch.Tensor | None,
-        ref_labels: torch.Tensor | None,
-    ) -> torch.Tensor:
-        learners, controller = self._learners, self.controller
-        if controller.phase != Phase.DIVIDE:
-            self.current_learner = self.num_learners
-            ref = None if ref_emb is None else F.normalize(ref_emb, dim=1)
-            loss = learners.loss(FULL_KEY, F.normalize(embeddings, dim=1), labels, indices_tuple, None, ref, ref_labels)
-            self.full_loss = loss.detach()
-            return loss
-        k, num_active = ticket.cluster, controller.num_active
-        if k >= num_active:
-            raise RuntimeError(
-                f"batch from cluster {k} but only {num_active} learners are active: the sampler's assignment "
-                "was changed outside DivideConquerWrapper"
+                return self._batch_loss.eval_loss(embeddings, labels, indices_tuple, ref_emb, ref_labels)
+            loss, recorded = self._batch_loss.training_loss(
+                embeddings, labels, indices_tuple, ref_emb, ref_labels, float16, self.orthogonality_weight
             )
-        self.current_learner = k
-        x = self.embedder.subspace(embeddings, k, num_active)
-        ref = None if ref_emb is None else self.embedder.subspace(ref_emb, k, num_active)
-        dims = self.embedder.subspace_dims(k, num_active)
-        loss = learners.loss(learner_key(k), x, labels, indices_tuple, dims, ref, ref_labels)
-        setattr(self, f"learner{k}_loss", loss.detach())
-        if self.embedder.mode == LEARNED and num_active > 1:
-            ortho = self.embedder.orthogonality_loss(num_active)
-            self.orthogonality = ortho.detach()
-            if self.orthogonality_weight:
-                loss = loss + self.orthogonality_weight * ortho.to(loss.device)
+        for name, value in recorded.items():  # what record-keeper reads (records.py): the learner, its loss
+            setattr(self, name, value)
         return loss
 
     def map_labels(self, labels: torch.Tensor, known: bool = False) -> torch.Tensor | None:
