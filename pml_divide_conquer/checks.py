@@ -43,9 +43,8 @@ def check_loss(loss):
     PML calls a loss, ``loss(embeddings, labels, indices_tuple)``; not one of torch's (``torch.nn.*Loss``)."""
     if not isinstance(loss, torch.nn.Module):
         raise TypeError(f"loss must be a PML loss (a torch.nn.Module), got {type(loss).__name__}")
-    if not is_pml_loss(loss) and type(loss).__module__.startswith("torch.nn"):
-        # torch's losses take logits or pairs, not embeddings and labels (one's own module, called as PML calls
-        # a loss, is accepted: its forward takes labels, checked below)
+    if not is_pml_loss(loss) and isinstance(loss, torch.nn.modules.loss._Loss):
+        # torch's losses (and subclasses of them) take logits or pairs, not embeddings and labels
         raise TypeError(
             f"{type(loss).__name__} is not a PML loss: DivideConquerWrapper wraps pytorch-metric-learning's "
             "label-based losses (pytorch_metric_learning.losses: TripletMarginLoss, ContrastiveLoss, MarginLoss, "
@@ -53,6 +52,15 @@ def check_loss(loss):
             "subclass. For cross-entropy over the training classes, take a classification loss such as "
             "losses.NormalizedSoftmaxLoss(num_classes, embedding_size)."
         )
+    if not is_pml_loss(loss):  # one's own module: called as PML calls a loss
+        try:
+            inspect.signature(loss.forward).bind("embeddings", "labels", "indices_tuple")
+        except TypeError:
+            raise TypeError(
+                f"{type(loss).__name__}.forward cannot be called as the wrapper calls a loss, "
+                "loss(embeddings, labels, indices_tuple): give it forward(self, embeddings, labels, "
+                "indices_tuple=None), or subclass PML's BaseMetricLossFunction"
+            ) from None
     params = inspect.signature(loss.forward).parameters
     if "labels" not in params or _declares_labels_not_supported(loss):
         raise ValueError(

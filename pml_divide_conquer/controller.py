@@ -107,7 +107,7 @@ class EpochController:
     def setup(self, parts: TrainingParts) -> None:
         """Check ``parts``, hook the embedder and the optimizers, take the step before epoch 1 (a step already taken,
         e.g. when resuming from a loaded state, is not repeated)."""
-        self._check(parts)
+        self.check_parts(parts)
         self.remove_hooks()
         capture = InputCapture(self.embedder) if self.reclusterer.settings.cluster_on == "trunk" else None
         if self.schedule.freeze_trunk_epochs:
@@ -119,7 +119,9 @@ class EpochController:
         if self.sampler.version == 0:  # the first epochs draw from the single cluster: say now who sits out
             self.sampler.clusters.warn_fragments(self.sampler.m)
 
-    def _check(self, parts):
+    def check_parts(self, parts: TrainingParts) -> None:
+        """Raise, changing nothing, if ``parts`` cannot set D&C up (a model without the embedder, a dataset of
+        another size than the sampler's labels, ...)."""
         if parts.model is None or not contains(parts.model, self.embedder):
             raise ValueError(
                 "the model given at set-up must contain the wrapper's SubspaceMaskedEmbedder (its output is the "
@@ -189,9 +191,11 @@ class EpochController:
                 "it once after each epoch's last batch (end_epoch(epoch) with the epoch's number is skipped when "
                 "that step was taken already)."
             )
+        self._check_step(self.last_epoch + 1 if epoch is None else int(epoch))
 
-    def step(self, epoch: int) -> None:
-        """Take the schedule's step after ``epoch`` (0: before training). A step already taken is skipped."""
+    def _check_step(self, epoch):
+        """Raise if the step after ``epoch`` cannot be taken: steps before it never taken, or a training set that
+        changed size (nothing to check for a step taken already, which is skipped)."""
         if epoch <= self.last_epoch:
             return
         if epoch > self.last_epoch + 1:
@@ -200,8 +204,14 @@ class EpochController:
                 f"has taken steps up to epoch {self.last_epoch}): {self.hints.end_epoch}. When resuming, load the "
                 "wrapper's state_dict first; it holds the steps taken."
             )
-        start = time.perf_counter()
         self._check_dataset()
+
+    def step(self, epoch: int) -> None:
+        """Take the schedule's step after ``epoch`` (0: before training). A step already taken is skipped."""
+        if epoch <= self.last_epoch:
+            return
+        self._check_step(epoch)
+        start = time.perf_counter()
         if self.memory is not None:
             self.memory.synchronize()  # every rank (and so rank 0's checkpoint) holds every row
         phase, k = self.phase, self.num_active

@@ -8,7 +8,9 @@ from types import FrameType
 # frames of these packages are skipped: this one, and the frameworks whose calls lead into it. A frame is known by
 # its module's name (``__name__`` of its globals), not its file's path: a user's folder may be called "torch", and
 # code that dataclasses and torch generate ("<string>") belongs to the module that made it.
-_SKIPPED = frozenset({"pml_divide_conquer", "torch", "pytorch_metric_learning", "pytorch_lightning", "lightning"})
+_SKIPPED = frozenset(
+    {"pml_divide_conquer", "torch", "pytorch_metric_learning", "pytorch_lightning", "lightning", "lightning_fabric"}
+)
 
 
 def _skipped(frame: FrameType) -> bool:
@@ -18,10 +20,15 @@ def _skipped(frame: FrameType) -> bool:
 
 def user_stacklevel() -> int:
     """The ``stacklevel`` for ``warnings.warn`` (called by :func:`warn`) of the first frame that is the user's."""
-    frame, level = inspect.currentframe(), 0
+    frame, level, outside = inspect.currentframe(), 0, None
     try:
         while frame is not None and (level < 2 or _skipped(frame)):
+            name = frame.f_globals.get("__name__") or ""
+            if outside is None and level >= 2 and name.partition(".")[0] != "pml_divide_conquer":
+                outside = level  # the first frame outside this package (a framework's)
             frame, level = frame.f_back, level + 1
+        if frame is None and outside is not None:  # no frame of the user's (a spawned process): the framework's
+            return outside - 1
         return max(level - 1, 1)
     finally:
         del frame

@@ -189,6 +189,8 @@ class Reclusterer:
                 "the reclustering failed on rank 0, which clusters for every rank: its error says why (non-finite "
                 "features of some training samples, or k-means that could not make the clusters)"
             )
+        if source.memory is not None:  # the rows were used (not before: a failed reclustering leaves them fresh)
+            source.memory.mark_used()
         return Reclustering(new, time.perf_counter() - start, clustering_seconds, fresh)
 
     def cluster(
@@ -229,7 +231,6 @@ class Reclusterer:
                 if emb is None:
                     emb = np.zeros((len(labels), fresh.shape[1]), dtype=np.float32)
                 emb[stale] = fresh
-        memory.mark_used()
         return emb, len(stale)
 
     def embed(

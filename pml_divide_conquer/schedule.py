@@ -278,7 +278,8 @@ class DivideConquerSchedule:
             return (
                 f"the run stops after epoch {num_epochs} with K={k} of the schedule's {self.num_learners} learners: "
                 f"train {self.epochs_to_reach_k()} epochs or more (K doubles after every {self.recluster_every}-th "
-                "epoch), or build the schedule with fewer learners or a smaller recluster_every."
+                "epoch), or build the schedule with fewer learners"
+                + (" or a smaller recluster_every." if self.recluster_every - 1 > self.freeze_trunk_epochs else ".")
             )
         return None
 

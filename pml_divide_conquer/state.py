@@ -48,24 +48,23 @@ def extra_state(controller):
 
 
 def random_state():
-    """torch's random generators now (the CPU's, and the current CUDA device's when CUDA is in use): what a resumed
-    run needs to draw the same random numbers as the uninterrupted one (a random miner, dropout, augmentation)."""
+    """torch's random generators now (the CPU's, and every CUDA device's when CUDA is in use): what a resumed run
+    needs to draw the same random numbers as the uninterrupted one (a random miner, dropout, augmentation)."""
     cuda = torch.cuda.is_available() and torch.cuda.is_initialized()
-    return {"torch": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state() if cuda else None}
+    return {"torch": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state_all() if cuda else None}
 
 
 def restore_random_state(saved):
-    """Give torch's generators the state ``random_state`` saved (CUDA's on the current device). Under DDP only on
-    rank 0, whose generators the checkpoint holds (rank 0 saves it): the other ranks keep their own, so that no two
-    ranks draw the same numbers."""
+    """Give torch's generators the state ``random_state`` saved (CUDA's where this process has as many devices;
+    nothing that can fail: it runs last, after the checked state is loaded). Under DDP only on rank 0, whose
+    generators the checkpoint holds (rank 0 saves it): the other ranks keep their own, so that no two ranks draw
+    the same numbers."""
     if distributed.world_size_and_rank()[1] != 0:
         return
     torch.set_rng_state(saved["torch"].cpu())
     cuda = saved.get("cuda")
-    if isinstance(cuda, (list, tuple)):  # (0.4.0.dev checkpoints kept every device's: the current one's is used)
-        cuda = cuda[torch.cuda.current_device()] if torch.cuda.is_available() and len(cuda) > 0 else None
-    if cuda is not None and torch.cuda.is_available():
-        torch.cuda.set_rng_state(cuda.cpu())
+    if isinstance(cuda, (list, tuple)) and torch.cuda.is_available() and len(cuda) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all([state.cpu() for state in cuda])
 
 
 def upgrade(saved):

@@ -285,6 +285,7 @@ class DivideConquerWrapper(BaseMetricLossFunction):
         callback and :meth:`prepare` do for their loops): checks them, hooks the embedder and the optimizers, takes
         the step before epoch 1."""
         checks.check_parameters_are_optimized(self, parts.optimizers)
+        self.controller.check_parts(parts)  # a refused set-up changes nothing: refused before the check below
         self._router.check()  # what was flagged on the device before
         self.controller.setup(parts)
         weakref.finalize(self, self.controller.remove_hooks)  # the hooks go with the wrapper

@@ -130,3 +130,18 @@ def test_batches_without_pairs_for_a_pair_loss_are_named_when_the_wrapper_sees_t
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # a classification loss trains on any batch: no warning
         build(losses.ArcFaceLoss(8, 8))
+
+
+def test_a_module_that_cannot_be_called_as_a_loss_and_a_subclass_of_torch_s_are_told_what_fits():
+    class TwoArguments(torch.nn.Module):
+        def forward(self, embeddings, labels):
+            return embeddings.sum()
+
+    with pytest.raises(TypeError, match=r"cannot be called as the wrapper calls a loss, loss\(embeddings, labels, "):
+        wrapper(loss=TwoArguments())
+
+    class Smoothed(torch.nn.CrossEntropyLoss):
+        pass
+
+    with pytest.raises(TypeError, match="Smoothed is not a PML loss"):
+        wrapper(loss=Smoothed())

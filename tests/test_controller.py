@@ -136,3 +136,16 @@ def test_a_refused_end_epoch_leaves_what_the_device_flagged_for_the_next_check(d
     dc(parts["model"](x), y)
     with pytest.raises(FloatingPointError, match="flagged on the device"):
         dc.end_epoch()
+
+
+def test_an_end_epoch_refused_for_a_step_never_taken_keeps_the_device_s_flags(digits):
+    parts = factory.plain(factory.make(digits, num_learners=4, recluster_every=1))
+    dc = parts["wrapper"]
+    x, y, _ = next(iter(parts["loader"]))
+    dc(parts["model"](x), y)
+    dc._router.flags[("flagged on the device", FloatingPointError)] = torch.tensor(True)
+    with pytest.raises(RuntimeError, match=r"the D&C steps after epochs \[1, 2, 3, 4\] were never taken"):
+        dc.end_epoch(5)
+    assert dc._router.flags and dc.last_epoch == 0
+    with pytest.raises(FloatingPointError, match="flagged on the device"):
+        dc.end_epoch(1)

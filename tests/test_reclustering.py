@@ -116,3 +116,25 @@ def test_samples_whose_features_are_not_finite_are_named(digits):
         parts["wrapper"].setup(parts["model"], broken, optimizers=[parts["optimizer"]])
     with pytest.raises(FloatingPointError, match="their inputs may hold NaN or inf"):
         parts["wrapper"].setup(parts["model"], broken, optimizers=[parts["optimizer"]])
+
+
+def test_a_reclustering_that_fails_leaves_the_feature_memory_s_rows_fresh(digits):
+    """The rows count as used only once a reclustering succeeded: a retry after a failure re-embeds only what is
+    stale, not every sample."""
+    parts = factory.plain(factory.make(digits, num_learners=2, recluster=dict(features_from="training")))
+    dc, memory = parts["wrapper"], parts["wrapper"].feature_memory
+    factory.train_plain(parts, 1)
+    for x, y, _ in parts["loader"]:  # an epoch's rows, not yet used by a reclustering
+        dc(parts["model"](x), y)
+    used, cluster = memory.used_until, dc.reclusterer.cluster
+
+    def failing(*args, **kwargs):
+        raise ValueError("k-means failed")
+
+    dc.reclusterer.cluster = failing
+    with pytest.raises(ValueError, match="k-means failed"):
+        dc.recluster()
+    assert memory.used_until == used
+    dc.reclusterer.cluster = cluster
+    dc.recluster()
+    assert memory.used_until > used

@@ -194,3 +194,6 @@ def test_what_a_run_shorter_than_its_schedule_leaves_out():
     said = DivideConquerSchedule(num_learners=4).shortfall(2)
     assert "with K=1 of the schedule's 4 learners: train 5 epochs or more" in said
     assert DivideConquerSchedule(num_learners=4).shortfall(5) is None
+    assert "or a smaller recluster_every" in said
+    one = DivideConquerSchedule(num_learners=4, recluster_every=1).shortfall(2)
+    assert "fewer learners." in one and "smaller recluster_every" not in one  # (T=1: none smaller)
