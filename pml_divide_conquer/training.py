@@ -7,14 +7,11 @@ messages name the calls of the loop in use.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable, List
+from typing import Any, Callable, List
 
 import torch
-
-if TYPE_CHECKING:
-    from .wrapper import DivideConquerWrapper
 
 
 @dataclass(frozen=True)
@@ -129,7 +126,7 @@ def as_optimizer_list(
 
 
 def plain_loop_parts(
-    wrapper: DivideConquerWrapper,
+    not_trunk: Sequence[torch.nn.Module],
     model: torch.nn.Module,
     dataset: Any,
     optimizers: Any,
@@ -138,8 +135,9 @@ def plain_loop_parts(
     num_workers: int = 0,
     collate_fn: Callable[[list[Any]], Any] | None = None,
 ) -> TrainingParts:
-    """The parts of a plain loop: the trunk is whatever of ``model`` is neither the embedder nor the wrapper."""
-    own = {id(p) for p in wrapper.embedder.parameters()} | {id(p) for p in wrapper.parameters()}
+    """The parts of a plain loop: the trunk is whatever of ``model`` is none of ``not_trunk`` (the embedder and the
+    wrapper)."""
+    own = {id(p) for module in not_trunk for p in module.parameters()}
     return TrainingParts(
         model=model,
         dataset=dataset,

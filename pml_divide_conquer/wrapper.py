@@ -275,7 +275,9 @@ class DivideConquerWrapper(BaseMetricLossFunction):
 
         It hooks the embedder and the optimizers and takes the step before epoch 1; when resuming, load first.
         """
-        parts = plain_loop_parts(self, model, dataset, optimizers, device, dtype, num_workers, collate_fn)
+        parts = plain_loop_parts(
+            (self.embedder, self), model, dataset, optimizers, device, dtype, num_workers, collate_fn
+        )
         if data_and_label_getter is not None:
             parts.data_and_label_getter = data_and_label_getter
         return self.setup_parts(parts)

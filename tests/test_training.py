@@ -34,7 +34,7 @@ def test_optimizers_in_any_container_and_a_none_named():
 def test_a_plain_loops_trunk_is_what_is_neither_the_embedder_nor_the_loss(digits):
     parts = factory.make(digits, loss=losses.ArcFaceLoss(10, 16))
     dc: DivideConquerWrapper = parts["wrapper"]
-    loop = plain_loop_parts(dc, parts["model"], digits, [])
+    loop = plain_loop_parts((dc.embedder, dc), parts["model"], digits, [])
     assert {id(p) for p in loop.trunk_params} == {id(p) for p in parts["trunk"].parameters()}
     assert loop.hints is PLAIN_LOOP and loop.input_device() == torch.device("cpu")
     assert TrainingParts(model=torch.nn.Identity(), dataset=digits).input_device() == torch.device("cpu")
