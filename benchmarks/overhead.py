@@ -164,7 +164,7 @@ def measure(dataset, k, args, loop, device):
             seconds = timed(use_wrapper, idx)
             if s >= args.warmup:
                 times[use_wrapper].append(seconds)
-        if sampler.batches_this_epoch == sampler.batches_per_epoch:
+        if sampler.stream.batches_this_epoch == sampler.batches_per_epoch:
             wrapper.end_epoch()
     return np.array(times[False]), np.array(times[True])
 

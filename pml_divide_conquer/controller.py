@@ -177,7 +177,7 @@ class EpochController:
         the last step (``end_epoch()`` twice for one epoch, or a loop that does not call the wrapper)."""
         if not self.is_set_up:
             raise RuntimeError(f"DivideConquerWrapper.end_epoch() before set-up: {self.hints.setup}")
-        if epoch is None and self.last_epoch >= 0 and self.sampler.batches_this_epoch == 0:
+        if epoch is None and self.last_epoch >= 0 and self.sampler.stream.batches_this_epoch == 0:
             if self.last_epoch == 0:
                 raise RuntimeError(
                     "dc.end_epoch() would take the step after epoch 1, but no batch reached the loss since set-up: "
@@ -241,7 +241,7 @@ class EpochController:
         if step.trunk_frozen != was_frozen:
             LOGGER.info("D&C: trunk %s in epoch %d", "frozen" if step.trunk_frozen else "trained", epoch + 1)
         self.last_epoch = epoch
-        self.sampler.start_epoch()
+        self.sampler.stream.start_epoch()
         self.step_seconds = time.perf_counter() - start
 
     def recluster(self) -> None:

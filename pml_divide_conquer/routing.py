@@ -149,7 +149,7 @@ class Router:
         flags, self.flags = self.flags, {}
         raised = next(((message, error) for (message, error), bad in flags.items() if bool(bad)), None)
         count, self.nonfinite_batches = int(self.nonfinite_batches), 0
-        batches = self.sampler.batches_this_epoch
+        batches = self.sampler.stream.batches_this_epoch
         diverged = bool(count and count >= batches)
         # under DDP every rank learns what any found (one collective), so that all raise: a rank that raised alone
         # would leave the others waiting in the next collective
@@ -179,13 +179,13 @@ class Router:
 
     def skip(self):
         """The loop will not pass the next batch the sampler drew to the loss: take its ticket (``dc.skip_batch()``)."""
-        ticket = self.sampler.next_ticket()
+        ticket = self.sampler.stream.next_ticket()
         if ticket is None:
             raise RuntimeError(
                 "dc.skip_batch() was called, but no batch the sampler drew is waiting: call it for a batch the "
                 "DataLoader gave that the loop does not pass to the loss (a batch the loss received is taken already)"
             )
-        self.sampler.consume(ticket)
+        self.sampler.stream.consume(ticket)
         self.last = None
         return ticket
 
@@ -213,7 +213,7 @@ class Router:
                 f"train without D&C: {hints.end_epoch}. When resuming, load the wrapper's state_dict (saved with the "
                 "model) first."
             )
-        ticket = sampler.next_ticket()
+        ticket = sampler.stream.next_ticket()
         if ticket is None:
             raise RuntimeError(SECOND_CALL if self._same(labels, self.last) else NOT_DRAWN)
         size = len(labels)
@@ -226,9 +226,9 @@ class Router:
         self._check_batch(labels, ticket)  # on a device: flagged there, raised at the epoch end
         if ticket.version != sampler.version:
             raise RuntimeError(STALE)
-        sampler.consume(ticket)
+        sampler.stream.consume(ticket)
         self.last = ticket
-        if sampler.position_in_epoch(ticket) >= sampler.batches_per_epoch:
+        if sampler.stream.position_in_epoch(ticket) >= sampler.batches_per_epoch:
             raise RuntimeError(
                 f"a batch of epoch {last_epoch + 2} reached DivideConquerWrapper, but the end-of-epoch step after "
                 f"epoch {last_epoch + 1} was not taken ({sampler.batches_per_epoch} batches an epoch): no "
@@ -260,7 +260,7 @@ class Router:
     def _check_batch(self, labels, ticket):
         """``labels`` are those of ``ticket``'s batch, or an error that says what happened: a batch the loop skipped
         (the labels are a later ticket's), a second call (the last batch's), other labels."""
-        later = self.sampler.waiting_tickets()[1:]
+        later = self.sampler.stream.waiting_tickets()[1:]
         if torch.is_tensor(labels) and labels.device.type != "cpu":
             labels, device = labels.long(), labels.device
             bad = ~(self._expected(ticket, device) == labels).all()

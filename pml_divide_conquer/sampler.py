@@ -10,7 +10,6 @@ in order, whatever the number of workers) and checks each batch against its tick
 from __future__ import annotations
 
 import zlib
-from collections import deque
 from collections.abc import Iterator, Mapping
 from typing import Any
 
@@ -22,6 +21,7 @@ from . import planning
 from .assignment import ClusterAssignment, check_batch_size_and_m, keywords_checked
 from .distributed import Replicas
 from .routing import FirstIndex, Ticket
+from .stream import TicketStream
 
 SAVED = ("seed", "batch_size", "m", "assignment", "num_clusters", "pass", "pos")  # what every saved state holds
 
@@ -96,10 +96,7 @@ class ClusterSampler(Sampler[int]):
         self.epoch = 0  # the last set_epoch() value (informational)
         # (what the plan depends on, the plan of that pass)
         self._plan_cache: tuple[tuple[int, int, int, bool] | None, planning.Plan | None] = (None, None)
-        self._pass, self._pos = 0, 0  # consumption position: the next batch to consume is (pass, pos) of this version
-        self._consumed, self._epoch_start = 0, 0  # batches consumed since training / since the last end-of-epoch step
-        self._generation = 0  # the current iterator
-        self._tickets: deque[Ticket] = deque()  # tickets of batches drawn, not consumed
+        self.stream = TicketStream()  # the position in the stream of batches, the tickets of those drawn
 
     # what the assignment (``self.clusters``) holds
     @property
@@ -128,7 +125,7 @@ class ClusterSampler(Sampler[int]):
         """Give each sample its cluster id (0..K-1). Starts a new pass from the new assignment."""
         self._check_world()
         self.clusters.set(assignment, num_clusters)
-        self._pass, self._pos = 0, 0
+        self.stream.restart()
         self.clusters.check_servable(self.m, self.global_batch_size, self.equal_counts)
 
     def require_equal_counts(self) -> None:
@@ -233,15 +230,6 @@ class ClusterSampler(Sampler[int]):
         the end-of-epoch steps and :meth:`state_dict` keep, so runs stay reproducible and resumable."""
         self.epoch = int(epoch)
 
-    def start_epoch(self) -> None:
-        """The end-of-epoch step was taken: the batches consumed from now on belong to the next epoch."""
-        self._epoch_start = self._consumed
-
-    @property
-    def batches_this_epoch(self) -> int:
-        """Batches consumed since the current epoch started."""
-        return self._consumed - self._epoch_start
-
     def batch_sampler(self) -> ClusterBatchSampler:
         """A batch view of this sampler, for ``DataLoader(dataset, batch_sampler=sampler.batch_sampler())``:
         yields lists of ``batch_size`` indices, and its ``len`` is ``batches_per_epoch``."""
@@ -255,17 +243,17 @@ class ClusterSampler(Sampler[int]):
         A new iterator (each epoch, or PML's restart of an exhausted one) drops the tickets of batches an abandoned
         iterator had prefetched: they will never be consumed, and the new one draws them again."""
         self._check_world()
-        self._generation += 1
-        self._tickets.clear()
-        done = self.batches_this_epoch % self.batches_per_epoch
-        return self._iterate(self.batches_per_epoch - done, self._generation, self.version)
+        generation = self.stream.new_iterator()
+        done = self.stream.batches_this_epoch % self.batches_per_epoch
+        return self._iterate(self.batches_per_epoch - done, generation, self.version)
 
     def _iterate(self, count: int, generation: int, version: int) -> Iterator[int]:
-        pass_index, pos, step = self._pass, self._pos, self._consumed
+        stream = self.stream
+        pass_index, pos, step = stream.pass_index, stream.pos, stream.consumed
         plan = self._plan(pass_index)
         first = True
         for _ in range(count):
-            if generation != self._generation or version != self.version:
+            if generation != stream.generation or version != self.version:
                 return  # superseded by a newer iterator or a new assignment
             if pos >= len(plan):
                 pass_index, pos = pass_index + 1, 0
@@ -274,37 +262,12 @@ class ClusterSampler(Sampler[int]):
             # this rank's share; each class's samples are contiguous groups of m, so every share is m-per-class too
             indices = batch[self.rank * self.batch_size : (self.rank + 1) * self.batch_size]
             fingerprint = zlib.crc32(batch.astype(np.int64).tobytes()) & 0x7FFFFFFF
-            self._tickets.append(Ticket(version, pass_index, pos, cluster, indices, fingerprint, step))
+            stream.drew(Ticket(version, pass_index, pos, cluster, indices, fingerprint, step))
             pos, step = pos + 1, step + 1
             out = indices.tolist()
             if first:  # an index that says what is wrong if the DataLoader took the sampler as batch_sampler=
                 out[0], first = FirstIndex(out[0]), False
             yield from out
-
-    # ---------------------------------------------------------------- tickets (taken by the wrapper's Router)
-
-    def next_ticket(self) -> Ticket | None:
-        """The ticket of the next batch the loss should receive, or None when no drawn batch is waiting."""
-        return self._tickets[0] if self._tickets else None
-
-    def waiting_tickets(self) -> list[Ticket]:
-        """The tickets of every batch drawn and not yet received, in order."""
-        return list(self._tickets)
-
-    def consume(self, ticket: Ticket) -> None:
-        """The loss received the batch of ``ticket`` (the next ticket, or a later one when the loop skipped the
-        batches before it): the stream goes on after it."""
-        while self._tickets and self._tickets[0] is not ticket:
-            self._tickets.popleft()
-        if not self._tickets:
-            raise ValueError("consume() got a ticket that is not waiting")
-        self._tickets.popleft()
-        self._pass, self._pos = ticket.pass_index, ticket.position + 1
-        self._consumed = ticket.step + 1
-
-    def position_in_epoch(self, ticket: Ticket) -> int:
-        """Batches of the current epoch consumed before ``ticket``'s batch (an epoch holds ``batches_per_epoch``)."""
-        return ticket.step - self._epoch_start
 
     # ---------------------------------------------------------------- state
 
@@ -317,10 +280,7 @@ class ClusterSampler(Sampler[int]):
             "num_replicas": self.num_replicas,
             **self.clusters.state_dict(),  # assignment, num_clusters, version, warned
             "epoch": self.epoch,
-            "pass": self._pass,
-            "pos": self._pos,
-            "consumed": self._consumed,
-            "epoch_start": self._epoch_start,
+            **self.stream.state_dict(),  # pass, pos, consumed, epoch_start
             "batches_per_epoch": self._epoch_length,
         }
 
@@ -347,12 +307,8 @@ class ClusterSampler(Sampler[int]):
         self.seed = int(state["seed"])
         self.clusters.load_state_dict(state)
         self.epoch = int(state.get("epoch", 0))
-        self._pass, self._pos = int(state["pass"]), int(state["pos"])
-        self._consumed = int(state.get("consumed", 0))
-        self._epoch_start = int(state.get("epoch_start", self._consumed))
         self._epoch_length = state.get("batches_per_epoch", self._epoch_length)
-        self._tickets.clear()
-        self._generation += 1  # a live iterator stops: the next one starts at the loaded position
+        self.stream.load_state_dict(state)  # a live iterator stops: the next one starts at the loaded position
 
 
 class ClusterBatchSampler(BatchSampler):

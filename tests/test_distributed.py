@@ -17,7 +17,7 @@ def test_ranks_draw_disjoint_halves_of_one_cluster_batch():
         s.set_assignment(labels % 3)
     assert len(samplers[0]) == len(samplers[1])
     streams = [list(iter(s)) for s in samplers]
-    tickets = [list(s._tickets) for s in samplers]
+    tickets = [s.stream.waiting_tickets() for s in samplers]
     assert len(tickets[0]) == len(tickets[1]) > 0
     for t0, t1 in zip(*tickets):
         assert t0.cluster == t1.cluster and t0.position == t1.position

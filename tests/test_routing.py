@@ -76,7 +76,7 @@ def test_each_batch_goes_to_the_learner_of_its_cluster_with_two_workers(digits):
     # all data: one cluster holding everything
     assert clusters_seen[8] == {0} and np.all(log[-1][4] == 0)
     # restarts really happened: PML's on exhaustion plus ours after each reclustering (with workers prefetching)
-    assert parts["sampler"]._generation >= 8
+    assert parts["sampler"].stream.generation >= 8
     assert len(accuracies) == epochs and accuracies[-1] > 0.8
 
 
@@ -199,7 +199,7 @@ def test_the_router_refuses_what_the_sampler_did_not_draw():
     with pytest.raises(RuntimeError, match="do not match"):
         router.take(torch.as_tensor(labels[idx]) + 1, PLAIN_LOOP, 0, None)
     ticket = router.take(torch.as_tensor(labels[idx]), PLAIN_LOOP, 0, None)
-    assert np.array_equal(ticket.indices, idx) and s.next_ticket() is None
+    assert np.array_equal(ticket.indices, idx) and s.stream.next_ticket() is None
 
 
 def test_a_batch_drawn_before_a_reassignment_is_refused():

@@ -17,15 +17,15 @@ def take_pass(sampler):
         flat = list(iter(sampler))  # the rest of the epoch
         for i in range(0, len(flat), sampler.batch_size):
             b = np.array(flat[i : i + sampler.batch_size])
-            ticket = sampler.next_ticket()
+            ticket = sampler.stream.next_ticket()
             if pass_index is None:
                 pass_index = ticket.pass_index
             if ticket.pass_index != pass_index:
                 return out
             assert np.array_equal(ticket.indices, b)
-            sampler.consume(ticket)
+            sampler.stream.consume(ticket)
             out.append((ticket.cluster, b))
-        sampler.start_epoch()
+        sampler.stream.start_epoch()
 
 
 @st.composite
@@ -171,8 +171,8 @@ def test_state_dict_resumes_the_same_stream_mid_pass():
     it = iter(a)
     flat = [next(it) for _ in range(3 * 20)]
     for i in range(3):
-        assert np.array_equal(a.next_ticket().indices, flat[20 * i : 20 * (i + 1)])
-        a.consume(a.next_ticket())
+        assert np.array_equal(a.stream.next_ticket().indices, flat[20 * i : 20 * (i + 1)])
+        a.stream.consume(a.stream.next_ticket())
     state = a.state_dict()
     rest_a = list(it) + list(iter(a))
     b = ClusterSampler(labels, batch_size=20, m=4, seed=99)
@@ -188,7 +188,7 @@ def test_new_iterator_drops_tickets_of_abandoned_prefetch():
     _ = [next(it) for _ in range(16)]  # two batches "prefetched", never consumed
     it2 = iter(s)
     first = [next(it2) for _ in range(8)]
-    assert np.array_equal(s.next_ticket().indices, first) and len(s.waiting_tickets()) == 1
+    assert np.array_equal(s.stream.next_ticket().indices, first) and len(s.stream.waiting_tickets()) == 1
 
 
 @pytest.mark.parametrize(
