@@ -8,6 +8,7 @@ On a device nothing here reads a tensor on the host: what is wrong is flagged wi
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -73,8 +74,10 @@ class BatchLoss:
         ref_labels: torch.Tensor | None,
         float16: bool,
         orthogonality_weight: float,
-    ) -> tuple[torch.Tensor, dict[str, Any]]:
-        """(The loss of a training batch, what record-keeper reads of it: ``current_learner`` and the losses)."""
+        record: Callable[[dict[str, Any]], None],
+    ) -> torch.Tensor:
+        """The loss of a training batch; ``record`` is given what record-keeper reads of it (``current_learner``,
+        the learner's loss, the orthogonality term) as soon as it is computed."""
         controller, router = self.controller, self.router
         if not controller.is_set_up:
             raise RuntimeError(f"DivideConquerWrapper was not set up: {controller.hints.setup}")
@@ -92,8 +95,9 @@ class BatchLoss:
         loss, recorded = self.learner_loss(
             ticket, embeddings, labels, indices_tuple, ref_emb, ref_labels, orthogonality_weight
         )
+        record(recorded)  # before the check below, which raises at once on the CPU (a loop may catch it)
         router.flag(finite & ~torch.isfinite(loss.detach()), routing.NONFINITE_LOSS, FloatingPointError)
-        return loss, recorded
+        return loss
 
     def learner_loss(
         self,

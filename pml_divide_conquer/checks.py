@@ -43,8 +43,10 @@ def check_loss(loss):
     PML calls a loss, ``loss(embeddings, labels, indices_tuple)``; not one of torch's (``torch.nn.*Loss``)."""
     if not isinstance(loss, torch.nn.Module):
         raise TypeError(f"loss must be a PML loss (a torch.nn.Module), got {type(loss).__name__}")
-    if not is_pml_loss(loss) and isinstance(loss, torch.nn.modules.loss._Loss):
-        # torch's losses (and subclasses of them) take logits or pairs, not embeddings and labels
+    forward_module = getattr(type(loss).forward, "__module__", None) or ""
+    if not is_pml_loss(loss) and forward_module.startswith("torch."):
+        # torch's losses (and subclasses that keep their forward) take logits or pairs, not embeddings and labels;
+        # some take three tensors, so the call check below would not catch them
         raise TypeError(
             f"{type(loss).__name__} is not a PML loss: DivideConquerWrapper wraps pytorch-metric-learning's "
             "label-based losses (pytorch_metric_learning.losses: TripletMarginLoss, ContrastiveLoss, MarginLoss, "

@@ -2,6 +2,7 @@
 not a line inside this package (or inside torch, PML or Lightning, which call it)."""
 
 import inspect
+import sys
 import warnings
 from types import FrameType
 
@@ -13,9 +14,13 @@ _SKIPPED = frozenset(
 )
 
 
+def _package(frame: FrameType) -> str:
+    return (frame.f_globals.get("__name__") or "").partition(".")[0]
+
+
 def _skipped(frame: FrameType) -> bool:
-    name = frame.f_globals.get("__name__") or ""
-    return name.partition(".")[0] in _SKIPPED
+    # the frameworks', and Python's own (threading, multiprocessing: the bottom of a thread's or a child's stack)
+    return _package(frame) in _SKIPPED or _package(frame) in sys.stdlib_module_names
 
 
 def user_stacklevel() -> int:
@@ -23,8 +28,7 @@ def user_stacklevel() -> int:
     frame, level, outside = inspect.currentframe(), 0, None
     try:
         while frame is not None and (level < 2 or _skipped(frame)):
-            name = frame.f_globals.get("__name__") or ""
-            if outside is None and level >= 2 and name.partition(".")[0] != "pml_divide_conquer":
+            if outside is None and level >= 2 and _package(frame) != "pml_divide_conquer":
                 outside = level  # the first frame outside this package (a framework's)
             frame, level = frame.f_back, level + 1
         if frame is None and outside is not None:  # no frame of the user's (a spawned process): the framework's

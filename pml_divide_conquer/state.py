@@ -63,8 +63,14 @@ def restore_random_state(saved):
         return
     torch.set_rng_state(saved["torch"].cpu())
     cuda = saved.get("cuda")
-    if isinstance(cuda, (list, tuple)) and torch.cuda.is_available() and len(cuda) == torch.cuda.device_count():
+    if cuda is None or not torch.cuda.is_available():
+        return
+    if torch.is_tensor(cuda):  # one device's (0.4.0.dev checkpoints): the current device's
+        torch.cuda.set_rng_state(cuda.cpu())
+    elif len(cuda) == torch.cuda.device_count():
         torch.cuda.set_rng_state_all([state.cpu() for state in cuda])
+    elif torch.cuda.current_device() < len(cuda):  # another number of devices: at least the one in use
+        torch.cuda.set_rng_state(cuda[torch.cuda.current_device()].cpu())
 
 
 def upgrade(saved):

@@ -206,12 +206,13 @@ class DivideConquerWrapper(BaseMetricLossFunction):
         with torch.autocast(embeddings.device.type, enabled=False):
             if not self.training:
                 return self._batch_loss.eval_loss(embeddings, labels, indices_tuple, ref_emb, ref_labels)
-            loss, recorded = self._batch_loss.training_loss(
-                embeddings, labels, indices_tuple, ref_emb, ref_labels, float16, self.orthogonality_weight
+            return self._batch_loss.training_loss(
+                embeddings, labels, indices_tuple, ref_emb, ref_labels, float16, self.orthogonality_weight, self._record
             )
-        for name, value in recorded.items():  # what record-keeper reads (records.py): the learner, its loss
+
+    def _record(self, values: dict[str, Any]) -> None:
+        for name, value in values.items():  # what record-keeper reads (records.py): the learner, its loss
             setattr(self, name, value)
-        return loss
 
     def map_labels(self, labels: torch.Tensor, known: bool = False) -> torch.Tensor | None:
         """Training labels -> 0..C-1 (C training classes), on the labels' device. Labels outside the training classes

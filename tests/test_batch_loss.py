@@ -67,7 +67,9 @@ def test_fixed_chunks_record_no_orthogonality_and_a_cluster_beyond_k_is_refused(
 def test_a_training_batch_before_set_up_is_refused_with_the_fix():
     batch_loss, _ = parts()
     with pytest.raises(RuntimeError, match="DivideConquerWrapper was not set up"):
-        batch_loss.training_loss(torch.randn(8, 8), torch.zeros(8, dtype=torch.long), None, None, None, False, 0.0)
+        batch_loss.training_loss(
+            torch.randn(8, 8), torch.zeros(8, dtype=torch.long), None, None, None, False, 0.0, print
+        )
 
 
 def test_a_loss_with_a_cross_batch_memory_is_known():

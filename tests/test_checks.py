@@ -145,3 +145,13 @@ def test_a_module_that_cannot_be_called_as_a_loss_and_a_subclass_of_torch_s_are_
 
     with pytest.raises(TypeError, match="Smoothed is not a PML loss"):
         wrapper(loss=Smoothed())
+
+
+def test_one_s_own_loss_on_torch_s_base_class_is_accepted_and_torch_s_three_tensor_losses_are_refused():
+    class OnTorchsBase(torch.nn.modules.loss._Loss):
+        def forward(self, embeddings, labels, indices_tuple=None):
+            return embeddings.sum()
+
+    wrapper(loss=OnTorchsBase())
+    with pytest.raises(TypeError, match="TripletMarginLoss is not a PML loss"):
+        wrapper(loss=torch.nn.TripletMarginLoss())  # (torch's: it takes three tensors, so the call would bind)

@@ -209,3 +209,26 @@ def test_building_a_wrapper_with_a_schedule_that_cannot_reach_K_warns():
             losses.ContrastiveLoss(), embedder=embedder, sampler=sampler,
             schedule=DivideConquerSchedule.journal(num_epochs=6, num_learners=8),
         )  # fmt: skip
+
+
+def test_a_nan_loss_caught_by_the_loop_leaves_the_records_of_its_own_batch(digits):
+    """On the CPU a NaN loss from finite embeddings raises at once; what record-keeper reads is that batch's
+    (its learner, its NaN loss), not the batch before's."""
+
+    class NaNAfterFirst(torch.nn.Module):
+        calls = 0
+
+        def forward(self, embeddings, labels, indices_tuple=None):
+            NaNAfterFirst.calls += 1
+            return embeddings.sum() * (1.0 if NaNAfterFirst.calls == 1 else float("nan"))
+
+    parts = factory.plain(factory.make(digits, num_learners=2, grow=False, loss=NaNAfterFirst()))
+    dc, model = parts["wrapper"], parts["model"]
+    batches = iter(parts["loader"])
+    x, y, _ = next(batches)
+    dc(model(x), y)
+    x, y, idx = next(batches)
+    with pytest.raises(FloatingPointError, match="the loss DivideConquerWrapper computed is NaN"):
+        dc(model(x), y)
+    learner = int(parts["sampler"].assignment[idx[0]])
+    assert dc.current_learner == learner and torch.isnan(getattr(dc, f"learner{learner}_loss"))
