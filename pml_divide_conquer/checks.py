@@ -38,15 +38,11 @@ def is_pml_loss(loss):
     return pml or isinstance(loss, (BaseMetricLossFunction, BaseLossWrapper))
 
 
-def check_loss(loss):
-    """Raise a clear error unless ``loss`` is a loss that takes class labels: PML's, or one's own module called as
-    PML calls a loss, ``loss(embeddings, labels, indices_tuple)``; not one of torch's (``torch.nn.*Loss``)."""
-    if not isinstance(loss, torch.nn.Module):
-        raise TypeError(f"loss must be a PML loss (a torch.nn.Module), got {type(loss).__name__}")
-    forward_module = getattr(type(loss).forward, "__module__", None) or ""
-    if not is_pml_loss(loss) and forward_module.startswith("torch."):
-        # torch's losses (and subclasses that keep their forward) take logits or pairs, not embeddings and labels;
-        # some take three tensors, so the call check below would not catch them
+def _check_own_loss(loss):
+    """A loss that is not PML's: refused if it is torch's (or keeps torch's forward: logits or pairs, not
+    embeddings and labels; some take three tensors, so the call check would not catch them), or if it cannot be
+    called as PML calls a loss."""
+    if (getattr(type(loss).forward, "__module__", None) or "").startswith("torch."):
         raise TypeError(
             f"{type(loss).__name__} is not a PML loss: DivideConquerWrapper wraps pytorch-metric-learning's "
             "label-based losses (pytorch_metric_learning.losses: TripletMarginLoss, ContrastiveLoss, MarginLoss, "
@@ -54,15 +50,23 @@ def check_loss(loss):
             "subclass. For cross-entropy over the training classes, take a classification loss such as "
             "losses.NormalizedSoftmaxLoss(num_classes, embedding_size)."
         )
-    if not is_pml_loss(loss):  # one's own module: called as PML calls a loss
-        try:
-            inspect.signature(loss.forward).bind("embeddings", "labels", "indices_tuple")
-        except TypeError:
-            raise TypeError(
-                f"{type(loss).__name__}.forward cannot be called as the wrapper calls a loss, "
-                "loss(embeddings, labels, indices_tuple): give it forward(self, embeddings, labels, "
-                "indices_tuple=None), or subclass PML's BaseMetricLossFunction"
-            ) from None
+    try:
+        inspect.signature(loss.forward).bind("embeddings", "labels", "indices_tuple")
+    except TypeError:
+        raise TypeError(
+            f"{type(loss).__name__}.forward cannot be called as the wrapper calls a loss, "
+            "loss(embeddings, labels, indices_tuple): give it forward(self, embeddings, labels, "
+            "indices_tuple=None), or subclass PML's BaseMetricLossFunction"
+        ) from None
+
+
+def check_loss(loss):
+    """Raise a clear error unless ``loss`` is a loss that takes class labels: PML's, or one's own module called as
+    PML calls a loss, ``loss(embeddings, labels, indices_tuple)``; not one of torch's (``torch.nn.*Loss``)."""
+    if not isinstance(loss, torch.nn.Module):
+        raise TypeError(f"loss must be a PML loss (a torch.nn.Module), got {type(loss).__name__}")
+    if not is_pml_loss(loss):
+        _check_own_loss(loss)
     params = inspect.signature(loss.forward).parameters
     if "labels" not in params or _declares_labels_not_supported(loss):
         raise ValueError(

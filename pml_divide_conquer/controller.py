@@ -169,12 +169,12 @@ class EpochController:
 
     def end_epoch(self, epoch: int | None = None) -> None:
         """Take the step after ``epoch`` (default: the epoch after the last step taken)."""
-        self.check_end_epoch(epoch)
-        self.step(self.last_epoch + 1 if epoch is None else int(epoch))
+        self.step(self.check_end_epoch(epoch))
 
-    def check_end_epoch(self, epoch: int | None = None) -> None:
-        """Raise, changing nothing, if ``end_epoch(epoch)`` cannot be taken now: before set-up, or no batch since
-        the last step (``end_epoch()`` twice for one epoch, or a loop that does not call the wrapper)."""
+    def check_end_epoch(self, epoch: int | None = None) -> int:
+        """The epoch whose step ``end_epoch(epoch)`` takes; raises, changing nothing, if it cannot be taken now:
+        before set-up, no batch since the last step (``end_epoch()`` twice for one epoch, or a loop that does not
+        call the wrapper), steps before it never taken, or a training set that changed size."""
         if not self.is_set_up:
             raise RuntimeError(f"DivideConquerWrapper.end_epoch() before set-up: {self.hints.setup}")
         if epoch is None and self.last_epoch >= 0 and self.sampler.stream.batches_this_epoch == 0:
@@ -191,7 +191,9 @@ class EpochController:
                 "it once after each epoch's last batch (end_epoch(epoch) with the epoch's number is skipped when "
                 "that step was taken already)."
             )
-        self._check_step(self.last_epoch + 1 if epoch is None else int(epoch))
+        epoch = self.last_epoch + 1 if epoch is None else int(epoch)
+        self._check_step(epoch)
+        return epoch
 
     def _check_step(self, epoch):
         """Raise if the step after ``epoch`` cannot be taken: steps before it never taken, or a training set that

@@ -20,7 +20,8 @@ def _package(frame: FrameType) -> str:
 
 def _skipped(frame: FrameType) -> bool:
     # the frameworks', and Python's own (threading, multiprocessing: the bottom of a thread's or a child's stack)
-    return _package(frame) in _SKIPPED or _package(frame) in sys.stdlib_module_names
+    package = _package(frame)
+    return package in _SKIPPED or package in sys.stdlib_module_names
 
 
 def user_stacklevel() -> int:

@@ -300,9 +300,9 @@ class DivideConquerWrapper(BaseMetricLossFunction):
 
         ``epoch``: the epoch that just ended, counted from 1 (default: the one after the last step). Call it after
         the last batch of each epoch, before the next epoch's ``iter(loader)``."""
-        self.controller.check_end_epoch(epoch)  # a refused call changes nothing: refused before the checks below
+        step = self.controller.check_end_epoch(epoch)  # a refused call changes nothing: refused before the check
         self._router.check()  # what was flagged on the device during the epoch
-        self.controller.end_epoch(epoch)
+        self.controller.step(step)
         self.update_cluster_stats()
 
     def recluster(self, trainer: Any = None, num_learners: int | None = None) -> None:
